@@ -1,0 +1,60 @@
+# Set-up and quality gates. `make run` and `make test` are the two commands a new user needs.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PACKAGES := libportaudio2 espeak-ng sox
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k segmenter"`.
+PYTEST_ARGS ?=
+
+.PHONY: install apt run test pytest lint types style check cov demo-models clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory apt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[export,dev]'
+	touch $(STAMP)
+
+# Debian packages the tests and the microphone need; installed only when apt exists and one is missing.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	elif [ -n "$$missing" ]; then echo "warning: missing Debian packages (no apt-get here): $$missing"; fi
+
+run: install
+	$(BIN)/streamer serve $(ARGS)
+
+lint: install
+	$(BIN)/ruff check streamer bin tests bench
+	$(BIN)/ruff format --check streamer bin tests bench
+
+types: install
+	$(BIN)/mypy --strict streamer bin
+
+style: install
+	$(BIN)/ruff format streamer bin tests bench
+	$(BIN)/ruff check --fix streamer bin tests bench
+
+pytest: install
+	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test: lint types pytest
+
+cov: install
+	PYTHONASYNCIODEBUG=1 $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
+	$(BIN)/coverage report --skip-covered
+
+check: test cov
+
+demo-models: install
+	$(BIN)/python bin/train_demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage
