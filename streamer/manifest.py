@@ -1,4 +1,4 @@
-"""The bundle manifest: the one contract between the exporter (writes it) and the runtime (reads it).
+"""The bundle manifest: the contract between the exporter (writes it) and the runtime (reads it).
 
 A bundle is a folder holding ``model.onnx`` and ``manifest.json``. The exporter builds a
 :class:`Manifest` and calls :meth:`Manifest.write`; the daemon calls :func:`load_manifest`, which
@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from streamer.errors import ManifestError
 
@@ -103,9 +103,14 @@ class Manifest:
         """Labels as a list of label sets (one per classification output), even if single."""
         if not self.labels:
             return ()
-        if isinstance(self.labels[0], str):
-            return (cast(tuple[str, ...], self.labels),)
-        return cast(tuple[tuple[str, ...], ...], self.labels)
+        sets: list[tuple[str, ...]] = []
+        flat: list[str] = []
+        for item in self.labels:
+            if isinstance(item, str):
+                flat.append(item)
+            else:
+                sets.append(item)
+        return (tuple(flat),) if flat else tuple(sets)
 
     def output(self, name: str) -> TensorSpec | None:
         """Return the output spec called ``name``, or None."""
@@ -216,7 +221,7 @@ def _tensor(t: object) -> TensorSpec:
     return TensorSpec(name=str(t["name"]), dtype=str(t["dtype"]), shape=shape)
 
 
-def _validate(m: Manifest) -> None:  # noqa: C901 - a flat list of independent checks
+def _validate(m: Manifest) -> None:
     if m.arch not in ARCHS:
         raise ManifestError(f"unknown arch {m.arch!r} (known: {', '.join(ARCHS)})")
     if m.task not in TASKS:
