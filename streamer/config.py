@@ -1,0 +1,242 @@
+"""Configuration: frozen dataclasses with units in the names, loaded from TOML, env and flags.
+
+Precedence, lowest first: defaults here < ``--config FILE`` (TOML, one table per section:
+``[server]``, ``[engine]``, ``[decoder]``, ``[segmenter]``) < ``STREAMER_<SECTION>_<FIELD>``
+environment variables (e.g. ``STREAMER_SERVER_PORT=9000``) < command-line flags. Every limit the
+daemon enforces is a field here, so it has a name, a unit and a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamer.errors import ConfigError
+from streamer.segmenter import SegmenterConfig
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The WebSocket server and its limits."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 to accept other machines."""
+    port: int = 8765
+    """TCP port; 0 picks a free one (the bound port is logged)."""
+    max_message_bytes: int = 1 << 20
+    """Largest WebSocket message accepted; bigger ones close the connection with 1009."""
+    max_connections: int = 256
+    """Open connections at most, ingest and subscribers together; past it: HTTP 503."""
+    subscriber_queue: int = 1000
+    """Events buffered per subscriber; a slow one loses its oldest and is told how many."""
+    ping_interval_s: float = 20.0
+    """Seconds between keepalive pings."""
+    ping_timeout_s: float = 20.0
+    """Seconds to wait for a pong before the peer is considered dead."""
+    shutdown_timeout_s: float = 10.0
+    """On SIGINT/SIGTERM, seconds to finish in-flight utterances before closing anyway."""
+    open_timeout_s: float = 10.0
+    """Seconds a client has to complete the opening handshake."""
+    start_timeout_s: float = 10.0
+    """Seconds an ingest client has to send its ``start`` message."""
+
+    def __post_init__(self) -> None:
+        _positive(
+            self,
+            "max_message_bytes",
+            "max_connections",
+            "subscriber_queue",
+            "ping_interval_s",
+            "ping_timeout_s",
+            "shutdown_timeout_s",
+            "open_timeout_s",
+            "start_timeout_s",
+        )
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"server.port must be 0-65535, got {self.port}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The inference engine."""
+
+    provider: str = "auto"
+    """``auto`` (CUDA when it really loads, else CPU), ``cuda`` or ``cpu``."""
+    intra_op_threads: int = 0
+    """onnxruntime threads inside one run; 0 means one per CPU core."""
+    workers: int = 1
+    """Inference threads (runs in parallel); 1 keeps per-run latency lowest on small machines."""
+    max_pending_utterances: int = 64
+    """Utterances waiting for the engine at most; past it new ones get an ``overloaded`` error."""
+
+    def __post_init__(self) -> None:
+        if self.provider not in ("auto", "cuda", "cpu"):
+            raise ConfigError(f"engine.provider must be auto, cuda or cpu, got {self.provider!r}")
+        if self.intra_op_threads < 0:
+            raise ConfigError("engine.intra_op_threads must be >= 0")
+        _positive(self, "workers", "max_pending_utterances")
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """How model outputs become transcripts and intents."""
+
+    abstain_below: float = 0.5
+    """An intent whose top probability is below this is flagged ``abstain``."""
+    n_best: int = 3
+    """Alternatives reported per label set."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.abstain_below <= 1.0:
+            raise ConfigError("decoder.abstain_below must be within 0-1")
+        _positive(self, "n_best")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole daemon configuration."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "engine": EngineConfig,
+    "decoder": DecoderConfig,
+    "segmenter": SegmenterConfig,
+}
+
+
+def load_config(
+    *,
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Build a Config from defaults, a TOML file, ``STREAMER_*`` variables and flag overrides.
+
+    Raises:
+        ConfigError: unreadable file, unknown section or key, or a value of the wrong type.
+    """
+    layers: list[Mapping[str, Mapping[str, Any]]] = []
+    if path is not None:
+        layers.append(_read_toml(path))
+    if env is not None:
+        layers.append(_from_env(env))
+    if overrides is not None:
+        layers.append(overrides)
+    merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for layer in layers:
+        for section, values in layer.items():
+            if section not in SECTIONS:
+                raise ConfigError(
+                    f"unknown config section [{section}] (known: {', '.join(SECTIONS)})"
+                )
+            merged[section].update(values)
+    return Config(**{name: build_section(SECTIONS[name], merged[name]) for name in SECTIONS})
+
+
+def build_section(cls: type[Any], values: Mapping[str, Any], *, base: Any = None) -> Any:
+    """Build one section dataclass from ``values`` (on top of ``base`` if given), checking types.
+
+    Raises:
+        ConfigError: an unknown key or a value of the wrong type.
+    """
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    section = cls.__name__.removesuffix("Config").lower()
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown setting {section}.{key} (known: {', '.join(sorted(known))})"
+            )
+        checked[key] = _coerce(f"{section}.{key}", hints[key], value)
+    try:
+        return dataclasses.replace(base, **checked) if base is not None else cls(**checked)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {section} settings: {exc}") from None
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Check (and, for env strings, convert) one value against its declared type."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        hint = options[0]
+    if hint is bool:
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
+            return value.lower() in ("1", "true", "yes")
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, str):
+            value = _parse(name, value, int)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, str):
+            value = _parse(name, value, float)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{name} must be {hint.__name__}, got {value!r}")
+
+
+def _parse(name: str, text: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be {kind.__name__}, got {text!r}") from None
+
+
+def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path}: {section!r} must be a [table]")
+    return data
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in env.items():
+        if not key.startswith("STREAMER_"):
+            continue
+        rest = key.removeprefix("STREAMER_").lower()
+        section, _, name = rest.partition("_")
+        if section in SECTIONS and name:
+            out.setdefault(section, {})[name] = value
+    return out
+
+
+def _positive(obj: object, *names: str) -> None:
+    section = type(obj).__name__.removesuffix("Config").lower()
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(f"{section}.{name} must be positive, got {getattr(obj, name)}")
