@@ -1,0 +1,213 @@
+"""Wiring and lifecycle: load bundles, start the server (and microphone), shut down in order.
+
+Shutdown follows one order on SIGINT and SIGTERM: stop accepting connections, finish the
+in-flight utterances of every stream, deliver their results, close every connection with 1001,
+exit 0; bounded by ``server.shutdown_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from streamer import protocol as proto
+from streamer.audio import AudioFormat
+from streamer.config import Config
+from streamer.decoders import OutputDecoder
+from streamer.engine import Encoder
+from streamer.errors import ModelError, StreamerError
+from streamer.pipeline import Services, StreamPipeline, stream_segmenter_config
+from streamer.pubsub import Hub
+from streamer.runner import Runner
+from streamer.server import StreamerServer
+from streamer.sources import DeviceError, MicSource, chunks, read_audio_file
+
+log = logging.getLogger(__name__)
+
+#: Chunk length used to feed files through the pipeline, in ms.
+FILE_CHUNK_MS = 100
+#: Utterances of one file allowed in flight before reading more of it (backpressure).
+FILE_BACKLOG = 4
+
+
+def build_services(config: Config, models: dict[str, Path]) -> Services:
+    """Load every bundle (refusing to start on the first bad one) and build the shared parts.
+
+    Raises:
+        ModelError: a bundle is missing or corrupt, or the bundles disagree on the sample rate.
+    """
+    encoders = {
+        name: Encoder.load(name, path, config=config.engine) for name, path in models.items()
+    }
+    rates = {e.manifest.sample_rate for e in encoders.values()}
+    if len(rates) > 1:
+        raise ModelError(f"all bundles must share one sample rate, got {sorted(rates)}")
+    decoders = {
+        name: OutputDecoder(
+            enc.manifest, abstain_below=config.decoder.abstain_below, n_best=config.decoder.n_best
+        )
+        for name, enc in encoders.items()
+    }
+    runner = Runner(encoders, config=config.engine)
+    return Services(
+        config=config,
+        runner=runner,
+        decoders=decoders,
+        hub=Hub(queue_len=config.server.subscriber_queue),
+    )
+
+
+def server_info(services: Services) -> dict[str, Any]:
+    """What ``/readyz`` reports: models, their provider and the parity recorded at export."""
+    models = []
+    for name, enc in services.runner.encoders.items():
+        m = enc.manifest
+        models.append(
+            {
+                "name": name,
+                "arch": m.arch,
+                "task": m.task,
+                "provider": enc.provider.provider,
+                "provider_reason": enc.provider.reason,
+                "quantization": m.quantization,
+                "parity": None
+                if m.parity is None
+                else {"max_abs_diff": m.parity.max_abs_diff, "atol": m.parity.atol},
+            }
+        )
+    return {"protocol": proto.PROTOCOL_VERSION, "models": models}
+
+
+async def serve(
+    config: Config,
+    models: dict[str, Path],
+    *,
+    mic: str | int | None = None,
+    on_ready: Callable[[list[int]], None] | None = None,
+) -> int:
+    """Run the daemon until SIGINT/SIGTERM; return the exit code."""
+    services = build_services(config, models)
+    server = StreamerServer(services, info=server_info(services))
+    await server.start()
+    for port in server.ports:
+        log.info(
+            "streamer listening on ws://%s:%d (models: %s)",
+            config.server.host,
+            port,
+            ", ".join(services.runner.encoders),
+        )
+    if on_ready is not None:
+        on_ready(server.ports)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    mic_task = None
+    if mic is not None:
+        mic_task = asyncio.create_task(_run_mic(services, mic), name="microphone")
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        log.info("shutting down: finishing in-flight utterances")
+        if mic_task is not None:
+            mic_task.cancel()
+            await asyncio.gather(mic_task, return_exceptions=True)
+        await server.drain(config.server.shutdown_timeout_s)
+        services.runner.close()
+    log.info("stopped")
+    return 0
+
+
+async def _run_mic(services: Services, device: str | int) -> None:
+    """Stream a microphone as stream ``mic``; a failing device is logged, the daemon goes on."""
+    source = MicSource(None if device == "default" else device)
+    pipeline: StreamPipeline | None = None
+    try:
+        async for chunk in source.stream():
+            if pipeline is None:
+                pipeline = _file_like_pipeline(services, "mic", source.rate_hz, None)
+                services.streams["mic"] = pipeline
+            pipeline.feed_samples(chunk)
+    except DeviceError as exc:
+        log.error("microphone: %s; serving the other streams on", exc)  # noqa: TRY400
+    finally:
+        if pipeline is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await pipeline.finish()
+            services.streams.pop("mic", None)
+
+
+def _file_like_pipeline(services: Services, stream: str, rate_hz: int, emit: Any) -> StreamPipeline:
+    models = tuple(services.runner.encoders)
+    return StreamPipeline(
+        services,
+        stream=stream,
+        fmt=AudioFormat(rate_hz, "pcm_f32le", 1),
+        models=models,
+        segmenter=stream_segmenter_config(services, models, {}),
+        emit=emit,
+    )
+
+
+async def transcribe(
+    config: Config,
+    models: dict[str, Path],
+    files: Sequence[Path],
+    *,
+    jsonl: bool,
+    out: TextIO | None = None,
+) -> int:
+    """Run files through the daemon's own pipeline; print one line per utterance.
+
+    Returns 0 if every file was read, 1 if any utterance failed, 2 if a file could not be read.
+    """
+    stdout = out or sys.stdout
+    services = build_services(config, models)
+    status = 0
+
+    def emit(event: proto.ServerEvent) -> None:
+        if isinstance(event, proto.Utterance | proto.Error):
+            print(event.encode() if jsonl else _readable(event), file=stdout, flush=True)
+
+    try:
+        for path in files:
+            try:
+                audio = read_audio_file(path)
+            except StreamerError as exc:
+                print(f"streamer: error: {exc}", file=sys.stderr)
+                status = 2
+                continue
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:64] or "file"
+            pipeline = _file_like_pipeline(services, name, audio.rate_hz, emit)
+            for chunk in chunks(audio.samples, audio.rate_hz * FILE_CHUNK_MS // 1000):
+                pipeline.feed_samples(chunk)
+                await pipeline.wait_backlog(FILE_BACKLOG)
+            await pipeline.finish()
+            if pipeline.n_errors and status == 0:
+                status = 1
+    finally:
+        services.runner.close()
+    return status
+
+
+def _readable(event: proto.Utterance | proto.Error) -> str:
+    if isinstance(event, proto.Error):
+        return f"{event.stream}: error {event.code}: {event.message}"
+    parts = [f"{event.stream} [{event.start_ms / 1000:7.2f}-{event.end_ms / 1000:7.2f}s]"]
+    if event.transcript is not None:
+        parts.append(repr(event.transcript.text))
+    if event.intent is not None:
+        parts.append(f"intent={event.intent.name} ({event.intent.confidence:.2f})")
+    parts.extend(f"{label.name} ({label.confidence:.2f})" for label in event.labels or ())
+    if event.value is not None:
+        parts.append(f"value={event.value:.3f}")
+    return " ".join(parts)

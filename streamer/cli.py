@@ -1,0 +1,115 @@
+"""Command line: ``streamer serve | transcribe | devices``; parses flags into Config, no logic.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from streamer import __version__
+from streamer.config import Config, load_config
+from streamer.errors import StreamerError
+from streamer.models import resolve_models
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamer", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"streamer {__version__}")
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("STREAMER_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="default: info",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("STREAMER_CONFIG"),
+        help="TOML file with [server], [engine], [decoder], [segmenter] tables",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[NAME=]BUNDLE",
+        help="bundle folder to serve (repeatable); default: every bundle in exported/",
+    )
+    p.add_argument("--provider", choices=["auto", "cuda", "cpu"], help="default: auto")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port, 0 for any free one (default 8765)")
+    serve.add_argument(
+        "--mic",
+        nargs="?",
+        const="default",
+        metavar="DEVICE",
+        help="also stream a microphone (index or name) as stream 'mic'",
+    )
+
+    tr = sub.add_parser("transcribe", help="run audio files through the daemon's pipeline")
+    tr.add_argument("files", nargs="+", type=Path)
+    tr.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="print one JSON line per utterance (default: readable lines)",
+    )
+
+    sub.add_parser("devices", help="list audio input devices")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {"server": {}, "engine": {}}
+    for key in ("host", "port"):
+        if getattr(args, key, None) is not None:
+            out["server"][key] = getattr(args, key)
+    if args.provider is not None:
+        out["engine"]["provider"] = args.provider
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``streamer`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return _dispatch(args)
+    except StreamerError as exc:
+        print(f"streamer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from streamer import app
+
+    if args.command == "devices":
+        from streamer.sources import list_devices
+
+        for dev in list_devices():
+            print(json.dumps(dev))
+        return 0
+    config: Config = load_config(path=args.config, env=os.environ, overrides=_overrides(args))
+    models = resolve_models(args.model)
+    if args.command == "serve":
+        mic = None if args.mic is None else (int(args.mic) if args.mic.isdigit() else args.mic)
+        return asyncio.run(app.serve(config, models, mic=mic))
+    return asyncio.run(app.transcribe(config, models, args.files, jsonl=args.jsonl))
