@@ -1,0 +1,67 @@
+"""Configuration: precedence of file, environment and flags, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamer.config import Config, EngineConfig, ServerConfig, load_config
+from streamer.errors import ConfigError
+from streamer.models import resolve_models
+
+
+def test_defaults() -> None:
+    """No file, env or flags gives the documented defaults."""
+    assert load_config() == Config()
+    assert Config().server.port == 8765
+
+
+def test_precedence_file_env_flags(tmp_path: Path) -> None:
+    """Flags beat environment variables, which beat the TOML file."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[server]\nport = 1000\nhost = '0.0.0.0'\n[engine]\nworkers = 3\n")
+    env = {"STREAMER_SERVER_PORT": "2000", "STREAMER_ENGINE_PROVIDER": "cpu", "OTHER": "x"}
+    config = load_config(path=cfg, env=env, overrides={"server": {"port": 3000}})
+    assert config.server == ServerConfig(host="0.0.0.0", port=3000)
+    assert config.engine == EngineConfig(provider="cpu", workers=3)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[nope]\nx = 1\n", "unknown config section"),
+        ("[server]\nprot = 1\n", "unknown setting server.prot"),
+        ("[server]\nport = 70000\n", "server.port must be 0-65535"),
+        ("[server]\nmax_connections = 0\n", "server.max_connections must be positive"),
+        ("[engine]\nprovider = 'tpu'\n", "engine.provider"),
+        ("[decoder]\nabstain_below = 2.0\n", "abstain_below"),
+        ("server = 1\n", "must be a [table]"),
+        ("[server\n", "config file"),
+    ],
+)
+def test_bad_files_are_clear(tmp_path: Path, text: str, message: str) -> None:
+    """Every kind of bad config file names what is wrong."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config(path=cfg)
+
+
+def test_env_values_are_typed() -> None:
+    """An environment value that does not parse as the field's type is refused."""
+    with pytest.raises(ConfigError, match=r"server\.port must be int"):
+        load_config(env={"STREAMER_SERVER_PORT": "many"})
+    assert load_config(env={"STREAMER_SERVER_PING_TIMEOUT_S": "2.5"}).server.ping_timeout_s == 2.5
+
+
+def test_resolve_models(tmp_path: Path) -> None:
+    """Named and bare --model values resolve; an empty models folder is a clear error."""
+    assert resolve_models(["a=/x/y", "/p/q"]) == {"a": Path("/x/y"), "q": Path("/p/q")}
+    with pytest.raises(ConfigError, match="given twice"):
+        resolve_models(["a=/x", "a=/y"])
+    with pytest.raises(ConfigError, match="no model bundles"):
+        resolve_models([], models_dir=tmp_path)
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m1" / "manifest.json").write_text("{}")
+    assert resolve_models([], models_dir=tmp_path) == {"m1": tmp_path / "m1"}
