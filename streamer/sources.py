@@ -65,7 +65,7 @@ def _sounddevice() -> Any:
     """Import sounddevice, turning its import-time failures into one clear DeviceError."""
     try:
         import sounddevice
-    except OSError as exc:
+    except (OSError, ImportError) as exc:
         raise DeviceError(
             f"microphone support needs the PortAudio library ({exc}); on Debian/Ubuntu: "
             "apt-get install libportaudio2"
