@@ -250,6 +250,7 @@ class Ingest:
                 ),
                 limits={
                     "max_message_bytes": cfg.max_message_bytes,
+                    "max_frame_bytes": cfg.max_message_bytes,
                     "max_utterance_s": seg.max_utterance_s,
                     "subscriber_queue": cfg.subscriber_queue,
                 },
