@@ -44,9 +44,17 @@ _KNOBS = {
 class StreamerServer:
     """Owns the websockets server and every live connection's bookkeeping."""
 
-    def __init__(self, services: Services, *, info: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        info: dict[str, Any],
+        routes: dict[str, Callable[[Request], Response]] | None = None,
+    ) -> None:
+        """Create the server; ``routes`` adds plain-HTTP GET endpoints (path -> handler)."""
         self.services = services
         self.info = info
+        self.routes = dict(routes or {})
         self.server: Server | None = None
         self.draining = False
         self._connections: set[ServerConnection] = set()
@@ -84,6 +92,8 @@ class StreamerServer:
         if path == "/readyz":
             status = http.HTTPStatus.SERVICE_UNAVAILABLE if self.draining else http.HTTPStatus.OK
             return _json_response(status, {"ready": not self.draining, **self.info})
+        if path in self.routes:
+            return self.routes[path](request)
         if path not in (proto.INGEST_PATH, proto.EVENTS_PATH):
             return _json_response(http.HTTPStatus.NOT_FOUND, {"error": f"no endpoint {path}"})
         if self.draining:
