@@ -1,0 +1,363 @@
+"""Decoders: one utterance's model outputs to transcript, intent, value or embedding; no I/O.
+
+All arrays are *per utterance*: the graph's outputs with the batch axis removed (row ``i`` of a
+batched run), and for CTC trimmed to the utterance's valid frames. Every input is checked
+against the bundle manifest; a mismatch (wrong rank or size, non-float dtype, NaN or inf)
+raises :class:`~streamer.errors.ModelError` naming the output, so one bad run becomes an error
+event for that utterance. Results are the wire types of :mod:`streamer.protocol`; confidences
+are rounded to 1e-4.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from streamer.errors import ConfigError, ModelError
+from streamer.manifest import Manifest
+from streamer.protocol import Alternative, Intent, Transcript, Word
+
+# Special tokens (``<s>``, ``</s>``, ``<unk>``, ``[PAD]``...) carry no text: dropped, and they
+# neither split nor join words.
+_SPECIAL_RE: Final = re.compile(r"<[^<>]*>|\[[^\[\]]*\]")
+# SentencePiece marks a token that starts a new word with this prefix.
+_WORD_START: Final = "\u2581"
+_SKIP, _DELIM, _CHAR, _START = range(4)
+
+
+def _array(
+    value: npt.ArrayLike, what: str, shape: tuple[int | None, ...]
+) -> npt.NDArray[np.float64]:
+    """Return ``value`` as float64 after checking rank, fixed dims (None: any), dtype and NaN."""
+    arr = np.asarray(value)
+    if arr.ndim != len(shape) or any(
+        n is not None and n != d for n, d in zip(shape, arr.shape, strict=True)
+    ):
+        want = ", ".join("*" if n is None else str(n) for n in shape)
+        raise ModelError(f"{what} has shape {list(arr.shape)}, expected [{want}]")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ModelError(f"{what} has dtype {arr.dtype}, expected floating point")
+    out = arr.astype(np.float64)
+    if not np.isfinite(out).all():
+        raise ModelError(f"{what} contains NaN or inf")
+    return out
+
+
+def _softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    e: npt.NDArray[np.float64] = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs: npt.NDArray[np.float64] = e / e.sum(axis=-1, keepdims=True)
+    return probs
+
+
+def _need_output(manifest: Manifest, name: str) -> int | str | None:
+    """Return the last declared dim of output ``name``; raise if the bundle lacks it."""
+    spec = manifest.output(name)
+    if spec is None:
+        raise ModelError(f"a {manifest.task} bundle needs an output named {name!r}")
+    return spec.shape[-1] if spec.shape else None
+
+
+class CtcGreedyDecoder:
+    """Greedy CTC decoding: best token per frame, repeats collapsed, blanks dropped.
+
+    Words split on the manifest's ``word_delimiter``, on whitespace tokens and before
+    SentencePiece ``\u2581`` tokens. A word lasts from the first frame of its first token to the
+    end of the last frame of its last token. Its confidence is the mean, over those tokens'
+    frames, of the frame's top softmax probability. The mean is the default rather than the
+    minimum because the minimum is decided by one frame at a token edge, where the character
+    and blank share the mass even in a correct word; so it falls with word length and is noisy.
+    ``aggregate="min"`` is there for callers who want the pessimistic figure. Blank frames inside
+    a word are left out: their high blank probability says nothing about the word.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        lowercase: bool = True,
+        aggregate: Literal["mean", "min"] = "mean",
+    ) -> None:
+        """Prepare the token table of a ctc bundle.
+
+        Raises:
+            ModelError: the bundle is not ctc, or its ``logits`` output disagrees with the vocab.
+        """
+        if manifest.task != "ctc" or manifest.vocab is None:
+            raise ModelError(f"CTC decoding needs a ctc bundle, got task {manifest.task!r}")
+        n_vocab = _need_output(manifest, "logits")
+        if isinstance(n_vocab, int) and n_vocab != len(manifest.vocab):
+            raise ModelError(f"logits has {n_vocab} classes but the vocab {len(manifest.vocab)}")
+        self.n_vocab = len(manifest.vocab)
+        self.ms_per_frame = 1000.0 * manifest.frame_stride_samples / manifest.sample_rate
+        self.aggregate = aggregate
+        self._tokens = [
+            _token(t, blank=i == manifest.blank_id, delimiter=manifest.word_delimiter)
+            for i, t in enumerate(manifest.vocab)
+        ]
+        if lowercase:
+            self._tokens = [(kind, text.lower()) for kind, text in self._tokens]
+
+    def decode(self, logits: npt.ArrayLike, *, offset_ms: float = 0.0) -> Transcript:
+        """Decode ``logits`` [frames, vocab] of one utterance.
+
+        Args:
+            logits: the utterance's CTC logits (or log-probabilities).
+            offset_ms: stream time of the first input sample, added to every word time.
+
+        Raises:
+            ModelError: the shape, dtype or values are wrong.
+        """
+        x = _array(logits, "ctc logits", (None, self.n_vocab))
+        if not len(x):
+            return Transcript(text="")
+        ids = x.argmax(axis=1)
+        p_top = 1.0 / np.exp(x - x.max(axis=1, keepdims=True)).sum(axis=1)
+        cuts = (np.flatnonzero(np.diff(ids)) + 1).tolist()
+        words: list[Word] = []
+        parts: list[str] = []
+        spans: list[tuple[int, int]] = []
+        for start, end in zip([0, *cuts], [*cuts, len(ids)], strict=True):
+            kind, text = self._tokens[ids[start]]
+            if kind == _SKIP:
+                continue
+            if kind != _CHAR and parts:
+                words.append(self._word(parts, spans, p_top, offset_ms))
+                parts, spans = [], []
+            if kind != _DELIM:
+                parts.append(text)
+                spans.append((start, end))
+        if parts:
+            words.append(self._word(parts, spans, p_top, offset_ms))
+        return Transcript(text=" ".join(w.word for w in words), words=tuple(words))
+
+    def _word(
+        self,
+        parts: list[str],
+        spans: list[tuple[int, int]],
+        p_top: npt.NDArray[np.float64],
+        offset_ms: float,
+    ) -> Word:
+        probs = np.concatenate([p_top[s:e] for s, e in spans])
+        confidence = float(probs.min() if self.aggregate == "min" else probs.mean())
+        return Word(
+            word="".join(parts),
+            start_ms=offset_ms + spans[0][0] * self.ms_per_frame,
+            end_ms=offset_ms + spans[-1][1] * self.ms_per_frame,
+            confidence=round(confidence, 4),
+        )
+
+
+def _token(token: str, *, blank: bool, delimiter: str | None) -> tuple[int, str]:
+    """Classify one vocab entry as skipped, word delimiter, character(s), or word start."""
+    if blank or not token or _SPECIAL_RE.fullmatch(token):
+        return _SKIP, ""
+    if token == delimiter or not token.strip(_WORD_START).strip():
+        return _DELIM, ""
+    if token.startswith(_WORD_START):
+        return _START, token[1:]
+    return _CHAR, token
+
+
+@dataclass(frozen=True)
+class Classification:
+    """A classifier's result: the first label set is the intent, the others are labels."""
+
+    intent: Intent
+    labels: tuple[Intent, ...] = ()
+
+
+class IntentDecoder:
+    """Softmax n-best per label set, with ``abstain`` set when the best is below a threshold.
+
+    ``name`` is always the most likely label, even when abstaining; ``alternatives`` are the
+    next ``n_best - 1`` labels, most likely first (ties keep label order).
+    """
+
+    def __init__(self, manifest: Manifest, *, abstain_below: float = 0.5, n_best: int = 3) -> None:
+        """Prepare for a classify bundle.
+
+        Args:
+            manifest: the bundle's manifest.
+            abstain_below: abstain when the best probability is below this (0 never abstains).
+            n_best: how many labels to report per set, the best included.
+
+        Raises:
+            ModelError: the bundle is not classify, or an output disagrees with its labels.
+            ConfigError: abstain_below is outside [0, 1] or n_best is below 1.
+        """
+        if manifest.task != "classify":
+            raise ModelError(f"intent decoding needs a classify bundle, got {manifest.task!r}")
+        if not 0.0 <= abstain_below <= 1.0 or n_best < 1:
+            raise ConfigError("abstain_below must be in [0, 1] and n_best at least 1")
+        self.abstain_below = abstain_below
+        self.n_best = n_best
+        self.label_sets = manifest.label_sets
+        single = len(self.label_sets) == 1 and manifest.output("logits") is not None
+        self.outputs = (
+            ["logits"] if single else [f"logits_{i}" for i in range(len(self.label_sets))]
+        )
+        for name, labels in zip(self.outputs, self.label_sets, strict=True):
+            n = _need_output(manifest, name)
+            if isinstance(n, int) and n != len(labels):
+                raise ModelError(f"output {name!r} has {n} classes but {len(labels)} labels")
+
+    def decode(self, outputs: Mapping[str, npt.ArrayLike]) -> Classification:
+        """Decode one utterance's classifier outputs (``logits`` or ``logits_0``, ``logits_1``...).
+
+        Raises:
+            ModelError: an output is missing or its shape, dtype or values are wrong.
+        """
+        results = [
+            self.choose(_get(outputs, name), labels)
+            for name, labels in zip(self.outputs, self.label_sets, strict=True)
+        ]
+        return Classification(intent=results[0], labels=tuple(results[1:]))
+
+    def choose(self, logits: npt.ArrayLike, labels: Sequence[str]) -> Intent:
+        """Return the n-best of one label set from its logits [n_labels]."""
+        probs = _softmax(_array(logits, "classifier logits", (len(labels),)))
+        order = np.argsort(-probs, kind="stable")[: self.n_best].tolist()
+        best = float(probs[order[0]])
+        return Intent(
+            name=labels[order[0]],
+            confidence=round(best, 4),
+            alternatives=tuple(
+                Alternative(labels[i], round(float(probs[i]), 4)) for i in order[1:]
+            ),
+            abstain=best < self.abstain_below,
+        )
+
+
+def _get(outputs: Mapping[str, npt.ArrayLike], name: str) -> npt.ArrayLike:
+    if name not in outputs:
+        raise ModelError(f"the run returned no {name!r} output")
+    return outputs[name]
+
+
+def decode_value(value: npt.ArrayLike) -> float:
+    """Return a regression output (shape [] or [1]) as a float.
+
+    Raises:
+        ModelError: not a single finite float.
+    """
+    arr = np.asarray(value)
+    return float(_array(arr.reshape(-1) if arr.ndim == 0 else arr, "value", (1,))[0])
+
+
+def decode_embedding(
+    value: npt.ArrayLike, *, dim: int | None = None, normalize: bool = False
+) -> tuple[float, ...]:
+    """Return an embedding [dim] as floats: as the graph emits it, or L2-normalized.
+
+    Normalizing makes cosine similarity a dot product; a zero vector stays zero. Values keep
+    float32 precision and are given as the shortest decimal that reads back as that float32, which
+    about halves the JSON.
+
+    Raises:
+        ModelError: not a finite float vector of ``dim`` entries.
+    """
+    vec = _array(value, "embedding", (dim,))
+    norm = float(np.linalg.norm(vec))
+    if normalize and norm > 0.0:
+        vec = vec / norm
+    return tuple(float(str(v)) for v in vec.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Everything decoded from one bundle's run on one utterance (None: not produced)."""
+
+    transcript: Transcript | None = None
+    intent: Intent | None = None
+    labels: tuple[Intent, ...] | None = None
+    value: float | None = None
+    embedding: tuple[float, ...] | None = None
+
+    def merge(self, other: Decoded) -> Decoded:
+        """Combine the results of two bundles on the same utterance; ``self`` wins a clash."""
+        return Decoded(
+            transcript=self.transcript or other.transcript,
+            intent=self.intent or other.intent,
+            labels=self.labels or other.labels,
+            value=other.value if self.value is None else self.value,
+            embedding=self.embedding or other.embedding,
+        )
+
+
+class OutputDecoder:
+    """Decodes whatever a bundle's task produces; built once per bundle from its manifest.
+
+    ctc → ``transcript``; classify → ``intent`` (plus ``labels`` for multi-label heads);
+    regress → ``value``; embed → ``embedding``. Any bundle with an ``embedding`` output also
+    yields the embedding when asked (``want_embedding``).
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        abstain_below: float = 0.5,
+        n_best: int = 3,
+        normalize_embedding: bool = False,
+    ) -> None:
+        """Check the manifest and build the task's decoder (options as in :class:`IntentDecoder`).
+
+        Raises:
+            ModelError: the manifest's outputs do not fit its task.
+            ConfigError: an option is out of range.
+        """
+        self.task = manifest.task
+        self.ctc = CtcGreedyDecoder(manifest) if manifest.task == "ctc" else None
+        self.intent = (
+            IntentDecoder(manifest, abstain_below=abstain_below, n_best=n_best)
+            if manifest.task == "classify"
+            else None
+        )
+        if manifest.task == "regress":
+            _need_output(manifest, "value")
+        if manifest.task == "embed":
+            _need_output(manifest, "embedding")
+        self.has_embedding = manifest.output("embedding") is not None
+        self.embedding_dim = manifest.embedding_dim
+        self.normalize_embedding = normalize_embedding
+
+    def decode(
+        self,
+        outputs: Mapping[str, npt.ArrayLike],
+        *,
+        offset_ms: float = 0.0,
+        want_embedding: bool = False,
+    ) -> Decoded:
+        """Decode one utterance's outputs (see the module docstring for their shapes).
+
+        Args:
+            outputs: output name -> array for this utterance.
+            offset_ms: stream time of the utterance's first input sample (CTC word times).
+            want_embedding: also return the embedding, if the bundle has one.
+
+        Raises:
+            ModelError: an output is missing or malformed.
+        """
+        result = Decoded()
+        if self.ctc is not None:
+            result = Decoded(
+                transcript=self.ctc.decode(_get(outputs, "logits"), offset_ms=offset_ms)
+            )
+        elif self.intent is not None:
+            found = self.intent.decode(outputs)
+            result = Decoded(intent=found.intent, labels=found.labels or None)
+        elif self.task == "regress":
+            result = Decoded(value=decode_value(_get(outputs, "value")))
+        if self.has_embedding and (want_embedding or self.task == "embed"):
+            vector = decode_embedding(
+                _get(outputs, "embedding"),
+                dim=self.embedding_dim,
+                normalize=self.normalize_embedding,
+            )
+            result = Decoded(result.transcript, result.intent, result.labels, result.value, vector)
+        return result

@@ -1,0 +1,320 @@
+"""Tests for the decoders: CTC greedy transcripts, intents, values, embeddings, and validation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given, strategies as st
+
+from streamer.decoders import (
+    Classification,
+    CtcGreedyDecoder,
+    Decoded,
+    IntentDecoder,
+    OutputDecoder,
+    decode_embedding,
+    decode_value,
+)
+from streamer.errors import ConfigError, ModelError
+from streamer.manifest import Manifest, Source, TensorSpec
+from streamer.protocol import Alternative, Intent, Transcript, Word
+
+VOCAB = ("<pad>", "<s>", "</s>", "<unk>", "|", *"ABCDEHILNORTW'")
+ID = {t: i for i, t in enumerate(VOCAB)}
+MS_PER_FRAME = 20.0  # 320 samples at 16 kHz
+
+
+def _manifest(task: str, outputs: Mapping[str, tuple[int | str, ...]], **extra: Any) -> Manifest:
+    return Manifest(
+        arch="sew-d",
+        task=task,
+        sample_rate=16000,
+        inputs=(TensorSpec("input_values", "float32", ("batch", "samples")),),
+        outputs=tuple(TensorSpec(n, "float32", s) for n, s in outputs.items()),
+        min_samples=400,
+        frame_stride_samples=320,
+        opset=17,
+        source=Source(path="test"),
+        parity=None,
+        **extra,
+    )
+
+
+def _ctc(vocab: tuple[str, ...] = VOCAB, n_out: int | str | None = None) -> Manifest:
+    n = len(vocab) if n_out is None else n_out
+    return _manifest(
+        "ctc",
+        {"logits": ("batch", "frames", n)},
+        vocab=vocab,
+        blank_id=0,
+        word_delimiter="|",
+    )
+
+
+def _frames(tokens: list[str], vocab: tuple[str, ...] = VOCAB, peak: float = 8.0) -> Any:
+    logits = np.zeros((len(tokens), len(vocab)), np.float32)
+    for t, tok in enumerate(tokens):
+        logits[t, vocab.index(tok)] = peak
+    return logits
+
+
+def _seq(spec: str) -> list[str]:
+    """'_' is blank, '|' the delimiter, other characters themselves."""
+    return ["<pad>" if c == "_" else c for c in spec]
+
+
+def test_ctc_collapses_repeats_drops_blanks_and_splits_words() -> None:
+    """Repeated frames collapse, a blank separates a real double letter, '|' splits words."""
+    tr = CtcGreedyDecoder(_ctc()).decode(_frames(_seq("__HHE_LL_LLO___|_WWO_RLD_")))
+    assert tr.text == "hello world"
+    assert [w.word for w in tr.words] == ["hello", "world"]
+
+
+def test_ctc_word_times_follow_frames_and_offset() -> None:
+    """A word spans its first to last character frame, at stride/rate per frame, plus offset."""
+    tr = CtcGreedyDecoder(_ctc()).decode(_frames(_seq("__HI__|___NO_")), offset_ms=1000.0)
+    hi, no = tr.words
+    assert (hi.start_ms, hi.end_ms) == (1000.0 + 2 * MS_PER_FRAME, 1000.0 + 4 * MS_PER_FRAME)
+    assert (no.start_ms, no.end_ms) == (1000.0 + 10 * MS_PER_FRAME, 1000.0 + 12 * MS_PER_FRAME)
+
+
+def test_ctc_confidence_is_mean_of_character_frames() -> None:
+    """Confidence averages the top probability of the word's character frames only."""
+    logits = _frames(_seq("AB_"))
+    logits[1] = 0.0  # a flat frame: top probability 1/vocab
+    logits[1, ID["B"]] = 1e-3
+    p_sure = 1.0 / (1.0 + (len(VOCAB) - 1) * np.exp(-8.0))
+    p_flat = np.exp(1e-3) / (np.exp(1e-3) + len(VOCAB) - 1)
+    (word,) = CtcGreedyDecoder(_ctc()).decode(logits).words
+    assert word.word == "ab"
+    assert word.confidence == pytest.approx((p_sure + p_flat) / 2, abs=1e-4)
+    (low,) = CtcGreedyDecoder(_ctc(), aggregate="min").decode(logits).words
+    assert low.confidence == pytest.approx(p_flat, abs=1e-4)
+
+
+def test_ctc_special_tokens_vanish_without_splitting_words() -> None:
+    """<s>, </s>, <unk> and [PAD]-style tokens are dropped and do not break a word."""
+    vocab = (*VOCAB, "[UNK]", "")
+    tokens = ["<s>", "O", "<unk>", "N", "[UNK]", "E", "", "</s>"]
+    tr = CtcGreedyDecoder(_ctc(vocab)).decode(_frames(tokens, vocab))
+    assert tr == Transcript("one", (Word("one", 20.0, 120.0, tr.words[0].confidence),))
+
+
+def test_ctc_space_and_sentencepiece_tokens_delimit_words() -> None:
+    """A space token and a token starting with U+2581 start new words."""
+    vocab = ("<blank>", " ", "\u2581", "\u2581THE", "RE", "A")
+    tr = CtcGreedyDecoder(_ctc(vocab)).decode(
+        _frames(["\u2581THE", "RE", " ", "A", "\u2581", "A", "\u2581THE"], vocab)
+    )
+    assert tr.text == "there a a the"
+
+
+def test_ctc_keeps_case_when_asked() -> None:
+    """lowercase=False leaves the vocab's case alone."""
+    tr = CtcGreedyDecoder(_ctc(), lowercase=False).decode(_frames(_seq("HI")))
+    assert tr.text == "HI"
+
+
+@pytest.mark.parametrize("spec", ["", "____", "||_|", "<s>"])
+def test_ctc_silence_gives_empty_transcript(spec: str) -> None:
+    """No frames, only blanks, delimiters or specials give an empty transcript."""
+    tokens = ["<s>"] if spec == "<s>" else _seq(spec)
+    assert CtcGreedyDecoder(_ctc()).decode(_frames(tokens)) == Transcript("", ())
+
+
+def test_ctc_empty_frames_array() -> None:
+    """A [0, vocab] array decodes to an empty transcript."""
+    empty = np.zeros((0, len(VOCAB)), np.float32)
+    assert CtcGreedyDecoder(_ctc()).decode(empty).text == ""
+
+
+letters = st.sampled_from("ABCDEHILNORTW'")
+sentences = st.lists(st.lists(letters, min_size=1, max_size=6), min_size=1, max_size=5)
+
+
+@given(sentences, st.data())
+def test_ctc_decodes_any_constructed_alignment(sentence: list[list[str]], data: Any) -> None:
+    """Any CTC alignment of a word sequence decodes to those words at the right frames."""
+    runs = st.integers(1, 3)
+    tokens: list[str] = ["<pad>"] * data.draw(st.integers(0, 3))
+    spans = []
+    for w, word in enumerate(sentence):
+        if w:
+            tokens += ["<pad>"] * data.draw(st.integers(0, 2)) + ["|"] * data.draw(runs)
+            tokens += ["<pad>"] * data.draw(st.integers(0, 2))
+        first = len(tokens)
+        for i, ch in enumerate(word):
+            if i and (ch == word[i - 1] or data.draw(st.booleans())):
+                tokens += ["<pad>"] * data.draw(runs)
+            tokens += [ch] * data.draw(runs)
+        spans.append((first, len(tokens)))
+    tokens += ["<pad>", "|"] * data.draw(st.integers(0, 2))
+    offset = data.draw(st.floats(0, 1e6))
+    tr = CtcGreedyDecoder(_ctc()).decode(_frames(tokens), offset_ms=offset)
+    assert tr.text == " ".join("".join(w).lower() for w in sentence)
+    for got, (first, end) in zip(tr.words, spans, strict=True):
+        assert got.start_ms == pytest.approx(offset + first * MS_PER_FRAME)
+        assert got.end_ms == pytest.approx(offset + end * MS_PER_FRAME)
+        assert 0.99 < got.confidence <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("logits", "message"),
+    [
+        (np.zeros((3,), np.float32), r"shape \[3\], expected \[\*, 19\]"),
+        (np.zeros((3, 18), np.float32), r"shape \[3, 18\]"),
+        (np.zeros((3, 19), np.int64), "dtype int64"),
+        (np.full((3, 19), np.nan, np.float32), "NaN"),
+        (np.full((3, 19), np.inf, np.float16), "NaN or inf"),
+    ],
+)
+def test_ctc_rejects_bad_logits(logits: npt.NDArray[Any], message: str) -> None:
+    """Wrong rank, vocab size, dtype or non-finite values raise ModelError."""
+    with pytest.raises(ModelError, match=message):
+        CtcGreedyDecoder(_ctc()).decode(logits)
+
+
+def test_ctc_rejects_bundles_that_do_not_fit() -> None:
+    """A non-ctc bundle, a missing logits output, or a logits size off the vocab are refused."""
+    with pytest.raises(ModelError, match="ctc bundle"):
+        CtcGreedyDecoder(_manifest("regress", {"value": ("batch",)}))
+    with pytest.raises(ModelError, match="logits has 40 classes"):
+        CtcGreedyDecoder(_ctc(n_out=40))
+    no_logits = _manifest("ctc", {"scores": ()}, vocab=VOCAB, blank_id=0)
+    with pytest.raises(ModelError, match="needs an output named 'logits'"):
+        CtcGreedyDecoder(no_logits)
+    assert CtcGreedyDecoder(_ctc(n_out="vocab")).n_vocab == len(VOCAB)
+
+
+INTENTS = ("lights_on", "lights_off", "weather", "timer")
+ROOMS = ("kitchen", "bedroom", "none")
+
+
+def _classify(labels: Any, outputs: dict[str, tuple[int | str, ...]] | None = None) -> Manifest:
+    if outputs is None:
+        outputs = {"logits": ("batch", len(labels))}
+    return _manifest("classify", outputs, labels=labels)
+
+
+def _multi() -> Manifest:
+    outputs = {"logits_0": ("batch", 4), "logits_1": ("batch", 3), "embedding": ("batch", 4)}
+    return _manifest("classify", outputs, labels=(INTENTS, ROOMS), embedding_dim=4)
+
+
+def test_intent_n_best_and_abstain() -> None:
+    """The best label comes with its runners-up in order; abstain follows the threshold."""
+    logits = np.log(np.array([0.1, 0.6, 0.2, 0.1]))
+    sure = IntentDecoder(_classify(INTENTS), abstain_below=0.5, n_best=3).choose(logits, INTENTS)
+    assert sure == Intent(
+        "lights_off", 0.6, (Alternative("weather", 0.2), Alternative("lights_on", 0.1)), False
+    )
+    unsure = IntentDecoder(_classify(INTENTS), abstain_below=0.7, n_best=1).decode(
+        {"logits": logits}
+    )
+    assert unsure == Classification(Intent("lights_off", 0.6, (), True))
+
+
+def test_intent_ties_keep_label_order() -> None:
+    """Equal probabilities rank in label order, so results are deterministic."""
+    got = IntentDecoder(_classify(INTENTS), n_best=4).choose(np.zeros(4, np.float32), INTENTS)
+    assert [got.name, *(a.name for a in got.alternatives)] == list(INTENTS)
+    assert got.confidence == 0.25
+    assert got.abstain
+
+
+def test_multi_label_gives_intent_and_labels() -> None:
+    """The first label set is the intent and each further set one entry of labels."""
+    decoder = IntentDecoder(_multi(), abstain_below=0.0, n_best=2)
+    assert decoder.outputs == ["logits_0", "logits_1"]
+    out = decoder.decode(
+        {"logits_0": np.array([0.0, 0.0, 5.0, 0.0]), "logits_1": np.array([3.0, 0.0, 0.0])}
+    )
+    assert out.intent.name == "weather"
+    assert [label.name for label in out.labels] == ["kitchen"]
+    assert not out.labels[0].abstain
+
+
+def test_single_nested_label_set_uses_indexed_output() -> None:
+    """A single label set written as a list of lists reads output logits_0."""
+    decoder = IntentDecoder(_classify((INTENTS,), {"logits_0": ("batch", 4)}))
+    assert decoder.outputs == ["logits_0"]
+
+
+def test_intent_validation() -> None:
+    """Bad options, non-classify bundles, size mismatches and missing outputs are refused."""
+    with pytest.raises(ConfigError):
+        IntentDecoder(_classify(INTENTS), abstain_below=1.5)
+    with pytest.raises(ConfigError):
+        IntentDecoder(_classify(INTENTS), n_best=0)
+    with pytest.raises(ModelError, match="classify bundle"):
+        IntentDecoder(_ctc())
+    with pytest.raises(ModelError, match="has 5 classes but 4 labels"):
+        IntentDecoder(_classify(INTENTS, {"logits": ("batch", 5)}))
+    decoder = IntentDecoder(_multi())
+    with pytest.raises(ModelError, match="no 'logits_1' output"):
+        decoder.decode({"logits_0": np.zeros(4, np.float32)})
+    with pytest.raises(ModelError, match="expected \\[3\\]"):
+        decoder.decode({"logits_0": np.zeros(4), "logits_1": np.zeros(4)})
+
+
+def test_decode_value() -> None:
+    """A regression output of shape [] or [1] becomes a float; anything else is an error."""
+    assert decode_value(np.float32(2.5)) == 2.5
+    assert decode_value(np.array([-1.0])) == -1.0
+    with pytest.raises(ModelError, match="value has shape \\[2\\]"):
+        decode_value(np.zeros(2))
+    with pytest.raises(ModelError, match="NaN"):
+        decode_value(np.array(np.nan))
+
+
+def test_decode_embedding() -> None:
+    """Embeddings pass through at float32 precision or come out with unit L2 norm."""
+    raw = decode_embedding(np.array([3.0, 4.0], np.float32), dim=2)
+    assert raw == (3.0, 4.0)
+    unit = decode_embedding(np.array([3.0, 4.0]), normalize=True)
+    assert unit == (0.6, 0.8)
+    assert decode_embedding(np.zeros(3), normalize=True) == (0.0, 0.0, 0.0)
+    assert decode_embedding(np.array([0.1], np.float32)) == (0.1,)
+    with pytest.raises(ModelError, match="embedding has shape \\[3\\], expected \\[2\\]"):
+        decode_embedding(np.zeros(3), dim=2)
+
+
+def test_output_decoder_per_task() -> None:
+    """Each task fills its own result field; embeddings only for embed or when wanted."""
+    ctc = OutputDecoder(_ctc()).decode({"logits": _frames(_seq("HI"))})
+    assert ctc.transcript is not None
+    assert ctc.transcript.text == "hi"
+    multi = OutputDecoder(_multi())
+    outputs = {"logits_0": np.zeros(4), "logits_1": np.zeros(3), "embedding": np.ones(4)}
+    plain = multi.decode(outputs)
+    assert plain.intent is not None
+    assert plain.labels is not None
+    assert plain.embedding is None
+    assert multi.decode(outputs, want_embedding=True).embedding == (1.0,) * 4
+    single = OutputDecoder(_classify(INTENTS)).decode({"logits": np.zeros(4)})
+    assert single.labels is None
+    regress = OutputDecoder(_manifest("regress", {"value": ("batch",)}))
+    assert regress.decode({"value": np.float32(0.5)}, want_embedding=True) == Decoded(value=0.5)
+    embed = OutputDecoder(_manifest("embed", {"embedding": ("batch", 2)}), normalize_embedding=True)
+    assert embed.decode({"embedding": np.array([0.0, 2.0])}) == Decoded(embedding=(0.0, 1.0))
+
+
+def test_output_decoder_needs_the_task_output() -> None:
+    """A regress or embed bundle without its output is refused when the decoder is built."""
+    with pytest.raises(ModelError, match="'value'"):
+        OutputDecoder(_manifest("regress", {"score": ("batch",)}))
+    with pytest.raises(ModelError, match="'embedding'"):
+        OutputDecoder(_manifest("embed", {"vector": ("batch", 2)}))
+
+
+def test_decoded_merge_prefers_self() -> None:
+    """Merging two bundles' results fills gaps from the other and keeps self on a clash."""
+    words = Decoded(transcript=Transcript("hi"), value=0.0)
+    intent = Decoded(intent=Intent("x", 1.0), labels=(Intent("y", 1.0),), value=1.0)
+    merged = words.merge(intent).merge(Decoded(embedding=(1.0,), transcript=Transcript("no")))
+    assert merged == Decoded(Transcript("hi"), Intent("x", 1.0), (Intent("y", 1.0),), 0.0, (1.0,))
+    assert Decoded().merge(intent).value == 1.0
