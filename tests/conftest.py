@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny exported bundles (built once per session) and the export helper."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXPORT_ONNX = REPO / "bin" / "export_onnx"
+#: Generous: a tiny export takes ~10 s on 2 cores. Scale with STREAMER_TEST_TIMEOUT_FACTOR.
+EXPORT_TIMEOUT_S = 300 * float(os.environ.get("STREAMER_TEST_TIMEOUT_FACTOR", "1"))
+#: The tiny SEGUE intent model's label sets (one per head, as n_classes=[4, 3]).
+INTENT_LABELS = (
+    ("activate", "deactivate", "increase", "decrease"),
+    ("lights", "music", "heat"),
+)
+
+
+def export_bundle(src: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``bin/export_onnx SRC --out OUT *ARGS`` with this interpreter and capture its output."""
+    return subprocess.run(
+        [sys.executable, str(EXPORT_ONNX), str(src), "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=EXPORT_TIMEOUT_S,
+        check=False,
+    )
+
+
+def exported(src: Path, out: Path, *args: str) -> Path:
+    """Export like :func:`export_bundle` and return ``out``; on failure, fail with its stderr."""
+    result = export_bundle(src, out, *args)
+    if result.returncode != 0:
+        pytest.fail(f"export_onnx exited {result.returncode}: {result.stderr.strip()}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ctc_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SEW-D CTC checkpoint folder (character vocab, blank 0, delimiter "|")."""
+    pytest.importorskip("torch")
+    from checkpoints import make_sewd_ctc
+
+    return make_sewd_ctc(tmp_path_factory.mktemp("sewd-ctc-checkpoint"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ctc_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_ctc_checkpoint: Path) -> Path:
+    """The tiny SEW-D CTC checkpoint exported by ``bin/export_onnx``; returns the bundle folder."""
+    return exported(tiny_ctc_checkpoint, tmp_path_factory.mktemp("bundles") / "sewd-ctc")
+
+
+@pytest.fixture(scope="session")
+def tiny_intent_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random multi-label SEGUE classifier checkpoint (n_classes [4, 3], no id2label)."""
+    pytest.importorskip("torch")
+    from checkpoints import make_segue
+
+    return make_segue(tmp_path_factory.mktemp("segue-intent-checkpoint"), [4, 3])
+
+
+@pytest.fixture(scope="session")
+def tiny_intent_bundle(
+    tmp_path_factory: pytest.TempPathFactory, tiny_intent_checkpoint: Path
+) -> Path:
+    """The tiny SEGUE intent bundle: ``logits_0`` [batch, 4], ``logits_1`` [batch, 3], embedding.
+
+    Labels are :data:`INTENT_LABELS`, given with ``--labels`` as SEGUE configs carry no id2label.
+    """
+    labels = ";".join(",".join(group) for group in INTENT_LABELS)
+    out = tmp_path_factory.mktemp("bundles") / "segue-intent"
+    return exported(tiny_intent_checkpoint, out, "--labels", labels)
