@@ -63,6 +63,9 @@ class _RunTiming(Protocol):
     @property
     def encode_ms(self) -> float: ...
 
+    @property
+    def batch_size(self) -> int: ...
+
 
 class Metrics:
     """The daemon's metrics and the registry they live in.
@@ -97,7 +100,8 @@ class Metrics:
         )
         self.batch = Histogram(
             "streamer_batch_size",
-            "Utterances per encoder run (1 until micro-batching exists).",
+            "Size of the batched run each utterance's encoder run was part of "
+            "(observed once per utterance, so a run of 4 counts 4 times).",
             ["model"],
             buckets=BATCH_BUCKETS,
             registry=reg,
@@ -142,11 +146,11 @@ class Metrics:
             self.error(event.code)
 
     def observe_runs(self, models: Sequence[str], runs: Iterable[_RunTiming]) -> None:
-        """Record one utterance's encoder runs (one per model, batch size 1)."""
+        """Record one utterance's encoder runs (one per model)."""
         for model, run in zip(models, runs, strict=False):
             self.encode.labels(model).observe(run.encode_ms / 1000.0)
             self.queued.labels(model).observe(run.queued_ms / 1000.0)
-            self.batch.labels(model).observe(1)
+            self.batch.labels(model).observe(run.batch_size)
 
     def error(self, code: str) -> None:
         """Count one error event of ``code``."""

@@ -208,6 +208,31 @@ class WyomingServer:
             await self.server.wait_closed()
 
 
+async def start_wyoming(
+    services: Services, uri: str, *, languages: Sequence[str] = ("en",)
+) -> WyomingServer:
+    """Start a :class:`WyomingServer` on ``uri`` and log where it listens.
+
+    Raises:
+        ConfigError: ``uri`` is not tcp://HOST:PORT, or it cannot be bound.
+    """
+    server = WyomingServer(services, uri, languages=languages)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise ConfigError(f"cannot serve Wyoming on {uri}: {exc.strerror or exc}") from None
+    for port in server.ports:
+        log.info("wyoming listening on tcp://%s:%d (models: %s)", server.host, port,
+                 ", ".join(services.runner.encoders))  # fmt: skip
+    if not (server.host in ("localhost", "::1") or server.host.startswith("127.")):
+        log.warning(
+            "wyoming on %s: the Wyoming protocol has no authentication; anyone who can reach "
+            "this port may stream audio (keep it on a trusted network)",
+            server.host,
+        )
+    return server
+
+
 @dataclass
 class _Request:
     """One transcribe request: its input format, pipeline and the results so far."""

@@ -106,7 +106,7 @@ async def test_metrics_after_real_traffic(server: StreamerServer) -> None:
         key = (("model", model),)
         assert live[("streamer_encode_seconds_count", key)] == n
         assert live[("streamer_encode_seconds_sum", key)] > 0
-        assert live[("streamer_batch_size_sum", key)] == n  # batch size 1 for now
+        assert live[("streamer_batch_size_sum", key)] == n  # one stream: every run alone
     assert live[("streamer_utterances_total", (("outcome", "ok"),))] == n
     assert live[("streamer_errors_total", (("code", "bad_json"),))] == 1
     assert live[("streamer_connections_accepted_total", (("endpoint", "/v1/stream"),))] == 2

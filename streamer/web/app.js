@@ -1,0 +1,254 @@
+// Live captions: microphone → AudioWorklet → 16-bit PCM over /v1/stream → captions and intents.
+// No build step, no dependencies. Page parameters: ?token=T (sent as the token query parameter
+// of every request), ?stream=NAME (default browser-XXXXXX), ?models=a,b (default: all).
+
+const CHUNK_MS = 40; // audio per WebSocket frame
+const BACKOFF_MS = [500, 1000, 2000, 4000, 8000]; // reconnect delays, the last one repeats
+const MAX_BUFFERED_BYTES = 1 << 20; // a stalled socket drops audio rather than queue it forever
+const MAX_CAPTIONS = 200;
+
+const params = new URLSearchParams(location.search);
+const token = params.get("token");
+const streamName = params.get("stream") || "browser-" + Math.random().toString(36).slice(2, 8);
+const models = params.get("models");
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  start: $("start"), stop: $("stop"), state: $("state"), level: $("level"), info: $("info"),
+  captions: $("captions"), empty: $("empty"), stats: $("stats"), error: $("error"),
+};
+
+const audio = { ctx: null, stream: null, node: null, rate: 16000 };
+const conn = {
+  ws: null, live: false, attempt: 0, timer: null,
+  sent: 0, // samples sent on this connection: the server's stream clock starts at 0 with it
+  marks: [], // [samples sent so far, performance.now()] after each frame: when audio left
+};
+const totals = { sent: 0, dropped: 0, utterances: 0 };
+let running = false;
+
+function url(path, scheme) {
+  const u = new URL(path, location.href);
+  if (scheme) u.protocol = scheme;
+  if (token) u.searchParams.set("token", token);
+  return u.href;
+}
+
+function setState(state, text) {
+  document.body.dataset.state = state;
+  ui.state.textContent = text || state;
+}
+
+function showError(text) {
+  ui.error.textContent = text;
+}
+
+// ---------------------------------------------------------------- microphone
+
+async function start() {
+  running = true;
+  ui.start.disabled = true;
+  ui.stop.disabled = false;
+  showError("");
+  try {
+    audio.stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
+    });
+    audio.ctx = new AudioContext({ sampleRate: 16000 });
+    audio.rate = audio.ctx.sampleRate; // 16000 unless the browser refused; the server resamples
+    await audio.ctx.audioWorklet.addModule(url("worklet.js"));
+    const source = audio.ctx.createMediaStreamSource(audio.stream);
+    audio.node = new AudioWorkletNode(audio.ctx, "pcm-capture", { processorOptions: { chunkMs: CHUNK_MS } });
+    audio.node.port.onmessage = (e) => onChunk(e.data);
+    const mute = audio.ctx.createGain();
+    mute.gain.value = 0; // connected to the output so the browser keeps pulling the graph
+    source.connect(audio.node).connect(mute).connect(audio.ctx.destination);
+    await audio.ctx.resume();
+  } catch (err) {
+    setState("error", "no microphone");
+    showError("microphone: " + (err && err.message ? err.message : err));
+    stopAudio();
+    resetButtons();
+    running = false;
+    return;
+  }
+  connect();
+}
+
+function stopAudio() {
+  if (audio.stream) audio.stream.getTracks().forEach((t) => t.stop());
+  if (audio.ctx) audio.ctx.close();
+  audio.stream = audio.ctx = audio.node = null;
+  ui.level.value = 0;
+}
+
+function resetButtons() {
+  ui.start.disabled = false;
+  ui.stop.disabled = true;
+}
+
+function stop() {
+  running = false;
+  clearTimeout(conn.timer);
+  stopAudio();
+  resetButtons();
+  if (conn.ws && conn.live) {
+    conn.ws.send(JSON.stringify({ type: "end" })); // the server sends what is pending, then closes
+    setState("stopping");
+  } else {
+    if (conn.ws) conn.ws.close();
+    setState("idle");
+  }
+}
+
+function onChunk({ pcm, peak }) {
+  ui.level.value = peak;
+  const n = pcm.byteLength / 2;
+  const ws = conn.ws;
+  if (!conn.live || !ws || ws.readyState !== WebSocket.OPEN || ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+    totals.dropped += n; // no live connection: captions are live, old audio is not replayed
+  } else {
+    ws.send(pcm);
+    conn.sent += n;
+    totals.sent += n;
+    conn.marks.push([conn.sent, performance.now()]);
+    if (conn.marks.length > 3000) conn.marks.splice(0, 1000);
+  }
+  document.body.dataset.samplesSent = String(totals.sent);
+  ui.stats.textContent =
+    `stream ${streamName} · ${audio.rate} Hz · sent ${(totals.sent / audio.rate).toFixed(1)} s` +
+    (totals.dropped ? ` · not sent ${(totals.dropped / audio.rate).toFixed(1)} s` : "") +
+    ` · ${totals.utterances} utterance(s)`;
+}
+
+/** When (performance.now()) the audio at stream time ``ms`` left for the server, or null. */
+function sentAt(ms) {
+  const sample = (ms / 1000) * audio.rate;
+  for (const [upTo, t] of conn.marks) {
+    if (upTo >= sample) return t - ((upTo - sample) / audio.rate) * 1000;
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------- connection
+
+function connect() {
+  clearTimeout(conn.timer);
+  Object.assign(conn, { live: false, sent: 0, marks: [] });
+  if (!conn.attempt) setState("connecting");
+  const ws = new WebSocket(url("/v1/stream", location.protocol === "https:" ? "wss:" : "ws:"));
+  ws.binaryType = "arraybuffer";
+  conn.ws = ws;
+  ws.onopen = () => {
+    const msg = { type: "start", sample_rate: audio.rate, encoding: "pcm_s16le", channels: 1, stream: streamName };
+    if (models) msg.models = models.split(",");
+    ws.send(JSON.stringify(msg));
+  };
+  ws.onmessage = (e) => {
+    if (typeof e.data === "string") onEvent(JSON.parse(e.data));
+  };
+  ws.onclose = (e) => {
+    if (conn.ws !== ws) return;
+    conn.ws = null;
+    conn.live = false;
+    if (running) reconnect(e);
+    else setState("idle");
+  };
+}
+
+function reconnect(e) {
+  const base = BACKOFF_MS[Math.min(conn.attempt, BACKOFF_MS.length - 1)];
+  const delay = base * (0.8 + 0.4 * Math.random());
+  conn.attempt += 1;
+  const why = e.code && e.code !== 1006 ? ` (closed ${e.code}${e.reason ? ": " + e.reason : ""})` : "";
+  setState("reconnecting", `reconnecting in ${(delay / 1000).toFixed(1)} s${why}`);
+  conn.timer = setTimeout(connect, delay);
+}
+
+function onEvent(ev) {
+  switch (ev.type) {
+    case "started":
+      conn.live = true;
+      conn.attempt = 0;
+      setState("live");
+      ui.info.textContent = ev.models.map((m) => m.name).join(" + ");
+      break;
+    case "speech_started":
+      captionFor(ev.utterance_id).classList.add("listening");
+      break;
+    case "utterance":
+      showUtterance(ev);
+      break;
+    case "error":
+      showError(`${ev.code}: ${ev.message}`);
+      if (ev.utterance_id) {
+        const li = captionFor(ev.utterance_id);
+        li.classList.remove("listening");
+        li.classList.add("failed");
+        li.querySelector(".text").textContent = `(${ev.code})`;
+      }
+      break;
+    case "ended":
+      setState("idle");
+      break;
+  }
+}
+
+// ---------------------------------------------------------------- captions
+
+function captionFor(id) {
+  let li = ui.captions.querySelector(`li[data-utterance-id="${CSS.escape(id)}"]`);
+  if (li) return li;
+  li = document.createElement("li");
+  li.className = "utt";
+  li.dataset.utteranceId = id;
+  li.innerHTML = '<span class="text">…</span><span class="intent"></span><span class="meta"></span>';
+  ui.captions.prepend(li);
+  ui.empty.hidden = true;
+  while (ui.captions.children.length > MAX_CAPTIONS) ui.captions.lastElementChild.remove();
+  return li;
+}
+
+function showUtterance(ev) {
+  const arrived = performance.now();
+  totals.utterances += 1;
+  const li = captionFor(ev.utterance_id);
+  li.classList.remove("listening");
+  li.dataset.seq = String(ev.seq);
+  const text = ev.transcript ? ev.transcript.text : "";
+  li.querySelector(".text").textContent = ev.transcript ? text || "(no words)" : "";
+  const intent = li.querySelector(".intent");
+  if (ev.intent) {
+    intent.textContent = `${ev.intent.name} ${Math.round(ev.intent.confidence * 100)}%`;
+    intent.dataset.name = ev.intent.name;
+    intent.classList.toggle("abstain", ev.intent.abstain);
+    const labels = (ev.labels || []).map((l) => l.name).join(", ");
+    if (labels) intent.title = labels;
+  }
+  const meta = li.querySelector(".meta");
+  meta.replaceChildren();
+  const span = (cls, content) => {
+    const s = document.createElement("span");
+    s.className = cls;
+    s.textContent = content;
+    meta.append(s);
+    return s;
+  };
+  span("time", `${(ev.start_ms / 1000).toFixed(2)}–${(ev.end_ms / 1000).toFixed(2)} s`);
+  const spokenAt = sentAt(ev.end_ms);
+  const server = ev.latency_ms.end_of_speech_to_emit;
+  const lat = span("latency", "");
+  if (spokenAt !== null) {
+    const ms = Math.max(0, Math.round(arrived - spokenAt));
+    lat.dataset.ms = String(ms);
+    lat.textContent = `${ms} ms after speech ended`;
+  }
+  lat.dataset.serverMs = String(server);
+  lat.textContent += `${spokenAt !== null ? " · " : ""}server ${Math.round(server)} ms`;
+  lat.title = "caption arrival after the last word's audio was sent; server: end of speech detected → result sent";
+  if (ev.lag_ms) span("lag", `lag ${Math.round(ev.lag_ms)} ms`);
+}
+
+ui.start.addEventListener("click", start);
+ui.stop.addEventListener("click", stop);
+if (params.has("autostart")) start();
