@@ -236,7 +236,7 @@ def _vad(ax: Axes, trace: Trace) -> None:
         fontsize=10,
     )
     if starts.size:
-        ax.legend(loc="upper left", fontsize=8, framealpha=0.8)
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=5, fontsize=8, frameon=False)
 
 
 def _results(ax: Axes, trace: Trace) -> None:

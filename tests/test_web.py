@@ -8,6 +8,7 @@ from what the browser captured, each with its intent and latency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -35,6 +36,15 @@ UNIT_S = 10.0 * float(os.environ.get("STREAMER_TEST_TIMEOUT_FACTOR", "1"))
 TOKEN = "captions-s3cret"
 STREAM = "captions-test"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+#: Reads the captions the page shows.
+CAPTIONS_JS = """items => items.map(li => ({
+    id: li.dataset.utteranceId,
+    text: li.querySelector('.text').textContent,
+    intent: li.querySelector('.intent').dataset.name,
+    latency: li.querySelector('.latency') && li.querySelector('.latency').dataset.ms,
+    server: li.querySelector('.latency') && li.querySelector('.latency').dataset.serverMs,
+    classes: li.className,
+}))"""
 CHROMIUM_FLAGS = [
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
@@ -87,28 +97,62 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-@pytest.fixture
-async def daemon(
-    tmp_path_factory: pytest.TempPathFactory, tls: tuple[Path, Path]
-) -> AsyncIterator[StreamerServer]:
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
-    models = {
+    return {
         "ctc": write_bundle(root / "ctc"),
         "intent": write_bundle(
             root / "intent", task="classify", labels=(("lights_on", "lights_off"),)
         ),
     }
+
+
+async def start_daemon(
+    models: dict[str, Path], tls: tuple[Path, Path], *, port: int = 0
+) -> StreamerServer:
+    """The daemon over TLS with a token, serving the page (as `streamer serve` does)."""
     cert, key = tls
     config = Config(
-        server=ServerConfig(host="127.0.0.1", port=0),
+        server=ServerConfig(host="127.0.0.1", port=port),
         security=SecurityConfig(token=TOKEN, certfile=str(cert), keyfile=str(key)),
     )
     services = build_services(config, models)
     server = StreamerServer(services, info=server_info(services), routes=routes(services))
     await server.start()
-    yield server
+    return server
+
+
+async def stop_daemon(server: StreamerServer) -> None:
     await server.drain(UNIT_S)
-    services.runner.close()
+    server.services.runner.close()
+
+
+@pytest.fixture
+async def daemon(models: dict[str, Path], tls: tuple[Path, Path]) -> AsyncIterator[StreamerServer]:
+    server = await start_daemon(models, tls)
+    yield server
+    await stop_daemon(server)
+
+
+@contextlib.asynccontextmanager
+async def chromium(profile: Path, mic: str) -> AsyncIterator[Any]:
+    """Headless Debian Chromium whose microphone plays ``mic`` (a WAV path, optional %noloop)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=CHROMIUM,
+            headless=True,
+            ignore_https_errors=True,
+            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={mic}"],
+            viewport={"width": 1000, "height": 560},
+        )
+        try:
+            yield browser.pages[0] if browser.pages else await browser.new_page()
+        finally:
+            await browser.close()
 
 
 def test_page_files_ship_with_the_package() -> None:
@@ -122,53 +166,29 @@ async def test_captions_page_in_chromium(
     daemon: StreamerServer, fake_mic: tuple[Path, float], tmp_path: Path
 ) -> None:
     """Chromium's fake mic plays real speech; the page shows the server's utterances live."""
-    from playwright.async_api import async_playwright
-
     wav, duration_s = fake_mic
     base = f"https://127.0.0.1:{daemon.ports[0]}"
     sub = daemon.services.hub.subscribe(streams=(STREAM,), events=("utterance",))
     sockets: list[str] = []
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=CHROMIUM,
-            headless=True,
-            ignore_https_errors=True,
-            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={wav}%noloop"],
-            viewport={"width": 1000, "height": 560},
+    async with chromium(tmp_path / "profile", f"{wav}%noloop") as page:
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        await page.goto(f"{base}/?token={TOKEN}&stream={STREAM}")
+        await page.click("#start")
+        await page.wait_for_function(
+            "() => document.body.dataset.state === 'live'", timeout=3 * UNIT_S * 1000
         )
-        try:
-            page = browser.pages[0] if browser.pages else await browser.new_page()
-            page.on("websocket", lambda ws: sockets.append(ws.url))
-            await page.goto(f"{base}/?token={TOKEN}&stream={STREAM}")
-            await page.click("#start")
-            await page.wait_for_function(
-                "() => document.body.dataset.state === 'live'", timeout=3 * UNIT_S * 1000
-            )
-            # every sample of the file must reach the server (a silent fake mic reads as 0)
-            need = int(16000 * (duration_s - 0.5))
-            await page.wait_for_function(
-                f"() => Number(document.body.dataset.samplesSent || 0) >= {need}",
-                timeout=3 * UNIT_S * 1000,
-            )
-            await page.click("#stop")  # end: the server flushes and closes with 1000
-            await page.wait_for_function(
-                "() => document.body.dataset.state === 'idle'", timeout=UNIT_S * 1000
-            )
-            shown = await page.eval_on_selector_all(
-                "#captions li",
-                """items => items.map(li => ({
-                    id: li.dataset.utteranceId,
-                    text: li.querySelector('.text').textContent,
-                    intent: li.querySelector('.intent').dataset.name,
-                    latency: li.querySelector('.latency').dataset.ms,
-                    server: li.querySelector('.latency').dataset.serverMs,
-                    classes: li.className,
-                }))""",
-            )
-            await page.screenshot(path=str(tmp_path / "captions.png"))
-        finally:
-            await browser.close()
+        # every sample of the file must reach the server (a silent fake mic reads as 0)
+        need = int(16000 * (duration_s - 0.5))
+        await page.wait_for_function(
+            f"() => Number(document.body.dataset.samplesSent || 0) >= {need}",
+            timeout=3 * UNIT_S * 1000,
+        )
+        await page.click("#stop")  # end: the server flushes and closes with 1000
+        await page.wait_for_function(
+            "() => document.body.dataset.state === 'idle'", timeout=UNIT_S * 1000
+        )
+        shown = await page.eval_on_selector_all("#captions li", CAPTIONS_JS)
+        await page.screenshot(path=str(tmp_path / "captions.png"))
     published, _ = sub.drain()
     sent = [proto.decode_event(text) for text in published]
     utterances = [u for u in sent if isinstance(u, proto.Utterance)]
@@ -219,3 +239,44 @@ async def test_page_and_scripts_need_the_token(daemon: StreamerServer) -> None:
     status, body, _ = await asyncio.to_thread(get, f"/metrics?token={TOKEN}")
     assert status == 200
     assert b"streamer_end_of_speech_to_final_seconds" in body
+
+
+async def test_page_reconnects_after_a_daemon_restart(
+    models: dict[str, Path],
+    tls: tuple[Path, Path],
+    fake_mic: tuple[Path, float],
+    tmp_path: Path,
+) -> None:
+    """When the daemon restarts, the page reconnects by itself and captions go on."""
+    wav, _ = fake_mic
+    first = await start_daemon(models, tls)
+    port = first.ports[0]
+    sockets: list[str] = []
+    async with chromium(tmp_path / "profile", str(wav)) as page:  # the file loops
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        await page.goto(f"https://127.0.0.1:{port}/?token={TOKEN}&stream={STREAM}")
+        await page.click("#start")
+        live = "() => document.body.dataset.state === 'live'"
+        await page.wait_for_function(live, timeout=3 * UNIT_S * 1000)
+        await stop_daemon(first)  # closes the page's connection with 1001
+        await page.wait_for_function(
+            "() => document.body.dataset.state === 'reconnecting'", timeout=UNIT_S * 1000
+        )
+        second = await start_daemon(models, tls, port=port)
+        try:
+            sub = second.services.hub.subscribe(streams=(STREAM,), events=("utterance",))
+            await page.wait_for_function(live, timeout=3 * UNIT_S * 1000)
+            published: list[str] = []
+            async with asyncio.timeout(3 * UNIT_S):
+                while not published:
+                    await asyncio.sleep(0.1)
+                    published += sub.drain()[0]
+            event = proto.decode_event(published[0])
+            assert isinstance(event, proto.Utterance)
+            selector = f'li[data-utterance-id="{event.utterance_id}"][data-seq]'
+            await page.wait_for_selector(selector, timeout=UNIT_S * 1000)
+            await page.click("#stop")
+        finally:
+            await stop_daemon(second)
+    assert len(sockets) >= 2
+    assert set(sockets) == {f"wss://127.0.0.1:{port}/v1/stream?token={TOKEN}"}
