@@ -46,9 +46,9 @@ from wyoming.intent import Entity, Intent, IntentsStart, IntentsStop, NotRecogni
 from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler
 
-from streamer import __version__, protocol as proto
+from streamer import __version__, limits, protocol as proto
 from streamer.audio import MAX_RATE_HZ, MIN_RATE_HZ, AudioFormat
-from streamer.errors import ConfigError, StreamerError
+from streamer.errors import ConfigError, ProtocolError, StreamerError
 from streamer.pipeline import Services, StreamPipeline, stream_segmenter_config
 
 log = logging.getLogger(__name__)
@@ -337,6 +337,10 @@ class WyomingHandler(AsyncEventHandler):
             )
         services = self.owner.services
         models = self._models()
+        try:
+            limits.admit_stream(services)  # the engine is far behind: refuse, as ingest does
+        except ProtocolError as exc:
+            raise BadRequestError(exc.code, str(exc)) from None
         req = _Request(self.owner.next_stream(), rate_hz, width, channels, self._language())
         req.pipeline = StreamPipeline(
             services,

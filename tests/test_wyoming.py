@@ -27,7 +27,7 @@ from wyoming.ping import Ping, Pong
 from streamer import protocol as proto
 from streamer.app import build_services
 from streamer.audio import float_to_pcm16
-from streamer.config import Config
+from streamer.config import Config, EngineConfig
 from streamer.errors import ConfigError
 from streamer.pipeline import Services
 from streamer.sources import read_audio_file
@@ -221,6 +221,29 @@ async def test_bad_requests_get_an_error_and_close(
     errors = [WyomingError.from_event(e) for e in got if WyomingError.is_type(e.type)]
     assert [e.code for e in errors] == [code]
     assert wyoming.services.streams == {}
+
+
+async def test_busy_engine_refuses_new_requests(models: dict[str, Path]) -> None:
+    """When the engine is too far behind, a new request gets error busy, as ingest does."""
+    services = build_services(Config(engine=EngineConfig(max_pending_utterances=1)), models)
+    server = WyomingServer(services, "tcp://127.0.0.1:0")
+    await server.start()
+    services.runner.reserve()  # one utterance pending: load 1.0
+    try:
+        client = AsyncTcpClient("127.0.0.1", server.ports[0], read_timeout=UNIT_S)
+        async with client:
+            await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+            event = await client.read_event()
+            assert event is not None
+            assert WyomingError.from_event(event).code == "busy"
+            assert await client.read_event() is None
+    finally:
+        services.runner.release()
+        await server.drain(UNIT_S)
+        services.runner.close()
+    assert (
+        services.metrics.registry.get_sample_value("streamer_errors_total", {"code": "busy"}) == 1
+    )
 
 
 async def test_text_recognize_ping_and_unknown_events(wyoming: Wyoming) -> None:
