@@ -170,8 +170,10 @@ async def test_captions_page_in_chromium(
     base = f"https://127.0.0.1:{daemon.ports[0]}"
     sub = daemon.services.hub.subscribe(streams=(STREAM,), events=("utterance",))
     sockets: list[str] = []
+    errors: list[str] = []
     async with chromium(tmp_path / "profile", f"{wav}%noloop") as page:
         page.on("websocket", lambda ws: sockets.append(ws.url))
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
         await page.goto(f"{base}/?token={TOKEN}&stream={STREAM}")
         await page.click("#start")
         await page.wait_for_function(
@@ -208,6 +210,7 @@ async def test_captions_page_in_chromium(
         assert 300 <= u.start_ms <= 1200
         assert u.start_ms + 800 <= u.end_ms <= 3000
     assert sockets == [f"wss://127.0.0.1:{daemon.ports[0]}/v1/stream?token={TOKEN}"]
+    assert errors == []  # no uncaught exception in the page's scripts
     assert (tmp_path / "captions.png").stat().st_size > 10_000
 
 
