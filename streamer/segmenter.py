@@ -243,6 +243,8 @@ class Segmenter:
         chunk = np.asarray(samples, dtype=np.float32)
         if chunk.ndim != 1:
             raise AudioFormatError(f"segmenter needs mono 1-D samples, got shape {chunk.shape}")
+        if not np.isfinite(chunk).all():  # one NaN would poison the noise floor for a window
+            chunk = np.nan_to_num(chunk, nan=0.0, posinf=1.0, neginf=-1.0)
         if self._pending.size:
             chunk = np.concatenate((self._pending, chunk))
         n = self.frame_samples

@@ -201,6 +201,26 @@ def test_streams_meet_the_boundary_f1_target(stream: str) -> None:
     assert f1 >= 0.9, f"{stream}: boundary F1 {f1:.3f}"
 
 
+@pytest.mark.parametrize("vad_mode", [0, 1, 2, 3])
+def test_faint_noise_after_speech_does_not_hold_the_utterance_open(vad_mode: int) -> None:
+    """With -60 dBFS noise after a sentence, every webrtcvad mode ends it within the hangover."""
+    sentence = speech("sent_harvard_spk1_snt2.wav")
+    x = np.concatenate([np.zeros(RATE, np.float32), sentence, np.zeros(5 * RATE, np.float32)])
+    x = x + noise(x.size / RATE, -60, seed=3)
+    config = SegmenterConfig(vad_mode=vad_mode)
+    seg = Segmenter(config)
+    fed = 0
+    ready: list[UtteranceReady] = []
+    while not ready and fed < x.size:
+        ready = utterances(seg.feed(x[fed : fed + 320]))
+        fed += 320
+    (utt,) = ready
+    sentence_end = RATE + sentence.size
+    assert abs(utt.speech_end_sample - sentence_end) <= TOLERANCE_S * RATE
+    hangover_ms = config.min_silence_ms + config.extra_silence_ms
+    assert fed - utt.speech_end_sample <= (hangover_ms + 60) * RATE // 1000
+
+
 # --- properties ---------------------------------------------------------------------------
 
 SHORT_CUTS = SegmenterConfig(max_utterance_s=0.9, pre_roll_ms=200, post_roll_ms=100)
@@ -362,6 +382,14 @@ def test_feed_rejects_multichannel_arrays() -> None:
     """Two-dimensional input is an AudioFormatError, not a silent misread."""
     with pytest.raises(AudioFormatError):
         Segmenter().feed(np.zeros((160, 2), np.float32))
+
+
+def test_non_finite_samples_are_neutralised() -> None:
+    """NaN and inf samples (a broken client) neither raise nor stop later speech being found."""
+    x = padded_sentence().copy()
+    x[100:400] = np.nan
+    x[500] = np.inf
+    assert len(utterances(run(x, chunk=320))) == 1
 
 
 def padded_sentence() -> Audio:
