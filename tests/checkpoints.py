@@ -38,13 +38,15 @@ SEGUE_ENCODER: dict[str, Any] = {
 }
 
 
-def make_sewd_ctc(folder: Path, *, seed: int = 0) -> Path:
-    """Write a tiny random SEWDForCTC checkpoint with a character tokenizer."""
+def make_sewd_ctc(folder: Path, *, seed: int = 0, config: dict[str, Any] | None = None) -> Path:
+    """Write a random SEWDForCTC checkpoint with a character tokenizer (tiny unless ``config``)."""
     from transformers import SEWDConfig, SEWDForCTC
 
     torch = _seeded(seed)
     with torch.no_grad():
-        model = SEWDForCTC(SEWDConfig(**SEWD_TINY, vocab_size=len(VOCAB)))
+        model = SEWDForCTC(
+            SEWDConfig(**(SEWD_TINY if config is None else config), vocab_size=len(VOCAB))
+        )
     model.save_pretrained(folder)
     _write_tokenizer(folder)
     _write_preprocessor(folder, do_normalize=True)
@@ -90,6 +92,7 @@ def make_segue(
     *,
     regression: bool = False,
     seed: int = 3,
+    base_size: bool = False,
 ) -> Path:
     """Write a tiny random SEGUE checkpoint in the published layout.
 
@@ -99,27 +102,32 @@ def make_segue(
             None with ``regression=False`` gives a plain SegueModel.
         regression: write a SegueForRegression.
         seed: torch seed.
+        base_size: use the real wav2vec2-base-960h encoder shape (94M parameters) and, as the
+            published config.json does, leave it to the exporter's built-in copy.
     """
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
+    from streamer.export.spec import WAV2VEC2_BASE_960H
+
+    encoder_config = WAV2VEC2_BASE_960H if base_size else SEGUE_ENCODER
     torch = _seeded(seed)
     with torch.no_grad():
-        encoder = Wav2Vec2Model(Wav2Vec2Config(**SEGUE_ENCODER))
+        encoder = Wav2Vec2Model(Wav2Vec2Config(**encoder_config))
     state = {f"speech_encoder.{_old_name(k)}": v for k, v in encoder.state_dict().items()}
     # A sliver of the MPNet text teacher: present in real checkpoints, ignored by export.
     state["text_encoder.embeddings.word_embeddings.weight"] = torch.randn(30, 8)
     state["text_encoder.encoder.layer.0.attention.attn.q.weight"] = torch.randn(8, 8)
-    hidden = SEGUE_ENCODER["hidden_size"]
+    hidden = encoder_config["hidden_size"]
     architecture = "SegueModel"
     if regression:
         architecture = "SegueForRegression"
-        state["regression_head.0.weight"] = torch.randn(1, hidden)
+        state["regression_head.0.weight"] = torch.randn(1, hidden) / hidden**0.5
         state["regression_head.0.bias"] = torch.randn(1)
     elif n_classes is not None:
         architecture = "SegueForClassification"
         sizes = n_classes if isinstance(n_classes, list) else [n_classes]
         for i, n in enumerate(sizes):
-            state[f"classification_heads.{i}.weight"] = torch.randn(n, hidden)
+            state[f"classification_heads.{i}.weight"] = torch.randn(n, hidden) / hidden**0.5
             state[f"classification_heads.{i}.bias"] = torch.randn(n)
     config: dict[str, Any] = {
         "architectures": [architecture],
@@ -127,10 +135,11 @@ def make_segue(
         "speech_encoder_checkpoint": "facebook/wav2vec2-base-960h",
         "train_backbone": False,
         "n_classes": n_classes if n_classes is not None else 2,
-        "speech_encoder_config": SEGUE_ENCODER,
         "torch_dtype": "float32",
         "transformers_version": "4.26.1",
     }
+    if not base_size:
+        config["speech_encoder_config"] = SEGUE_ENCODER
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     torch.save(state, folder / "pytorch_model.bin")

@@ -8,6 +8,7 @@ place only after parity passed: a failed or interrupted export leaves nothing be
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -105,25 +106,28 @@ def _build(
     prepared: _Prepared, options: ExportOptions, staging: Path, *, progress: Progress
 ) -> Manifest:
     _quiet_libraries()
-    from streamer.export import convert, parity, quantize
+    from streamer.export import convert, parity
     from streamer.export.models import load_pipeline
 
     checkpoint, plan = prepared.checkpoint, prepared.plan
     with progress.step(f"load {plan.class_name} from {checkpoint.path}"):
         pipeline = load_pipeline(checkpoint, plan)
-    fp32 = staging / MODEL_NAME
+    model = staging / MODEL_NAME
     with progress.step(f"export {plan.spec.arch} {plan.task} graph (opset {options.opset})"):
-        convert.export_onnx(pipeline, plan, fp32, opset=options.opset)
+        convert.export_onnx(pipeline, plan, model, opset=options.opset)
     names = [o.name for o in pipeline.outputs]
-    runs = parity.parity_runs(
-        plan.conv, min_samples=plan.min_samples, sample_rate_hz=pipeline.sample_rate
+    rate = pipeline.sample_rate
+    runs = parity.parity_runs(plan.conv, min_samples=plan.min_samples, sample_rate_hz=rate)
+    check = functools.partial(
+        parity.compare,
+        reference=pipeline.reference,
+        output_names=names,
+        conv=plan.conv if plan.task == "ctc" else None,  # ctc timing is part of the contract
     )
-    conv = plan.conv if plan.task == "ctc" else None
     with progress.step(f"parity vs PyTorch at {len(runs)} inputs"):
-        session = parity.open_session(fp32)
+        session = parity.open_session(model)
         parity.check_dynamic_input(session)
-        tracked = progress.track(runs, "parity")
-        result = parity.compare(session, pipeline.reference, tracked, output_names=names, conv=conv)
+        result = check(session, runs=progress.track(runs, "parity"))
     if result.max_abs_diff > options.atol:
         raise ParityError(
             f"parity failed: max abs diff {result.max_abs_diff:.3g} > atol {options.atol:g} "
@@ -131,18 +135,11 @@ def _build(
         )
     compared = f"onnxruntime fp32 graph vs torch ({pipeline.description}): {', '.join(names)}"
     if options.quantization is not None:
-        final = staging / f"{options.quantization}.onnx"
         with progress.step(f"quantize to {options.quantization}"):
-            if options.quantization == "int8":
-                quantize.quantize_int8(fp32, final)
-            else:
-                quantize.convert_fp16(fp32, final)
-            session = parity.open_session(final)
+            _compress(model, options.quantization)
+            session = parity.open_session(model)
             parity.check_dynamic_input(session)
-            shipped = parity.compare(
-                session, pipeline.reference, runs, output_names=names, conv=conv
-            )
-        os.replace(final, fp32)
+            shipped = check(session, runs=runs)
         compared += (
             f"; the shipped {options.quantization} graph differs by up to "
             f"{shipped.max_abs_diff:.3g} ({shipped.worst}), reported, not gated"
@@ -150,7 +147,7 @@ def _build(
     return Manifest(
         arch=plan.spec.arch,
         task=plan.task,
-        sample_rate=pipeline.sample_rate,
+        sample_rate=rate,
         inputs=tuple(_tensor(t) for t in session.get_inputs()),
         outputs=tuple(_tensor(t) for t in session.get_outputs()),
         min_samples=plan.min_samples,
@@ -171,6 +168,18 @@ def _build(
         labels=prepared.labels,
         embedding_dim=pipeline.embedding_dim if "embedding" in names else None,
     )
+
+
+def _compress(model: Path, quantization: str) -> None:
+    """Replace the fp32 graph at ``model`` by its ``quantization`` form."""
+    from streamer.export import quantize
+
+    compressed = model.with_name(f"{quantization}.onnx")
+    if quantization == "int8":
+        quantize.quantize_int8(model, compressed)
+    else:
+        quantize.convert_fp16(model, compressed)
+    os.replace(compressed, model)
 
 
 def _tensor(node: Any) -> TensorSpec:
@@ -216,7 +225,7 @@ def _staging(out: Path, *, force: bool) -> Iterator[Path]:
 
 
 def _quiet_libraries() -> None:
-    """Keep transformers' and torch's loggers to errors: one line per step is the contract."""
+    """Keep transformers' logging to errors and drop its progress bars: one line per step."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from transformers.utils import logging as hf_logging
 

@@ -87,9 +87,9 @@ def check_dynamic_input(session: ort.InferenceSession) -> None:
 
 def compare(
     session: ort.InferenceSession,
+    *,
     reference: Reference,
     runs: Iterable[ParityRun],
-    *,
     output_names: list[str],
     conv: ConvStack | None = None,
 ) -> ParityResult:
