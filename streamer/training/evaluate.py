@@ -1,0 +1,198 @@
+"""Metrics for the demo bundles, measured with onnxruntime on the exported ONNX graphs (no torch).
+
+Held-out sets: synthetic commands spoken by espeak-ng voices never used in training, the FSDD
+speaker left out of training (single digits and concatenated strings), and the in-grammar real
+recordings of the shared test audio.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE_HZ = 16000
+
+
+@dataclass(frozen=True)
+class RealClip:
+    """A real recording inside the grammar, with what the models should say about it."""
+
+    file: str
+    transcript: str
+    intent: str
+    room: str
+
+
+REAL_CLIPS: tuple[RealClip, ...] = (
+    RealClip(
+        "cmd_living_room_light.wav", "turn on the living room light", "lights_on", "living_room"
+    ),
+    RealClip("digits_tidigits_2934z.wav", "two nine three four zero", "digits", "none"),
+    RealClip(
+        "long_digits_vosk_test.wav",
+        "one zero zero zero one nine oh two one oh zero one eight zero three",
+        "digits",
+        "none",
+    ),
+)
+"""The real in-grammar recordings of the shared audio folder (besides its FSDD digits)."""
+
+
+def _edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def _digits_equal(word: str) -> str:
+    return "zero" if word == "oh" else word
+
+
+def word_error_rate(refs: Sequence[str], hyps: Sequence[str], *, oh_is_zero: bool = True) -> float:
+    """Corpus word error rate: total word edits over total reference words ("oh" = "zero")."""
+    edits = 0
+    words = 0
+    for ref, hyp in zip(refs, hyps, strict=True):
+        r, h = ref.split(), hyp.split()
+        if oh_is_zero:
+            r, h = [_digits_equal(w) for w in r], [_digits_equal(w) for w in h]
+        edits += _edit_distance(r, h)
+        words += len(r)
+    return edits / max(1, words)
+
+
+def load_audio(path: Path) -> np.ndarray:
+    """Read a WAV file as float32 mono 16 kHz."""
+    audio, rate_hz = sf.read(str(path), dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1)
+    if rate_hz != SAMPLE_RATE_HZ:
+        mono = soxr.resample(mono, rate_hz, SAMPLE_RATE_HZ)
+    return np.asarray(mono, dtype=np.float32)
+
+
+class Bundle:
+    """An exported bundle run with onnxruntime on the CPU."""
+
+    def __init__(self, bundle_dir: Path, *, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        self.manifest: dict[str, Any] = json.loads((bundle_dir / "manifest.json").read_text())
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            str(bundle_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+        )
+        self.min_samples = int(self.manifest["min_samples"])
+
+    def run(self, audio: np.ndarray) -> list[np.ndarray]:
+        """Run one utterance (padded with zeros up to ``min_samples``); return every output."""
+        if len(audio) < self.min_samples:
+            audio = np.pad(audio, (0, self.min_samples - len(audio)))
+        out: list[np.ndarray] = self.session.run(None, {"input_values": audio[None, :]})
+        return out
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        """Greedy CTC transcript (ctc bundles)."""
+        logits = self.run(audio)[0][0]
+        vocab = self.manifest["vocab"]
+        blank = int(self.manifest["blank_id"])
+        delim = self.manifest["word_delimiter"]
+        chars: list[str] = []
+        prev = -1
+        for i in logits.argmax(-1).tolist():
+            if i != prev and i != blank:
+                chars.append(vocab[i])
+            prev = i
+        text = "".join(c for c in chars if not (c.startswith("<") and c.endswith(">")))
+        return " ".join(text.replace(delim, " ").split())
+
+    def classify(self, audio: np.ndarray) -> tuple[str, ...]:
+        """Arg-max label per label set (classify bundles)."""
+        outs = self.run(audio)
+        labels = self.manifest["labels"]
+        sets = labels if labels and isinstance(labels[0], list) else [labels]
+        return tuple(names[int(out[0].argmax())] for names, out in zip(sets, outs, strict=False))
+
+    def seconds_per_utterance(self, *, duration_s: float = 3.0, repeats: int = 10) -> float:
+        """Median wall time of one ``duration_s`` utterance through the graph."""
+        rng = np.random.default_rng(0)
+        audio = (rng.standard_normal(int(duration_s * SAMPLE_RATE_HZ)) * 0.1).astype(np.float32)
+        self.run(audio)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            self.run(audio)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+
+def evaluate_ctc(
+    bundle: Bundle,
+    sets: dict[str, list[tuple[np.ndarray, str]]],
+    real: list[tuple[str, np.ndarray, str]],
+) -> dict[str, Any]:
+    """WER / exact match per set, and each real recording's transcript."""
+    result: dict[str, Any] = {"sets": {}, "real": []}
+    for name, items in sets.items():
+        hyps = [bundle.transcribe(a) for a, _ in items]
+        refs = [t for _, t in items]
+        exact = [
+            [_digits_equal(w) for w in h.split()] == [_digits_equal(w) for w in r.split()]
+            for h, r in zip(hyps, refs, strict=True)
+        ]
+        result["sets"][name] = {
+            "n": len(items),
+            "wer": word_error_rate(refs, hyps),
+            "exact": float(np.mean(exact)),
+            "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps, strict=True))[:6]],
+        }
+    for file, audio, ref in real:
+        hyp = bundle.transcribe(audio)
+        result["real"].append(
+            {"file": file, "ref": ref, "hyp": hyp, "wer": word_error_rate([ref], [hyp])}
+        )
+    return result
+
+
+def evaluate_intent(
+    bundle: Bundle,
+    sets: dict[str, list[tuple[np.ndarray, str, str]]],
+    real: list[tuple[str, np.ndarray, str, str]],
+) -> dict[str, Any]:
+    """Intent and room accuracy per set, and each real recording's labels."""
+    result: dict[str, Any] = {"sets": {}, "real": []}
+    for name, items in sets.items():
+        preds = [bundle.classify(a) for a, _, _ in items]
+        result["sets"][name] = {
+            "n": len(items),
+            "intent_acc": float(
+                np.mean([p[0] == i for p, (_, i, _) in zip(preds, items, strict=True)])
+            ),
+            "room_acc": float(
+                np.mean([p[1] == r for p, (_, _, r) in zip(preds, items, strict=True)])
+            ),
+        }
+    for file, audio, intent, room in real:
+        pred = bundle.classify(audio)
+        result["real"].append(
+            {
+                "file": file,
+                "expected": [intent, room],
+                "got": list(pred),
+                "ok": pred[0] == intent and pred[1] == room,
+            }
+        )
+    return result

@@ -1,0 +1,143 @@
+"""Shared training-loop pieces: batching with per-utterance normalisation, LR schedule, checkpoints.
+
+Each step draws its batch from ``numpy.random.default_rng([seed, step])``, so a run resumed from a
+checkpoint sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def normalize(audio: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance over the clip (the feature extractor's ``do_normalize``)."""
+    x = audio.astype(np.float32)
+    out: np.ndarray = ((x - x.mean()) / np.sqrt(x.var() + 1e-7)).astype(np.float32)
+    return out
+
+
+def pad_batch(clips: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalise each clip and right-pad with zeros; return (values, attention mask, lengths)."""
+    lengths = np.array([len(c) for c in clips], dtype=np.int64)
+    values = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
+    mask = np.zeros(values.shape, dtype=np.int64)
+    for row, clip in enumerate(clips):
+        values[row, : len(clip)] = normalize(clip)
+        mask[row, : len(clip)] = 1
+    return values, mask, lengths
+
+
+def draw_batch(
+    draw: Callable[[np.random.Generator], T],
+    size: int,
+    rng: np.random.Generator,
+    *,
+    length: Callable[[T], int],
+) -> list[T]:
+    """Draw ``3 * size`` items, sort them by length and return a random run of ``size`` neighbours.
+
+    Batches of similar lengths waste little compute on padding.
+    """
+    pool = sorted((draw(rng) for _ in range(3 * size)), key=length)
+    start = int(rng.integers(0, len(pool) - size + 1))
+    return pool[start : start + size]
+
+
+def conv_frames(n_samples: int, kernels: Sequence[int], strides: Sequence[int]) -> int:
+    """Frames the conv feature extractor yields for ``n_samples`` inputs (no padding)."""
+    n = n_samples
+    for k, s in zip(kernels, strides, strict=True):
+        n = (n - k) // s + 1
+    return max(n, 0)
+
+
+def lr_at(step: int, *, peak: float, warmup: int, total: int) -> float:
+    """Linear warm-up to ``peak`` then cosine decay to 5% of it at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@dataclass
+class Curve:
+    """The learning curve: training loss per logging window and periodic evaluation results."""
+
+    train: list[dict[str, float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        """Write the curve as JSON."""
+        path.write_text(json.dumps({"train": self.train, "evals": self.evals}, indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Curve:
+        """Read a curve written by :meth:`save` (empty when the file is missing)."""
+        if not path.exists():
+            return cls()
+        raw = json.loads(path.read_text())
+        return cls(train=list(raw["train"]), evals=list(raw["evals"]))
+
+
+def save_checkpoint(path: Path, *, model: Any, optimizer: Any, step: int) -> None:
+    """Atomically save model and optimizer state plus the step count."""
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp
+    )
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, *, model: Any, optimizer: Any) -> int:
+    """Restore a checkpoint written by :func:`save_checkpoint`; return its step (0 if none)."""
+    import torch
+
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+class Progress:
+    """A one-line progress bar on a TTY, a log line every ``every`` steps otherwise."""
+
+    def __init__(self, total: int, *, label: str, every: int = 50) -> None:
+        self._total = total
+        self._label = label
+        self._every = every
+        self._t0 = time.monotonic()
+        self._tty = sys.stderr.isatty()
+
+    def update(self, step: int, info: str) -> None:
+        """Report that ``step`` of the total is done."""
+        elapsed_s = time.monotonic() - self._t0
+        if self._tty:
+            width = 30
+            done = int(width * step / max(1, self._total))
+            bar = "#" * done + "." * (width - done)
+            sys.stderr.write(
+                f"\r{self._label} [{bar}] {step}/{self._total} {elapsed_s:5.0f}s {info}"
+            )
+            sys.stderr.flush()
+            if step >= self._total:
+                sys.stderr.write("\n")
+        elif step % self._every == 0 or step >= self._total:
+            log.info("%s %d/%d %.0fs %s", self._label, step, self._total, elapsed_s, info)

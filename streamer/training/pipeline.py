@@ -1,0 +1,281 @@
+"""The demo-model pipeline behind ``bin/train_demo``: data → train both → export → evaluate → cards.
+
+Every stage reads what the previous one wrote under ``data_dir`` / ``work_dir``, so stages can be
+run one at a time and a training stage can resume from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamer.training import augment, data, evaluate
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_AUDIO = REPO.parent / "shared" / "audio"
+FSDD_ROOT = REPO.parent / "shared" / "datasets" / "fsdd"
+HELDOUT_SPEAKER = "lucas"
+N_SYNTH_TRAIN = 9000
+N_SYNTH_TEST = 480
+SYNTH_TRAIN_SEED = 1
+SYNTH_TEST_SEED = 2
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where each stage reads and writes."""
+
+    data_dir: Path
+    work_dir: Path
+    exported_dir: Path
+
+    @property
+    def synth_train(self) -> Path:
+        """Synthetic training corpus."""
+        return self.data_dir / "synth_train.npz"
+
+    @property
+    def synth_test(self) -> Path:
+        """Synthetic held-out-voice corpus."""
+        return self.data_dir / "synth_test.npz"
+
+
+def stage_data(paths: Paths) -> None:
+    """Synthesize the training and held-out-voice corpora (skipped when present)."""
+    for path, n, heldout, seed in (
+        (paths.synth_train, N_SYNTH_TRAIN, False, SYNTH_TRAIN_SEED),
+        (paths.synth_test, N_SYNTH_TEST, True, SYNTH_TEST_SEED),
+    ):
+        if path.exists():
+            log.info("%s exists, keeping it", path)
+            continue
+        from streamer.training.loop import Progress
+
+        bar = Progress(n, label=f"synth {path.stem}", every=1000)
+
+        def tick(k: int, bar: Progress = bar) -> None:
+            bar.update(k, "")
+
+        corpus = data.build_synthetic(n, heldout=heldout, seed=seed, progress=tick)
+        corpus.save(path)
+
+
+def fsdd_sets() -> tuple[list[data.FsddClip], list[data.FsddClip]]:
+    """FSDD (train, held-out speaker) clips."""
+    return data.fsdd_split(data.load_fsdd(FSDD_ROOT), heldout_speaker=HELDOUT_SPEAKER)
+
+
+def fsdd_eval_items(test: list[data.FsddClip], *, every: int) -> list[data.Utterance]:
+    """Every ``every``-th held-out-speaker clip as an evaluation utterance."""
+    from streamer.training.grammar import DIGIT_WORDS
+
+    return [
+        data.Utterance(c.audio, DIGIT_WORDS[c.digit], "digits", "none", f"fsdd:{c.speaker}")
+        for c in test[::every]
+    ]
+
+
+def mixture(paths: Paths, *, p_fsdd: float) -> data.Mixture:
+    """The augmented training mixture."""
+    fsdd_train, _ = fsdd_sets()
+    noises = augment.load_noises(data.noise_paths(SHARED_AUDIO))
+    return data.Mixture(data.Corpus.load(paths.synth_train), fsdd_train, noises, p_fsdd=p_fsdd)
+
+
+def stage_ctc(paths: Paths, *, steps: int, resume: bool) -> Path:
+    """Train the SEW-D CTC model; return its Hugging Face folder."""
+    from streamer.training import train_ctc
+
+    _, fsdd_test = fsdd_sets()
+    evalsets = {
+        "synth_heldout": data.Corpus.load(paths.synth_test).items[:64],
+        "fsdd_heldout": fsdd_eval_items(fsdd_test, every=8),
+    }
+    recipe = train_ctc.CtcRecipe(steps=steps)
+    return train_ctc.train(
+        mixture(paths, p_fsdd=0.3),
+        evalsets,
+        work_dir=paths.work_dir / "ctc",
+        recipe=recipe,
+        resume=resume,
+    )
+
+
+def stage_intent(paths: Paths, *, steps: int, resume: bool) -> Path:
+    """Train the SEGUE-architecture intent model; return its checkpoint folder."""
+    from streamer.training import train_intent
+
+    evalset = data.Corpus.load(paths.synth_test).items[:96]
+    recipe = train_intent.IntentRecipe(steps=steps)
+    return train_intent.train(
+        mixture(paths, p_fsdd=0.15),
+        evalset,
+        work_dir=paths.work_dir / "intent",
+        recipe=recipe,
+        resume=resume,
+    )
+
+
+def export(source: Path, out: Path, *, quantize: bool) -> None:
+    """Run ``bin/export_onnx`` on a checkpoint folder.
+
+    Raises:
+        subprocess.CalledProcessError: the exporter failed (its message is on stderr).
+    """
+    cmd = [sys.executable, str(REPO / "bin" / "export_onnx"), str(source), "--out", str(out)]
+    if quantize:
+        cmd += ["--quantize", "int8"]
+    log.info("exporting: %s", " ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+BUNDLE_NAMES = ("commands-ctc", "commands-intent")
+
+
+def stage_export(paths: Paths) -> None:
+    """Write both checkpoint folders from the last training checkpoints, export fp32 and int8."""
+    from streamer.training import train_ctc, train_intent
+
+    sources = {
+        "commands-ctc": train_ctc.save_from_checkpoint(
+            paths.work_dir / "ctc", train_ctc.CtcRecipe()
+        ),
+        "commands-intent": train_intent.save_from_checkpoint(
+            paths.work_dir / "intent", train_intent.IntentRecipe()
+        ),
+    }
+    for name, source in sources.items():
+        for quantize in (False, True):
+            out = paths.work_dir / "bundles" / f"{name}-{'int8' if quantize else 'fp32'}"
+            if out.exists():
+                shutil.rmtree(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            export(_relative(source), _relative(out), quantize=quantize)
+
+
+def _relative(path: Path) -> Path:
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def _fsdd_strings(clips: list[data.FsddClip], *, n: int, seed: int) -> list[tuple[np.ndarray, str]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        utt = data.concat_digits(clips, rng, n_digits=int(rng.integers(2, 6)))
+        out.append((utt.audio, utt.text))
+    return out
+
+
+def _eval_inputs() -> dict[str, Any]:
+    from streamer.training.grammar import DIGIT_WORDS
+
+    _, test = fsdd_sets()
+    seen_unheard = [
+        c
+        for c in data.load_fsdd(FSDD_ROOT)
+        if c.speaker != HELDOUT_SPEAKER and c.index in data.FSDD_TEST_INDICES
+    ]
+    shared_fsdd = sorted((SHARED_AUDIO / "fsdd").glob("*.wav"))
+    return {
+        "fsdd_heldout_digits": [(c.audio, DIGIT_WORDS[c.digit]) for c in test],
+        "fsdd_heldout_strings": _fsdd_strings(test, n=100, seed=5),
+        "fsdd_seen_speakers_unheard_recordings": [
+            (c.audio, DIGIT_WORDS[c.digit]) for c in seen_unheard
+        ],
+        "shared_audio_fsdd": [
+            (evaluate.load_audio(p), DIGIT_WORDS[int(p.name.split("_")[0])]) for p in shared_fsdd
+        ],
+    }
+
+
+def stage_evaluate(paths: Paths) -> None:
+    """Measure fp32 and int8 bundles, keep int8 unless it loses accuracy, copy to ``exported/``."""
+    synth_test = data.Corpus.load(paths.synth_test).items
+    digit_sets = _eval_inputs()
+    real = [(clip, evaluate.load_audio(SHARED_AUDIO / clip.file)) for clip in evaluate.REAL_CLIPS]
+    ctc_sets = {"synth_heldout_voices": [(u.audio, u.text) for u in synth_test], **digit_sets}
+    intent_sets = {
+        "synth_heldout_voices": [(u.audio, u.intent, u.room) for u in synth_test],
+        **{k: [(a, "digits", "none") for a, _ in v] for k, v in digit_sets.items()},
+    }
+    results: dict[str, Any] = {}
+    for name in BUNDLE_NAMES:
+        results[name] = {}
+        for variant in ("fp32", "int8"):
+            bundle = evaluate.Bundle(paths.work_dir / "bundles" / f"{name}-{variant}")
+            if name == "commands-ctc":
+                res = evaluate.evaluate_ctc(
+                    bundle, ctc_sets, [(c.file, a, c.transcript) for c, a in real]
+                )
+            else:
+                res = evaluate.evaluate_intent(
+                    bundle, intent_sets, [(c.file, a, c.intent, c.room) for c, a in real]
+                )
+            res["s_per_3s_utterance_1_thread"] = bundle.seconds_per_utterance()
+            res["model_bytes"] = (
+                (paths.work_dir / "bundles" / f"{name}-{variant}" / "model.onnx").stat().st_size
+            )
+            results[name][variant] = res
+            summary = {
+                k: {m: v for m, v in r.items() if m != "examples"} for k, r in res["sets"].items()
+            }
+            log.info("%s %s: %s", name, variant, json.dumps(summary))
+        results[name]["chosen"] = _choose(name, results[name])
+        chosen_dir = paths.work_dir / "bundles" / f"{name}-{results[name]['chosen']}"
+        dest = paths.exported_dir / name
+        dest.mkdir(parents=True, exist_ok=True)
+        for file in ("model.onnx", "manifest.json"):
+            shutil.copyfile(chosen_dir / file, dest / file)
+    (paths.work_dir / "eval.json").write_text(json.dumps(results, indent=1))
+
+
+def _choose(name: str, res: dict[str, Any]) -> str:
+    """int8 unless it is more than one point worse than fp32 on any held-out set."""
+    key = "wer" if name == "commands-ctc" else "intent_acc"
+    sign = 1.0 if key == "wer" else -1.0
+    for set_name, fp32 in res["fp32"]["sets"].items():
+        if sign * (res["int8"]["sets"][set_name][key] - fp32[key]) > 0.01:
+            return "fp32"
+    return "int8"
+
+
+def stage_card(paths: Paths) -> None:
+    """Write ``exported/<name>/CARD.md`` for both bundles."""
+    from streamer.training import card
+
+    results = json.loads((paths.work_dir / "eval.json").read_text())
+    for name in BUNDLE_NAMES:
+        sub = "ctc" if name == "commands-ctc" else "intent"
+        card.write_card(
+            name,
+            results[name],
+            curve=loop_curve(paths.work_dir / sub / "curve.json"),
+            meta_dir=paths.work_dir / sub,
+            bundle_dir=paths.exported_dir / name,
+        )
+
+
+def loop_curve(path: Path) -> dict[str, Any]:
+    """The learning curve JSON of a training run."""
+    raw: dict[str, Any] = json.loads(path.read_text())
+    return raw
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's global generator (every other draw uses an explicit seeded generator)."""
+    import torch
+
+    torch.manual_seed(seed)

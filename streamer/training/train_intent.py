@@ -1,0 +1,299 @@
+"""Train the SEGUE-architecture intent model and save it in the SEGUE on-disk layout.
+
+Architecture (as in SEGUE's classification model): a wav2vec 2.0 encoder, the mean of its last
+hidden state over the valid frames (frame count from the input length by the conv-stack formula),
+one Linear per label set. Training adds an auxiliary character CTC loss on the encoder frames
+(dense supervision that a from-scratch encoder needs); that head is not saved. Saved as
+``config.json`` (``architectures: ["SegueForClassification"]``, ``n_classes``,
+``speech_encoder_config``, ``id2label`` per label set) plus ``pytorch_model.bin`` with
+``speech_encoder.*`` and ``classification_heads.<i>.*`` tensors, which ``bin/export_onnx`` reads.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamer.training import grammar, loop
+from streamer.training.data import Mixture, Utterance
+from streamer.training.train_ctc import VOCAB, encode_text
+
+log = logging.getLogger(__name__)
+
+LABEL_SETS: tuple[tuple[str, ...], ...] = (grammar.INTENTS, grammar.ROOMS)
+"""Label sets in head order: intents, rooms."""
+CONV_DIM: tuple[int, ...] = (64,) * 7
+CONV_KERNEL: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+
+
+@dataclass(frozen=True)
+class IntentRecipe:
+    """Hyper-parameters of the intent run."""
+
+    steps: int = 1200
+    batch_size: int = 12
+    peak_lr: float = 1e-3
+    warmup_steps: int = 200
+    hidden_size: int = 144
+    n_layers: int = 3
+    n_heads: int = 4
+    intermediate_size: int = 576
+    seed: int = 11
+    eval_every: int = 250
+    checkpoint_every: int = 100
+    short_steps: int = 300
+    ctc_weight: float = 0.5
+
+
+def encoder_config(recipe: IntentRecipe) -> dict[str, Any]:
+    """The wav2vec 2.0 encoder config as a plain dict (stored in config.json)."""
+    from transformers import Wav2Vec2Config
+
+    cfg = Wav2Vec2Config(
+        vocab_size=32,
+        hidden_size=recipe.hidden_size,
+        num_hidden_layers=recipe.n_layers,
+        num_attention_heads=recipe.n_heads,
+        intermediate_size=recipe.intermediate_size,
+        conv_dim=CONV_DIM,
+        conv_kernel=CONV_KERNEL,
+        conv_stride=CONV_STRIDE,
+        conv_bias=True,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        num_conv_pos_embeddings=32,
+        num_conv_pos_embedding_groups=16,
+        hidden_dropout=0.05,
+        attention_dropout=0.05,
+        activation_dropout=0.05,
+        feat_proj_dropout=0.0,
+        layerdrop=0.0,
+        mask_time_prob=0.05,
+        mask_time_length=4,
+        mask_time_min_masks=0,
+    )
+    raw: dict[str, Any] = cfg.to_dict()
+    return raw
+
+
+def build_model(recipe: IntentRecipe) -> Any:
+    """A randomly initialised SEGUE classifier (encoder + mean pooling + one head per label set)."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    class SegueForClassification(torch.nn.Module):
+        """wav2vec 2.0 encoder, mean over valid frames, one Linear per label set."""
+
+        def __init__(self, config: dict[str, Any], n_classes: tuple[int, ...]) -> None:
+            super().__init__()
+            self.speech_encoder = Wav2Vec2Model(Wav2Vec2Config(**config))
+            hidden = int(config["hidden_size"])
+            self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, n) for n in n_classes)
+            # Auxiliary character CTC head: dense supervision for the encoder during training
+            # only; it is not part of the saved SEGUE checkpoint.
+            self.ctc_head = torch.nn.Linear(hidden, len(VOCAB))
+
+        def encode(self, values: Any, mask: Any, lengths: Any) -> tuple[Any, Any]:
+            hidden = self.speech_encoder(values, attention_mask=mask).last_hidden_state
+            frames = torch.tensor(
+                [loop.conv_frames(int(n), CONV_KERNEL, CONV_STRIDE) for n in lengths]
+            )
+            return hidden, frames
+
+        def pool_heads(self, hidden: Any, frames: Any) -> list[Any]:
+            valid = torch.arange(hidden.shape[1])[None, :] < frames[:, None]
+            pooled = (hidden * valid[..., None]).sum(1) / frames[:, None].clamp(min=1)
+            return [head(pooled) for head in self.heads]
+
+        def forward(self, values: Any, mask: Any, lengths: Any) -> list[Any]:
+            hidden, frames = self.encode(values, mask, lengths)
+            return self.pool_heads(hidden, frames)
+
+    return SegueForClassification(encoder_config(recipe), tuple(len(s) for s in LABEL_SETS))
+
+
+def save_segue(model: Any, recipe: IntentRecipe, out_dir: Path) -> None:
+    """Write config.json, preprocessor_config.json and pytorch_model.bin in the SEGUE layout.
+
+    Head tensors are stored as ``classification_heads.<i>.*``, the exporter's SEGUE key names.
+    """
+    import torch
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "architectures": ["SegueForClassification"],
+        "n_classes": [len(s) for s in LABEL_SETS],
+        "speech_encoder_checkpoint": "local:streamer-commands-intent (trained from scratch)",
+        "text_encoder_checkpoint": "none (no text encoder: trained directly on labels)",
+        "train_backbone": True,
+        "speech_encoder_config": encoder_config(recipe),
+        "label_set_names": ["intent", "room"],
+        "id2label": [{str(i): name for i, name in enumerate(s)} for s in LABEL_SETS],
+    }
+    (out_dir / "config.json").write_text(json.dumps(config, indent=1))
+    (out_dir / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "feature_extractor_type": "Wav2Vec2FeatureExtractor",
+                "do_normalize": True,
+                "feature_size": 1,
+                "padding_side": "right",
+                "padding_value": 0.0,
+                "return_attention_mask": True,
+                "sampling_rate": 16000,
+            },
+            indent=1,
+        )
+    )
+    state = {
+        _segue_key(k): v.detach().clone()
+        for k, v in model.state_dict().items()
+        if not k.endswith("masked_spec_embed") and not k.startswith("ctc_head.")
+    }
+    torch.save(state, out_dir / "pytorch_model.bin")
+
+
+def _segue_key(key: str) -> str:
+    return "classification_heads." + key[len("heads.") :] if key.startswith("heads.") else key
+
+
+def save_from_checkpoint(work_dir: Path, recipe: IntentRecipe) -> Path:
+    """Write the SEGUE folder ``work_dir/segue`` from the latest training checkpoint."""
+    import torch
+
+    model = build_model(recipe)
+    state = torch.load(work_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    out_dir = work_dir / "segue"
+    save_segue(model, recipe, out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    meta = {"n_parameters": n_params, "step": int(state["step"]), "recipe": recipe.__dict__}
+    (out_dir / "training_meta.json").write_text(json.dumps(meta, indent=1))
+    return out_dir
+
+
+def classify(model: Any, clips: list[np.ndarray]) -> list[tuple[int, ...]]:
+    """Arg-max label ids per head for ``clips`` (one at a time, no padding)."""
+    import torch
+
+    out: list[tuple[int, ...]] = []
+    model.eval()
+    with torch.inference_mode():
+        for clip in clips:
+            values = torch.from_numpy(loop.normalize(clip))[None]
+            mask = torch.ones(values.shape, dtype=torch.long)
+            logits = model(values, mask, [len(clip)])
+            out.append(tuple(int(lg[0].argmax()) for lg in logits))
+    model.train()
+    return out
+
+
+def train(
+    mixture: Mixture,
+    evalset: list[Utterance],
+    *,
+    work_dir: Path,
+    recipe: IntentRecipe,
+    resume: bool,
+) -> Path:
+    """Train (or resume) and save the SEGUE folder ``work_dir/segue``; return that path."""
+    import torch
+
+    torch.manual_seed(recipe.seed)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(recipe)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("SEGUE intent: %d parameters", n_params)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.peak_lr, weight_decay=0.01)
+    ckpt = work_dir / "checkpoint.pt"
+    curve_path = work_dir / "curve.json"
+    step = loop.load_checkpoint(ckpt, model=model, optimizer=optimizer) if resume else 0
+    curve = loop.Curve.load(curve_path) if resume else loop.Curve()
+    intent_index = {name: i for i, name in enumerate(grammar.INTENTS)}
+    room_index = {name: i for i, name in enumerate(grammar.ROOMS)}
+    loss_fn = torch.nn.CrossEntropyLoss()
+    model.train()
+    bar = loop.Progress(recipe.steps, label="intent")
+    window: list[float] = []
+    t_window = time.monotonic()
+    while step < recipe.steps:
+        rng = np.random.default_rng([recipe.seed, step])
+        batch = loop.draw_batch(
+            functools.partial(mixture.draw, short=step < recipe.short_steps),
+            recipe.batch_size,
+            rng,
+            length=lambda u: len(u.audio),
+        )
+        values, mask, lengths = loop.pad_batch([u.audio for u in batch])
+        intents = torch.tensor([intent_index[u.intent] for u in batch])
+        rooms = torch.tensor([room_index[u.room] for u in batch])
+        lr = loop.lr_at(step, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=recipe.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        hidden, frames = model.encode(
+            torch.from_numpy(values), torch.from_numpy(mask), lengths.tolist()
+        )
+        logits = model.pool_heads(hidden, frames)
+        loss = loss_fn(logits[0], intents) + loss_fn(logits[1], rooms)
+        if recipe.ctc_weight > 0:
+            targets = [encode_text(u.text) for u in batch]
+            log_probs = model.ctc_head(hidden).log_softmax(-1).transpose(0, 1)
+            ctc = torch.nn.functional.ctc_loss(
+                log_probs,
+                torch.tensor([i for t in targets for i in t]),
+                frames,
+                torch.tensor([len(t) for t in targets]),
+                blank=0,
+                reduction="mean",
+                zero_infinity=True,
+            )
+            loss = loss + recipe.ctc_weight * ctc
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        step += 1
+        window.append(float(loss.item()))
+        if step % 50 == 0:
+            curve.train.append(
+                {
+                    "step": step,
+                    "loss": float(np.mean(window)),
+                    "lr": lr,
+                    "s_per_step": (time.monotonic() - t_window) / len(window),
+                }
+            )
+            window, t_window = [], time.monotonic()
+        bar.update(step, f"loss {loss.item():.3f}")
+        if step % recipe.eval_every == 0 or step == recipe.steps:
+            preds = classify(model, [u.audio for u in evalset])
+            row = {
+                "step": float(step),
+                "intent_acc": float(
+                    np.mean(
+                        [
+                            p[0] == intent_index[u.intent]
+                            for p, u in zip(preds, evalset, strict=True)
+                        ]
+                    )
+                ),
+                "room_acc": float(
+                    np.mean(
+                        [p[1] == room_index[u.room] for p, u in zip(preds, evalset, strict=True)]
+                    )
+                ),
+            }
+            curve.evals.append(row)
+            log.info("eval %s", row)
+        if step % recipe.checkpoint_every == 0 or step == recipe.steps:
+            loop.save_checkpoint(ckpt, model=model, optimizer=optimizer, step=step)
+            curve.save(curve_path)
+    return save_from_checkpoint(work_dir, recipe)
