@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := libportaudio2 espeak-ng sox
+APT_PACKAGES := libportaudio2 espeak-ng sox chromium openssl
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k segmenter"`.
 PYTEST_ARGS ?=
 
@@ -36,7 +36,7 @@ lint: install
 	$(BIN)/ruff format --check streamer bin tests bench
 
 types: install
-	$(BIN)/mypy --strict streamer bin
+	$(BIN)/mypy --strict --scripts-are-modules streamer $(wildcard bin/*)
 
 style: install
 	$(BIN)/ruff format streamer bin tests bench

@@ -23,11 +23,15 @@ from streamer.config import Config
 from streamer.decoders import OutputDecoder
 from streamer.engine import Encoder
 from streamer.errors import ModelError, StreamerError
+from streamer.journal import Journal
 from streamer.pipeline import Services, StreamPipeline, stream_segmenter_config
+from streamer.progress import audio_progress
 from streamer.pubsub import Hub
 from streamer.runner import Runner
+from streamer.security import exposure_warning
 from streamer.server import StreamerServer
 from streamer.sources import DeviceError, MicSource, chunks, read_audio_file
+from streamer.web_routes import routes as http_routes
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +95,25 @@ async def serve(
     *,
     mic: str | int | None = None,
     on_ready: Callable[[list[int]], None] | None = None,
+    wyoming: str | None = None,
 ) -> int:
     """Run the daemon until SIGINT/SIGTERM; return the exit code."""
     services = build_services(config, models)
-    server = StreamerServer(services, info=server_info(services))
+    if config.journal.path is not None:
+        services.journal = Journal.open(config.journal, services.hub)
+    wyoming_server = None
+    if wyoming is not None:  # first: a port in use stops startup before anything else runs
+        from streamer.wyoming_server import start_wyoming
+
+        wyoming_server = await start_wyoming(services, wyoming)
+    server = StreamerServer(services, info=server_info(services), routes=http_routes(services))
     await server.start()
+    if (warning := exposure_warning(config.server.host, config.security)) is not None:
+        log.warning("%s", warning)
     for port in server.ports:
         log.info(
-            "streamer listening on ws://%s:%d (models: %s)",
+            "streamer listening on %s://%s:%d (models: %s)",
+            "wss" if config.security.certfile else "ws",
             config.server.host,
             port,
             ", ".join(services.runner.encoders),
@@ -121,8 +136,12 @@ async def serve(
         if mic_task is not None:
             mic_task.cancel()
             await asyncio.gather(mic_task, return_exceptions=True)
+        if wyoming_server is not None:
+            await wyoming_server.drain(config.server.shutdown_timeout_s)
         await server.drain(config.server.shutdown_timeout_s)
         services.runner.close()
+        if services.journal is not None:
+            services.journal.close()
     log.info("stopped")
     return 0
 
@@ -188,7 +207,9 @@ async def transcribe(
                 continue
             name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:64] or "file"
             pipeline = _file_like_pipeline(services, name, audio.rate_hz, emit)
-            for chunk in chunks(audio.samples, audio.rate_hz * FILE_CHUNK_MS // 1000):
+            pieces = chunks(audio.samples, audio.rate_hz * FILE_CHUNK_MS // 1000)
+            total_s = len(audio.samples) / audio.rate_hz
+            for chunk in audio_progress(pieces, rate_hz=audio.rate_hz, total_s=total_s, desc=name):
                 pipeline.feed_samples(chunk)
                 await pipeline.wait_backlog(FILE_BACKLOG)
             await pipeline.finish()

@@ -81,6 +81,8 @@ class BatchStats:
 
     runs: int = 0
     requests: int = 0
+    busy_s: float = 0.0
+    """Wall-clock seconds the runs took (summed over workers)."""
     sizes: Counter[int] = field(default_factory=Counter)
 
     @property
@@ -224,6 +226,7 @@ class MicroBatcher:
         else:
             outputs, started, finished = done.result()
             encode_ms = (finished - started) * 1000.0
+            self.stats.busy_s += finished - started
             for i, request in enumerate(batch):
                 if request.future.done():  # its awaiting task was cancelled
                     continue

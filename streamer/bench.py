@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 #: Seconds to wait for the daemon to log its port.
 START_TIMEOUT_S = 120.0
 _LISTENING = re.compile(r"listening on wss?://\S+:(\d+)")
-_BATCHES = re.compile(r"engine: (\d+) utterance runs in (\d+) batches \(mean ([\d.]+)")
+_BATCHES = re.compile(
+    r"engine: (\d+) utterance runs in (\d+) batches \(mean ([\d.]+).*?\), busy ([\d.]+) s"
+)
 
 
 @dataclass
@@ -164,8 +166,10 @@ async def play(
         token: bearer token, if the daemon asks for one.
     """
     audio = read_audio_file(path)
-    pcm = _looped(audio.samples, audio.rate_hz, duration_s)
-    report = StreamReport(stream=stream, file=str(path), audio_s=pcm.size / audio.rate_hz)
+    samples = audio.samples
+    looped = duration_s is not None and samples.size > 0
+    n_total = round(duration_s * audio.rate_hz) if looped and duration_s else samples.size
+    report = StreamReport(stream=stream, file=str(path), audio_s=n_total / audio.rate_hz)
     await asyncio.sleep(delay_s)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     sent_ends: list[int] = []
@@ -185,9 +189,9 @@ async def play(
         reader = asyncio.create_task(_read_events(ws, events))
         step = audio.rate_hz * chunk_ms // 1000
         t0 = time.perf_counter()
-        for first in range(0, pcm.size, step):
-            frame = pcm[first : first + step]
-            end = first + frame.size
+        for first in range(0, n_total, step):
+            end = min(first + step, n_total)
+            frame = _frame(samples, first, end)
             if realtime:
                 await asyncio.sleep(max(0.0, t0 + end / audio.rate_hz - time.perf_counter()))
             await ws.send(float_to_pcm16(frame))
@@ -199,13 +203,12 @@ async def play(
     return report
 
 
-def _looped(
-    samples: npt.NDArray[np.float32], rate_hz: int, duration_s: float | None
-) -> npt.NDArray[np.float32]:
-    if duration_s is None or samples.size == 0:
-        return samples
-    n = round(duration_s * rate_hz)
-    return np.resize(samples, n)
+def _frame(samples: npt.NDArray[np.float32], first: int, end: int) -> npt.NDArray[np.float32]:
+    """Samples [first, end) of ``samples`` played in a loop (no copy of the whole loop)."""
+    n = samples.size
+    if end <= n:
+        return samples[first:end]
+    return samples[np.arange(first, end) % n]
 
 
 async def _read_events(ws: Any, events: list[tuple[float, dict[str, Any]]]) -> None:
@@ -316,7 +319,7 @@ def summarize(
         "latency_ms": percentiles(latencies),
         "encode_ms": percentiles([v for r in reports for v in r.encode_ms]),
         "queued_ms": percentiles([v for r in reports for v in r.queued_ms]),
-        "rtf": round(wall_s / audio_s, 4) if audio_s else None,
+        "rtf": round(wall_s / audio_s, 4) if audio_s and not realtime else None,
         "cpu_s_per_audio_s": round(cpu_s / audio_s, 4) if cpu_s is not None and audio_s else None,
         "peak_rss_mb": round(peak_rss_mb, 1) if peak_rss_mb is not None else None,
         "utterances_sent": sum(r.utterances for r in reports),
@@ -374,6 +377,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def add_daemon_figures(result: dict[str, Any], log_text: str) -> None:
+    """Add what the stopped daemon logged: batch counts, and the RTF from its engine's busy time.
+
+    RTF is engine busy seconds per audio second: ``1 / RTF`` streams of this speech density keep
+    one engine fully busy. Without the daemon's log (``--url``), a ``--fast`` run falls back to
+    wall-clock seconds per audio second, and a real-time one has none (it is paced at 1/N).
+    """
+    batches = daemon_batches(log_text)
+    result["daemon_batches"] = batches
+    if batches is not None and result["audio_s"]:
+        result["rtf"] = round(batches["busy_s"] / result["audio_s"], 4)
+
+
 def daemon_batches(log_text: str) -> dict[str, float] | None:
     """The batch counts the daemon logs when it stops, if it did."""
     found = _BATCHES.search(log_text)
@@ -383,6 +399,7 @@ def daemon_batches(log_text: str) -> dict[str, float] | None:
         "utterance_runs": int(found.group(1)),
         "batches": int(found.group(2)),
         "mean_batch": float(found.group(3)),
+        "busy_s": float(found.group(4)),
     }
 
 
@@ -455,7 +472,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if daemon is not None:
             log_text = daemon.stop()
-    result["daemon_batches"] = daemon_batches(log_text)
+    add_daemon_figures(result, log_text)
     result["machine"] = machine()
     result["command"] = sys.argv
     if args.compare:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamer import __version__
+from streamer import __version__, bench
 from streamer.config import Config, load_config
 from streamer.errors import StreamerError
 from streamer.models import resolve_models
@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DEVICE",
         help="also stream a microphone (index or name) as stream 'mic'",
     )
+    serve.add_argument(
+        "--wyoming",
+        default=os.environ.get("STREAMER_WYOMING"),
+        metavar="tcp://HOST:PORT",
+        help="also speak the Wyoming protocol (Home Assistant) there (env STREAMER_WYOMING)",
+    )
+    _security_flags(serve)
 
     tr = sub.add_parser("transcribe", help="run audio files through the daemon's pipeline")
     tr.add_argument("files", nargs="+", type=Path)
@@ -68,7 +75,38 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("devices", help="list audio input devices")
+    bench.add_parser(sub)
+
+    ins = sub.add_parser("inspect", help="plot how a file is cut and read (waveform, VAD, results)")
+    ins.add_argument("file", type=Path)
+    ins.add_argument("--png", type=Path, required=True, metavar="OUT", help="picture to write")
+
+    jr = sub.add_parser("journal", help="print journal records a consumer missed")
+    jr.add_argument("--path", help="journal file (default: journal.path from the config)")
+    jr.add_argument("--since", metavar="SEQ|TIME", help="after this seq, or from this time")
+    jr.add_argument("--stream", help="only this stream's events")
     return p
+
+
+def _security_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("STREAMER_TOKEN"),
+        help="bearer token every endpoint requires (env STREAMER_TOKEN; /healthz stays open)",
+    )
+    serve.add_argument("--token-file", help="read the token from the first line of this file")
+    serve.add_argument(
+        "--origin",
+        action="append",
+        default=[],
+        help="allowed browser Origin, e.g. https://app.example (repeatable; default: any)",
+    )
+    serve.add_argument("--certfile", help="PEM certificate (chain): serve wss:// (TLS)")
+    serve.add_argument("--keyfile", help="PEM private key of --certfile")
+    serve.add_argument("--journal", help="append every emitted event to this JSONL file")
+    serve.add_argument(
+        "--journal-fsync", choices=["none", "interval", "always"], help="default: interval"
+    )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -78,6 +116,12 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             out["server"][key] = getattr(args, key)
     if args.provider is not None:
         out["engine"]["provider"] = args.provider
+    security = ("token", "token_file", "certfile", "keyfile")
+    out["security"] = {k: getattr(args, k) for k in security if getattr(args, k, None)}
+    if getattr(args, "origin", None):
+        out["security"]["origins"] = ",".join(args.origin)
+    journal = (("journal", "path"), ("journal_fsync", "fsync"))
+    out["journal"] = {k: getattr(args, f) for f, k in journal if getattr(args, f, None)}
     return out
 
 
@@ -101,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from streamer import app
 
+    if args.command == "bench":
+        return bench.main(args)
+
     if args.command == "devices":
         from streamer.sources import list_devices
 
@@ -108,8 +155,17 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(json.dumps(dev))
         return 0
     config: Config = load_config(path=args.config, env=os.environ, overrides=_overrides(args))
+    if args.command == "journal":
+        from streamer.journal import print_journal
+
+        path = args.path or config.journal.path
+        return print_journal(path, since=args.since, stream=args.stream, out=sys.stdout)
     models = resolve_models(args.model)
     if args.command == "serve":
         mic = None if args.mic is None else (int(args.mic) if args.mic.isdigit() else args.mic)
-        return asyncio.run(app.serve(config, models, mic=mic))
+        return asyncio.run(app.serve(config, models, mic=mic, wyoming=args.wyoming))
+    if args.command == "inspect":
+        from streamer.inspect_plot import inspect_file
+
+        return asyncio.run(inspect_file(config, models, args.file, png=args.png))
     return asyncio.run(app.transcribe(config, models, args.files, jsonl=args.jsonl))

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from streamer.errors import ConfigError
+from streamer.journal import JournalConfig
+from streamer.security import SecurityConfig
 from streamer.segmenter import SegmenterConfig
 
 
@@ -45,6 +47,10 @@ class ServerConfig:
     """Seconds a client has to complete the opening handshake."""
     start_timeout_s: float = 10.0
     """Seconds an ingest client has to send its ``start`` message."""
+    close_timeout_s: float = 5.0
+    """Seconds to wait for a peer's closing handshake before dropping its TCP connection.
+
+    A peer that vanished silently is reaped within ping_interval_s + ping_timeout_s + this."""
 
     def __post_init__(self) -> None:
         _positive(
@@ -57,6 +63,7 @@ class ServerConfig:
             "shutdown_timeout_s",
             "open_timeout_s",
             "start_timeout_s",
+            "close_timeout_s",
         )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"server.port must be 0-65535, got {self.port}")
@@ -74,6 +81,25 @@ class EngineConfig:
     """Inference threads (runs in parallel); 1 keeps per-run latency lowest on small machines."""
     max_pending_utterances: int = 64
     """Utterances waiting for the engine at most; past it new ones get an ``overloaded`` error."""
+    lag_report_ms: float = 250.0
+    """A result that waited this long (engine queue, earlier utterances) carries ``lag_ms``."""
+    shed_unwatched_at: float = 0.5
+    """Engine load (pending / max_pending_utterances) from which utterances nobody receives are
+    dropped unrun (see streamer/limits.py for the whole degradation order)."""
+    refuse_streams_at: float = 0.75
+    """Engine load from which a new stream's ``start`` is refused (``busy``, close 1013)."""
+    max_batch: int = 8
+    """Utterances of one model and length that may share one run; 1 turns batching off."""
+    max_batch_s: float = 4.0
+    """Audio seconds in one batched run at most (on a CPU only short utterances gain)."""
+    batch_wait_ms: float = 4.0
+    """How long an idle engine waits for more utterances of the same length before running."""
+    bucket_ms: float = 120.0
+    """Utterance lengths are rounded up to a multiple of this with the stream's own following
+    silence, so that utterances of different streams can share a run; 0 keeps exact lengths."""
+    priority_boost_ms: float = 2000.0
+    """Utterances of streams that run an intent (classify) model queue as if they had arrived
+    this much earlier than caption-only work (docs/throughput.md)."""
 
     def __post_init__(self) -> None:
         if self.provider not in ("auto", "cuda", "cpu"):
@@ -81,6 +107,17 @@ class EngineConfig:
         if self.intra_op_threads < 0:
             raise ConfigError("engine.intra_op_threads must be >= 0")
         _positive(self, "workers", "max_pending_utterances")
+        if self.lag_report_ms < 0:
+            raise ConfigError("engine.lag_report_ms must be >= 0")
+        if not 0 < self.shed_unwatched_at <= self.refuse_streams_at <= 1:
+            raise ConfigError(
+                "engine: need 0 < shed_unwatched_at <= refuse_streams_at <= 1, got "
+                f"{self.shed_unwatched_at} and {self.refuse_streams_at}"
+            )
+        _positive(self, "max_batch", "max_batch_s")
+        for name in ("batch_wait_ms", "bucket_ms", "priority_boost_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"engine.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +143,8 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -113,6 +152,8 @@ SECTIONS: dict[str, type[Any]] = {
     "engine": EngineConfig,
     "decoder": DecoderConfig,
     "segmenter": SegmenterConfig,
+    "security": SecurityConfig,
+    "journal": JournalConfig,
 }
 
 

@@ -168,6 +168,15 @@ class Encoder:
         Raises:
             ModelError: the input does not fit the manifest, or onnxruntime failed.
         """
+        self.check_input(audio)
+        return self.run_batch(audio[np.newaxis, :])
+
+    def check_input(self, audio: npt.NDArray[np.float32]) -> None:
+        """Check one utterance against the manifest without running it.
+
+        Raises:
+            ModelError: not 1-D float32, shorter than the model's minimum, or not finite.
+        """
         if audio.ndim != 1 or audio.dtype != np.float32:
             raise ModelError(
                 f"model {self.name!r}: input must be 1-D float32, got "
@@ -180,7 +189,6 @@ class Encoder:
             )
         if not np.isfinite(audio).all():
             raise ModelError(f"model {self.name!r}: input contains NaN or infinity")
-        return self.run_batch(audio[np.newaxis, :])
 
     def run_batch(self, batch: npt.NDArray[np.float32]) -> Outputs:
         """Run a [batch, samples] array as is; return outputs by name."""

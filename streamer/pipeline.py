@@ -23,11 +23,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamer import protocol as proto
+from streamer import limits, protocol as proto
 from streamer.audio import AudioConverter, AudioFormat
+from streamer.batcher import is_priority, stream_aligner
 from streamer.config import Config, build_section
 from streamer.decoders import Decoded, OutputDecoder
 from streamer.errors import StreamerError
+from streamer.journal import Journal
+from streamer.metrics import Metrics
 from streamer.pubsub import Hub
 from streamer.runner import OverloadedError, Runner
 from streamer.segmenter import Segmenter, SegmenterConfig, SpeechStarted, UtteranceReady
@@ -46,6 +49,8 @@ class Services:
     decoders: dict[str, OutputDecoder]
     hub: Hub[str]
     streams: dict[str, StreamPipeline] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
+    journal: Journal | None = None
 
 
 class StreamPipeline:
@@ -77,6 +82,8 @@ class StreamPipeline:
         self.rate_hz = rate
         self.converter = AudioConverter(fmt, target_rate_hz=rate)
         self.segmenter = Segmenter(segmenter)
+        self.aligner = stream_aligner(services.config.engine, segmenter, rate_hz=rate)
+        self.priority = is_priority(services.runner.encoders[m].manifest for m in self.models)
         self.n_utterances = 0
         self.n_errors = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -126,6 +133,7 @@ class StreamPipeline:
 
     def _segment(self, samples: npt.NDArray[np.float32]) -> None:
         if samples.size:
+            self.aligner.push(samples)
             self._handle(self.segmenter.feed(samples))
 
     def _handle(self, events: Sequence[object]) -> None:
@@ -144,10 +152,12 @@ class StreamPipeline:
                 self._schedule(event)
 
     def _schedule(self, utt: UtteranceReady) -> None:
+        utt = self.aligner.align(utt)  # equal lengths can share a run (streamer/batcher.py)
         utt_id = self._current_id or uuid.uuid4().hex[:12]
         self._current_id = None
         seq = self.n_utterances
         self.n_utterances += 1
+        self.services.metrics.utterance_pending(self.stream, seq)
         task = asyncio.get_running_loop().create_task(
             self._process(utt, utt_id, seq, time.perf_counter(), self._last),
             name=f"utterance-{self.stream}-{seq}",
@@ -188,17 +198,23 @@ class StreamPipeline:
             latency = event.latency_ms
             emit_ms = (time.perf_counter() - ready_at) * 1000.0
             event = _with_latency(event, emit_ms, latency)
+            event = limits.with_lag(event, report_ms=self.services.config.engine.lag_report_ms)
+        self.services.metrics.utterance_done(self.stream, seq, event)
         self.publish(event)
 
     async def _infer(
         self, utt: UtteranceReady, utt_id: str, seq: int, ready_at: float
     ) -> proto.Utterance:
         runner = self.services.runner
+        limits.admit_utterance(self.services, self.stream, live=self.emit is not None)
         runner.reserve()
         try:
-            results = [await runner.infer(m, utt.audio) for m in self.models]
+            results = [
+                await runner.infer(m, utt.audio, priority=self.priority) for m in self.models
+            ]
         finally:
             runner.release()
+        self.services.metrics.observe_runs(self.models, results)
         offset_ms = self._ms(utt.audio_start_sample)
         decoded = Decoded()
         decode_start = time.perf_counter()

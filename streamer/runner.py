@@ -3,22 +3,22 @@
 The event loop never blocks on inference: :meth:`Runner.infer` hands the run to a
 ``ThreadPoolExecutor`` whose threads are named ``ort-N`` (visible in py-spy and thread dumps) and
 awaits it. At most ``max_pending_utterances`` runs may wait or run at once; past that
-:class:`OverloadedError` is raised at once instead of growing a queue without bound.
+:class:`OverloadedError` is raised at once instead of growing a queue without bound. Runs go
+through a :class:`~streamer.batcher.MicroBatcher`, which orders them by priority and runs
+equal-length utterances of different streams together.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from streamer.batcher import MicroBatcher, RunResult
 from streamer.config import EngineConfig
-from streamer.engine import Encoder, Outputs
+from streamer.engine import Encoder
 from streamer.errors import ModelError, StreamerError
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,7 @@ class OverloadedError(StreamerError):
     """The engine already holds its maximum of pending utterances."""
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """One encoder run's outputs and where its time went."""
-
-    outputs: Outputs
-    queued_ms: float
-    encode_ms: float
+__all__ = ["OverloadedError", "RunResult", "Runner"]
 
 
 class Runner:
@@ -45,6 +39,15 @@ class Runner:
         self.config = config
         self._pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="ort")
         self._pending = 0
+        rate_hz = max((e.manifest.sample_rate for e in encoders.values()), default=16000)
+        self.batcher = MicroBatcher(
+            self._pool,
+            workers=config.workers,
+            max_batch=config.max_batch,
+            max_batch_samples=round(config.max_batch_s * rate_hz),
+            wait_s=config.batch_wait_ms / 1000.0,
+            priority_boost_s=config.priority_boost_ms / 1000.0,
+        )
 
     @property
     def pending(self) -> int:
@@ -68,8 +71,12 @@ class Runner:
         """Give back a slot claimed with :meth:`reserve`."""
         self._pending -= 1
 
-    async def infer(self, model: str, audio: npt.NDArray[np.float32]) -> RunResult:
+    async def infer(
+        self, model: str, audio: npt.NDArray[np.float32], *, priority: bool = False
+    ) -> RunResult:
         """Run ``audio`` through ``model`` in the pool; the caller holds a reserved slot.
+
+        ``priority`` marks work whose result a voice assistant waits for (docs/throughput.md).
 
         Raises:
             ModelError: unknown model, bad input, or the run failed.
@@ -77,21 +84,20 @@ class Runner:
         encoder = self.encoders.get(model)
         if encoder is None:
             raise ModelError(f"unknown model {model!r}")
-        loop = asyncio.get_running_loop()
-        submitted = time.perf_counter()
-
-        def work() -> tuple[Outputs, float, float]:
-            started = time.perf_counter()
-            outputs = encoder.run(audio)
-            return outputs, started, time.perf_counter()
-
-        outputs, started, finished = await loop.run_in_executor(self._pool, work)
-        return RunResult(
-            outputs=outputs,
-            queued_ms=(started - submitted) * 1000.0,
-            encode_ms=(finished - started) * 1000.0,
-        )
+        encoder.check_input(audio)
+        return await self.batcher.submit(encoder, audio, priority=priority)
 
     def close(self) -> None:
-        """Stop the pool; runs already started finish, queued ones are cancelled."""
+        """Stop the pool; runs already started finish, queued ones fail with ModelError."""
+        stats = self.batcher.stats
+        if stats.runs:
+            log.info(
+                "engine: %d utterance runs in %d batches (mean %.2f, sizes %s), busy %.3f s",
+                stats.requests,
+                stats.runs,
+                stats.mean_batch,
+                dict(sorted(stats.sizes.items())),
+                stats.busy_s,
+            )
+        self.batcher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

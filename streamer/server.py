@@ -21,11 +21,12 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from streamer import protocol as proto
+from streamer import limits, protocol as proto
 from streamer.audio import AudioFormat
 from streamer.errors import ProtocolError, StreamerError
 from streamer.pipeline import Services, StreamPipeline, stream_segmenter_config
 from streamer.pubsub import Subscriber
+from streamer.security import Guard, tls_context
 from streamer.segmenter import SegmenterConfig
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class StreamerServer:
         self.routes = dict(routes or {})
         self.server: Server | None = None
         self.draining = False
+        self.guard = Guard.from_config(services.config.security)
         self._connections: set[ServerConnection] = set()
         self._handlers: set[Ingest | Subscription] = set()
 
@@ -71,6 +73,8 @@ class StreamerServer:
             ping_interval=cfg.ping_interval_s,
             ping_timeout=cfg.ping_timeout_s,
             open_timeout=cfg.open_timeout_s,
+            close_timeout=cfg.close_timeout_s,
+            ssl=tls_context(self.services.config.security),
             compression=None,  # PCM does not compress; deflate would only cost CPU
             process_request=self._process_request,
         )
@@ -86,12 +90,15 @@ class StreamerServer:
     # ------------------------------------------------------------------ HTTP
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        if (refused := self.guard.check(request)) is not None:
+            return refused
         path = request.path.partition("?")[0]
         if path == "/healthz":
             return _json_response(http.HTTPStatus.OK, {"status": "ok"})
         if path == "/readyz":
-            status = http.HTTPStatus.SERVICE_UNAVAILABLE if self.draining else http.HTTPStatus.OK
-            return _json_response(status, {"ready": not self.draining, **self.info})
+            ready = not self.draining and limits.accepting_streams(self.services)
+            status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
+            return _json_response(status, {"ready": ready, **self.info})
         if path in self.routes:
             return self.routes[path](request)
         if path not in (proto.INGEST_PATH, proto.EVENTS_PATH):
@@ -113,6 +120,7 @@ class StreamerServer:
     async def _handle(self, ws: ServerConnection) -> None:
         self._connections.add(ws)
         path = ws.request.path.partition("?")[0] if ws.request else ""
+        self.services.metrics.connection_opened(path)
         try:
             handler = Ingest(self, ws) if path == proto.INGEST_PATH else Subscription(self, ws)
             self._handlers.add(handler)
@@ -121,9 +129,11 @@ class StreamerServer:
             pass
         except Exception:
             log.exception("connection %s: unexpected failure", ws.id)
+            self.services.metrics.error(proto.INTERNAL)
             await ws.close(proto.CLOSE_INTERNAL, "internal error")
         finally:
             self._connections.discard(ws)
+            self.services.metrics.connection_closed(path)
             self._handlers = {h for h in self._handlers if h.ws is not ws}
 
     async def drain(self, timeout_s: float) -> None:
@@ -172,6 +182,7 @@ class Ingest:
             await self._receive_loop()
         finally:
             if self.pipeline is not None:
+                self.pipeline.emit = None  # the client is gone; subscribers may still listen
                 await self.pipeline.finish()  # a vanished client's last utterance still counts
                 self.owner.services.streams.pop(self.pipeline.stream, None)
             self.outbox.put_nowait(None)
@@ -230,6 +241,8 @@ class Ingest:
                 f"stream {start.stream!r} is already live",
                 close_code=proto.CLOSE_POLICY,
             )
+        limits.admit_stream(services)
+        limits.check_endpointing(services.config.segmenter, start.endpointing)
         models = start.models or tuple(services.decoders)
         seg = _segmenter_config(services, start.endpointing, models)
         fmt = AudioFormat(start.sample_rate, start.encoding, start.channels)
@@ -295,6 +308,7 @@ class Ingest:
         stream = self.pipeline.stream if self.pipeline is not None else None
         log.info("connection %s: %s: %s", self.ws.id, exc.code, exc)
         self._send(proto.Error(code=exc.code, message=str(exc), stream=stream))
+        self.owner.services.metrics.error(exc.code)
         await self._flush_outbox()
         await self.ws.close(exc.close_code or proto.CLOSE_POLICY, exc.code)
 
@@ -324,10 +338,12 @@ class Subscription:
                         self.state.on_binary(message)
                     msg = self.state.on_text(message)
                 except ProtocolError as exc:
+                    self.owner.services.metrics.error(exc.code)
                     await self.ws.send(proto.Error(code=exc.code, message=str(exc)).encode())
                     await self.ws.close(exc.close_code or proto.CLOSE_POLICY, exc.code)
                     return
                 if self.current is not None:
+                    self.owner.services.metrics.subscriber_removed(self.current)
                     hub.unsubscribe(self.current)
                 self.current = hub.subscribe(
                     streams=msg.streams,
@@ -335,6 +351,7 @@ class Subscription:
                     queue_len=self.owner.services.config.server.subscriber_queue,
                     notify=self._waker(loop),
                 )
+                self.owner.services.metrics.subscriber_added(str(self.ws.id)[:8], self.current)
                 await self.ws.send(
                     proto.Subscribed(streams=msg.streams, events=msg.events).encode()
                 )
@@ -342,6 +359,7 @@ class Subscription:
                     forwarder = asyncio.create_task(self._forward(), name=f"fwd-{self.ws.id}")
         finally:
             if self.current is not None:
+                self.owner.services.metrics.subscriber_removed(self.current)
                 hub.unsubscribe(self.current)
             if forwarder is not None:
                 forwarder.cancel()

@@ -57,6 +57,7 @@ def test_bench_fast_smoke_run(tmp_path: Path) -> None:
     assert result["cpu_s_per_audio_s"] > 0
     assert result["peak_rss_mb"] > 10
     assert result["daemon_batches"]["utterance_runs"] == result["utterances_sent"]
+    assert 0 <= result["rtf"] < 1  # engine busy seconds per audio second
     assert {s["file"] for s in result["per_stream"]} == {str(f) for f in FILES}
 
 
@@ -118,7 +119,7 @@ def test_summary_and_table() -> None:
     ]
     result = summarize(reports, wall_s=5.0, cpu_s=2.0, peak_rss_mb=123.4, realtime=True)
     assert result["latency_ms"]["p50"] == 200.0
-    assert result["rtf"] == 0.25
+    assert result["rtf"] is None  # real time: only the daemon's busy time gives one
     assert result["cpu_s_per_audio_s"] == 0.1
     table = format_table([result])
     assert "| 2 | realtime | 20.0 | 200 / " in table
@@ -139,6 +140,14 @@ def test_process_probe_reads_cpu_and_memory() -> None:
 
 def test_daemon_batch_line_is_parsed() -> None:
     """The engine's shutdown line gives the runs and batch counts."""
-    line = "INFO streamer.runner: engine: 12 utterance runs in 5 batches (mean 2.40, sizes {1: 2})"
-    assert daemon_batches(line) == {"utterance_runs": 12, "batches": 5, "mean_batch": 2.4}
+    line = (
+        "INFO streamer.runner: engine: 12 utterance runs in 5 batches "
+        "(mean 2.40, sizes {1: 2, 5: 2}), busy 1.25 s"
+    )
+    assert daemon_batches(line) == {
+        "utterance_runs": 12,
+        "batches": 5,
+        "mean_batch": 2.4,
+        "busy_s": 1.25,
+    }
     assert daemon_batches("nothing") is None
