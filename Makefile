@@ -8,7 +8,7 @@ APT_PACKAGES := libportaudio2 espeak-ng sox chromium openssl
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k segmenter"`.
 PYTEST_ARGS ?=
 
-.PHONY: install apt run test pytest lint types style check cov demo-models clean
+.PHONY: install apt run test pytest lint types style check cov demo-models readme clean
 
 install: $(STAMP)
 
@@ -34,6 +34,7 @@ run: install
 lint: install
 	$(BIN)/ruff check streamer bin tests bench
 	$(BIN)/ruff format --check streamer bin tests bench
+	$(BIN)/python bin/render_readme --check
 
 types: install
 	$(BIN)/mypy --strict --scripts-are-modules streamer $(wildcard bin/*)
@@ -58,3 +59,7 @@ demo-models: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage
+
+# README.md's settings table and included docs are generated; `make lint` checks they are current.
+readme: install
+	$(BIN)/python bin/render_readme

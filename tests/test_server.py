@@ -285,3 +285,45 @@ async def test_health_and_readiness(daemon: Daemon) -> None:
     assert body["ready"] is True
     assert {m["provider"] for m in body["models"]} == {"CPUExecutionProvider"}
     assert (await asyncio.to_thread(get, "/nope"))[0] == 404
+
+
+@pytest.mark.export
+async def test_really_exported_bundles_end_to_end(
+    tiny_ctc_bundle: Path, tiny_intent_bundle: Path, speech: np.ndarray
+) -> None:
+    """Bundles made by bin/export_onnx (SEW-D CTC + SEGUE [4,3]) serve a real-speech stream."""
+    from conftest import INTENT_LABELS
+
+    config = Config(server=ServerConfig(host="127.0.0.1", port=0))
+    services = build_services(config, {"ctc": tiny_ctc_bundle, "intent": tiny_intent_bundle})
+    server = StreamerServer(services, info=server_info(services))
+    await server.start()
+    try:
+        async with connect(f"ws://127.0.0.1:{server.ports[0]}{proto.INGEST_PATH}") as ws:
+            await ws.send(start_msg(want=["embedding"]))
+            started = json.loads(await ws.recv())
+            assert {(m["name"], m["arch"]) for m in started["models"]} == {
+                ("ctc", "sew-d"),
+                ("intent", "segue"),
+            }
+            await send_audio(ws, speech)
+            await ws.send(json.dumps({"type": "end"}))
+            events = await collect(ws)
+    finally:
+        await server.drain(UNIT_S)
+        services.runner.close()
+    utterances = [proto.decode_event(json.dumps(e)) for e in events if e["type"] == "utterance"]
+    assert len(utterances) == 3
+    for u in utterances:
+        assert isinstance(u, proto.Utterance)
+        assert u.transcript is not None
+        # word times lie within the audio the model heard: the speech plus pre/post-roll
+        roll_ms = 1000
+        for w in u.transcript.words:
+            assert u.start_ms - roll_ms <= w.start_ms <= w.end_ms <= u.end_ms + roll_ms
+        assert u.intent is not None
+        assert u.intent.name in INTENT_LABELS[0]
+        assert u.labels is not None
+        assert u.labels[0].name in INTENT_LABELS[1]
+        assert u.embedding is not None
+        assert len(u.embedding) == services.runner.encoders["intent"].manifest.embedding_dim
