@@ -158,8 +158,12 @@ class StreamPipeline:
         seq = self.n_utterances
         self.n_utterances += 1
         self.services.metrics.utterance_pending(self.stream, seq)
+        # Latency counts from the end of speech, not from the segmenter's decision: the audio
+        # heard since the speech ended (the hangover) is taken as having arrived in real time.
+        heard_after_s = max(0, self.segmenter.samples_seen - utt.speech_end_sample) / self.rate_hz
+        end_of_speech = time.perf_counter() - heard_after_s
         task = asyncio.get_running_loop().create_task(
-            self._process(utt, utt_id, seq, time.perf_counter(), self._last),
+            self._process(utt, utt_id, seq, end_of_speech, self._last),
             name=f"utterance-{self.stream}-{seq}",
         )
         self._tasks.add(task)
