@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -145,15 +146,13 @@ def parse_since(text: str) -> tuple[int | None, float | None]:
         ConfigError: the text is neither.
     """
     text = text.strip()
-    if text.isdigit():
+    if re.fullmatch(r"[0-9]+", text):
         return int(text), None
-    try:
+    if re.fullmatch(r"[0-9]+\.[0-9]*", text):
         return None, float(text)
-    except ValueError:
-        pass
     try:
         return None, dt.datetime.fromisoformat(text).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):  # not ISO 8601, or out of the clock's range
         raise ConfigError(
             f"--since {text!r} is neither a sequence number nor a time (ISO 8601 or Unix seconds)"
         ) from None

@@ -4,8 +4,9 @@ The engine's load is its pending utterances (``Runner.pending``) as a fraction o
 ``engine.max_pending_utterances``. As it rises the server degrades in a fixed order, each step
 keeping everything the previous one kept:
 
-1. **Behind** (any load): a result that waited at least ``engine.lag_report_ms`` beyond its own
-   compute (engine queue plus earlier utterances of its stream) carries ``lag_ms``.
+1. **Behind** (any load): a result that waited at least ``engine.lag_report_ms`` between the
+   segmenter's decision and its emission, beyond its own compute (engine queue plus earlier
+   utterances of its stream), carries ``lag_ms``.
 2. **Shed the unwatched** (load >= ``engine.shed_unwatched_at``): an utterance nobody will
    receive (no live ingest connection, no subscriber whose filter takes the stream's
    ``utterance`` events; the journal does not count) is not run; an ``overloaded`` error is
@@ -92,14 +93,17 @@ def admit_utterance(services: Services, stream: str, *, live: bool) -> None:
         )
 
 
-def with_lag(event: proto.Utterance, *, report_ms: float) -> proto.Utterance:
+def with_lag(
+    event: proto.Utterance, *, since_decision_ms: float, report_ms: float
+) -> proto.Utterance:
     """Return ``event`` with ``lag_ms`` set when it waited at least ``report_ms`` (step 1).
 
-    The lag is end-of-speech-to-emit minus the utterance's own encode and decode time: what it
-    spent waiting for the engine and for earlier utterances of its stream.
+    The lag is the time from the segmenter's decision (the utterance was complete) to the
+    result, less the utterance's own encode and decode time: what it spent waiting for the engine
+    and for earlier utterances of its stream. The hangover before the decision is not lag.
     """
     latency = event.latency_ms
-    lag = latency.end_of_speech_to_emit - latency.encode - latency.decode
+    lag = since_decision_ms - latency.encode - latency.decode
     if lag < report_ms:
         return event
     return dataclasses.replace(event, lag_ms=round(lag, 1))

@@ -86,7 +86,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def no_errors_logged(caplog: pytest.LogCaptureFixture) -> Any:
     """Fail the test if anything logged at ERROR or above (an unhandled exception)."""
     yield
-    bad = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    bad = [r for r in records if r.levelno >= logging.ERROR]
     assert not bad, [r.getMessage() for r in bad]
 
 
@@ -159,6 +160,36 @@ async def test_silent_dead_peer_is_reaped_by_keepalive(models: dict[str, Path]) 
         assert by_type(events, "utterance")[0]["stream"] == "mute"
         mute.transport.abort()
         await sub.close()
+
+
+@pytest.mark.parametrize("last", [b"\x00", '{"type":"end"}'])
+async def test_client_that_keeps_sending_after_the_end_is_closed_at_once(
+    models: dict[str, Path], last: str | bytes
+) -> None:
+    """Frames sent after an error or end do not hold the connection open until close_timeout."""
+    async with running(config(server={"close_timeout_s": 5.0}), models) as d:
+        ws = await connect(d.url + proto.INGEST_PATH)
+        await ws.send(start_msg(models=["ctc"]))
+        await ws.send(last)
+        for _ in range(100):  # enough to fill the server's receive queue
+            await ws.send(b"\x00\x00" * 100)
+        began = time.monotonic()
+        await collect(ws)
+        assert time.monotonic() - began < 1.0
+        assert ws.close_code in (1000, 1007)
+
+
+@pytest.mark.usefixtures("no_errors_logged")
+async def test_garbage_after_an_http_request_is_dropped_quietly(models: dict[str, Path]) -> None:
+    """Bytes that are no frame right after a request: the connection is dropped, nothing logged."""
+    async with running(config(security={"token": "tok"}), models) as d:
+        for path in ("/healthz", "/readyz", "/nope", proto.INGEST_PATH):
+            reader, writer = await asyncio.open_connection("127.0.0.1", d.port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\nXYZ".encode())
+            async with asyncio.timeout(UNIT_S):
+                assert await reader.read() == b""
+            writer.close()
+        assert (await http_get(d.port, "/healthz"))[0] == 200
 
 
 @pytest.mark.usefixtures("no_errors_logged")
@@ -334,8 +365,8 @@ def test_with_lag_and_endpointing_ceiling() -> None:
         models=(),
         latency_ms=proto.Latency(end_of_speech_to_emit=900, queued=700, encode=150, decode=50),
     )
-    assert limits.with_lag(event, report_ms=700).lag_ms == 700
-    assert limits.with_lag(event, report_ms=701).lag_ms is None
+    assert limits.with_lag(event, since_decision_ms=900, report_ms=700).lag_ms == 700
+    assert limits.with_lag(event, since_decision_ms=900, report_ms=701).lag_ms is None
     base = Config().segmenter
     limits.check_endpointing(base, {"max_utterance_s": base.max_utterance_s})
     limits.check_endpointing(base, {"min_silence_ms": 500})

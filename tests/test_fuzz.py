@@ -222,7 +222,11 @@ def test_the_undamaged_record_parses() -> None:
     assert (record.seq, record.event["type"]) == (7, "utterance")
 
 
-@given(st.text(max_size=40))
+@given(
+    st.text(max_size=40)
+    | st.datetimes().map(lambda d: d.isoformat())
+    | st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())
+)
 def test_since_is_a_seq_a_time_or_a_config_error(text: str) -> None:
     """--since reads as a seq or a time, or raises ConfigError (exit code 2)."""
     try:
