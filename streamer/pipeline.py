@@ -178,6 +178,7 @@ class StreamPipeline:
         ready_at: float,
         previous: asyncio.Task[None] | None,
     ) -> None:
+        decided_at = time.perf_counter()  # the segmenter's decision: what lag_ms counts from
         try:
             event: proto.ServerEvent = await self._infer(utt, utt_id, seq, ready_at)
         except StreamerError as exc:
@@ -202,7 +203,11 @@ class StreamPipeline:
             latency = event.latency_ms
             emit_ms = (time.perf_counter() - ready_at) * 1000.0
             event = _with_latency(event, emit_ms, latency)
-            event = limits.with_lag(event, report_ms=self.services.config.engine.lag_report_ms)
+            event = limits.with_lag(
+                event,
+                since_decision_ms=(time.perf_counter() - decided_at) * 1000.0,
+                report_ms=self.services.config.engine.lag_report_ms,
+            )
         self.services.metrics.utterance_done(self.stream, seq, event)
         self.publish(event)
 

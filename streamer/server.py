@@ -26,7 +26,7 @@ from streamer.audio import AudioFormat
 from streamer.errors import ProtocolError, StreamerError
 from streamer.pipeline import Services, StreamPipeline, stream_segmenter_config
 from streamer.pubsub import Subscriber
-from streamer.security import Guard, tls_context
+from streamer.security import Guard, refusal, tls_context
 from streamer.segmenter import SegmenterConfig
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class StreamerServer:
             close_timeout=cfg.close_timeout_s,
             ssl=tls_context(self.services.config.security),
             compression=None,  # PCM does not compress; deflate would only cost CPU
-            process_request=self._process_request,
+            process_request=self._screen_request,
         )
         return self.server
 
@@ -88,6 +88,16 @@ class StreamerServer:
         return sorted({s.getsockname()[1] for s in self.server.sockets})
 
     # ------------------------------------------------------------------ HTTP
+
+    async def _screen_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        if conn.protocol.eof_sent:
+            # Bytes after the request that are no WebSocket frame made websockets fail the
+            # connection already; answering it anyway trips an assertion that websockets 17 logs
+            # at ERROR (a log flood for anyone who sends garbage). Drop it quietly instead.
+            conn.transport.abort()
+            await asyncio.shield(conn.connection_lost_waiter)
+            return refusal(http.HTTPStatus.BAD_REQUEST)
+        return self._process_request(conn, request)
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         if (refused := self.guard.check(request)) is not None:
@@ -229,7 +239,7 @@ class Ingest:
                 proto.Ended(stream=self.pipeline.stream, n_utterances=self.pipeline.n_utterances)
             )
             await self._flush_outbox()
-            await self.ws.close(proto.CLOSE_NORMAL, "end of stream")
+            await close_discarding(self.ws, proto.CLOSE_NORMAL, "end of stream")
             return True
         return False
 
@@ -310,7 +320,7 @@ class Ingest:
         self._send(proto.Error(code=exc.code, message=str(exc), stream=stream))
         self.owner.services.metrics.error(exc.code)
         await self._flush_outbox()
-        await self.ws.close(exc.close_code or proto.CLOSE_POLICY, exc.code)
+        await close_discarding(self.ws, exc.close_code or proto.CLOSE_POLICY, exc.code)
 
 
 class Subscription:
@@ -340,7 +350,7 @@ class Subscription:
                 except ProtocolError as exc:
                     self.owner.services.metrics.error(exc.code)
                     await self.ws.send(proto.Error(code=exc.code, message=str(exc)).encode())
-                    await self.ws.close(exc.close_code or proto.CLOSE_POLICY, exc.code)
+                    await close_discarding(self.ws, exc.close_code or proto.CLOSE_POLICY, exc.code)
                     return
                 if self.current is not None:
                     self.owner.services.metrics.subscriber_removed(self.current)
@@ -404,6 +414,26 @@ def _segmenter_config(
         raise ProtocolError(
             proto.BAD_FIELD, f"endpointing: {exc}", close_code=proto.CLOSE_INVALID_DATA
         ) from None
+
+
+async def close_discarding(ws: ServerConnection, code: int, reason: str) -> None:
+    """Close with ``code``, reading and dropping whatever the peer still sends meanwhile.
+
+    Why: a peer that kept sending after an error fills the receive queue; websockets then stops
+    reading the socket and would not see the peer's close frame before ``close_timeout_s``.
+    """
+
+    async def discard() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in ws:
+                pass
+
+    reader = asyncio.create_task(discard(), name=f"discard-{ws.id}")
+    try:
+        await ws.close(code, reason)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
 
 
 async def _prepend(first: str | bytes, ws: ServerConnection) -> Any:
