@@ -8,10 +8,11 @@ and flipped 1.7% of the frames' argmax; 250 ms flipped 10%. Rows of the same len
 other hand, are independent in a float32 graph (batched vs alone: max abs diff 0.0). So the
 batcher groups requests for the same model whose inputs have exactly the same number of samples.
 
-To make equal lengths common, each stream rounds its utterances' lengths up to a multiple of
-``engine.bucket_ms`` with its *own following audio* (the silence the segmenter already heard
-during its hangover), see :class:`UtteranceAligner`. It does so whether or not the utterance will
-share a run, so an utterance's input, hence its result, never depends on its neighbours.
+To make equal lengths common, each stream rounds its utterances' lengths to a multiple of
+``engine.bucket_ms`` by moving their end within the silence the segmenter has vouched for (its
+post-roll and its hangover; real audio, never padding), see :class:`UtteranceAligner`. It does
+so whether or not the utterance will share a run, so an utterance's input, hence its result,
+never depends on its neighbours.
 
 Quantized bundles run alone: dynamic int8 quantization computes one activation scale per tensor,
 that is over the whole batch, so a row's result would depend on the other rows (measured: max abs
@@ -34,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -250,13 +250,16 @@ def _fail(batch: list[_Request], exc: BaseException) -> None:
 
 
 class UtteranceAligner:
-    """Rounds a stream's utterance lengths up to a bucket with the stream's own following audio.
+    """Rounds a stream's utterance lengths to a bucket by moving their end within known silence.
 
-    The segmenter ends an utterance only after hearing ``hangover_samples`` of non-speech after
-    its end of speech, so that much audio past the speech is known silence. An utterance whose
-    length is not a multiple of ``bucket_samples`` is extended with it, when enough of it was
-    heard and lies within the hangover; otherwise (a flush, a forced cut at the length limit, the
-    end of the stream) it keeps its own length. The decision depends on this stream's audio only.
+    Around an utterance's end of speech the segmenter has vouched for non-speech: the post-roll
+    it kept, and the rest of the hangover it heard before ending the utterance (at least
+    ``hangover_samples`` after the end of speech). An utterance whose length is not a multiple of
+    ``bucket_samples`` has its end moved to the nearest multiple that keeps at least half of its
+    post-roll and stays within the heard hangover: trimmed, or extended with the stream's own
+    following audio. When neither fits (a forced cut at the length limit, or a flush or the end
+    of the stream with too little post-roll) it keeps its own length. The decision depends on
+    this stream's audio only, never on other streams or on the engine's load.
 
     Call contract: :meth:`push` every sample the segmenter is fed, in order, *before* feeding it;
     :meth:`align` an utterance the segmenter has just emitted.
@@ -283,22 +286,31 @@ class UtteranceAligner:
             self._held -= self._chunks.popleft().shape[0]
 
     def align(self, utt: UtteranceReady) -> UtteranceReady:
-        """Return ``utt`` with its audio extended to a multiple of the bucket, or ``utt`` itself."""
-        n = utt.audio.shape[0]
-        if self.bucket_samples <= 0:
+        """Return ``utt`` with its length a multiple of the bucket, or ``utt`` itself."""
+        n, bucket = utt.audio.shape[0], self.bucket_samples
+        if bucket <= 0:
             return utt
-        need = math.ceil(n / self.bucket_samples) * self.bucket_samples - n
-        if need == 0:
+        if n % bucket == 0:
             self.n_aligned += 1
             return utt
-        end = utt.audio_start_sample + n
-        heard_silence_end = min(self.fed, utt.speech_end_sample + self.hangover_samples)
-        held_from = self.fed - self._held
-        if utt.forced_cut or end + need > heard_silence_end or end < held_from:
+        start = utt.audio_start_sample
+        end = start + n
+        lowest_end = end - max(0, end - utt.speech_end_sample) // 2  # half the post-roll stays
+        highest_end = min(self.fed, utt.speech_end_sample + self.hangover_samples)
+        down = n // bucket * bucket
+        options = []
+        if down and start + down >= lowest_end:
+            options.append(down)
+        if start + down + bucket <= highest_end and end >= self.fed - self._held:
+            options.append(down + bucket)
+        if utt.forced_cut or not options:
             self.n_kept += 1
             return utt
         self.n_aligned += 1
-        audio = np.concatenate([utt.audio, self._slice(end, end + need)])
+        target = min(options, key=lambda length: (abs(length - n), length))
+        if target < n:
+            return dataclasses.replace(utt, audio=utt.audio[:target])
+        audio = np.concatenate([utt.audio, self._slice(end, start + target)])
         return dataclasses.replace(utt, audio=audio)
 
     def _slice(self, start: int, stop: int) -> Audio:

@@ -46,6 +46,8 @@ from streamer.sources import read_audio_file
 
 log = logging.getLogger(__name__)
 
+#: ``--fast``: utterances of one stream awaiting results before it pauses sending.
+MAX_IN_FLIGHT = 2
 #: Seconds to wait for the daemon to log its port.
 START_TIMEOUT_S = 120.0
 _LISTENING = re.compile(r"listening on wss?://\S+:(\d+)")
@@ -64,6 +66,7 @@ class StreamReport:
     utterances: int = 0
     results: int = 0
     errors: int = 0
+    error_codes: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
     encode_ms: list[float] = field(default_factory=list)
     queued_ms: list[float] = field(default_factory=list)
@@ -151,6 +154,7 @@ async def play(
     chunk_ms: int = 100,
     delay_s: float = 0.0,
     duration_s: float | None = None,
+    max_in_flight: int = MAX_IN_FLIGHT,
     token: str | None = None,
 ) -> StreamReport:
     """Stream one file over one ingest connection and collect its events.
@@ -159,10 +163,12 @@ async def play(
         url: the daemon's ws:// base URL.
         stream: the stream name.
         path: a WAV (or any file ``read_audio_file`` takes).
-        realtime: pace frames by their sample count; else send as fast as possible.
+        realtime: pace frames by their sample count; else send as fast as the daemon keeps up.
         chunk_ms: audio per binary frame.
         delay_s: wait this long before connecting (staggered starts).
         duration_s: loop the file until this much audio was sent (None: play it once).
+        max_in_flight: without ``realtime``, pause while more utterances than this await results
+            (as ``streamer transcribe`` does), so a fast run measures throughput, not refusals.
         token: bearer token, if the daemon asks for one.
     """
     audio = read_audio_file(path)
@@ -174,7 +180,7 @@ async def play(
     headers = {"Authorization": f"Bearer {token}"} if token else None
     sent_ends: list[int] = []
     sent_at: list[float] = []
-    events: list[tuple[float, dict[str, Any]]] = []
+    flow = _Flow()
     async with connect(
         url + proto.INGEST_PATH, additional_headers=headers, max_size=None, compression=None
     ) as ws:
@@ -185,21 +191,29 @@ async def play(
             "channels": 1,
             "stream": stream,
         }
-        await ws.send(json.dumps(start))
-        reader = asyncio.create_task(_read_events(ws, events))
+        reader = asyncio.create_task(flow.read(ws))
         step = audio.rate_hz * chunk_ms // 1000
-        t0 = time.perf_counter()
-        for first in range(0, n_total, step):
-            end = min(first + step, n_total)
-            frame = _frame(samples, first, end)
-            if realtime:
-                await asyncio.sleep(max(0.0, t0 + end / audio.rate_hz - time.perf_counter()))
-            await ws.send(float_to_pcm16(frame))
-            sent_ends.append(end)
-            sent_at.append(time.perf_counter())
-        await ws.send(json.dumps({"type": "end"}))
+        with contextlib.suppress(ConnectionClosed):  # refused or closed: score what came
+            await ws.send(json.dumps(start))
+            t0 = time.perf_counter()
+            for first in range(0, n_total, step):
+                end = min(first + step, n_total)
+                if realtime:
+                    await asyncio.sleep(max(0.0, t0 + end / audio.rate_hz - time.perf_counter()))
+                elif first % (10 * step) == 0:
+                    # The pong comes once the daemon has read what was sent before the ping,
+                    # so the events that audio caused are due: only then is in_flight true.
+                    await (await ws.ping())
+                    await flow.wait_below(max_in_flight)
+                await ws.send(float_to_pcm16(_frame(samples, first, end)))
+                sent_ends.append(end)
+                sent_at.append(time.perf_counter())
+            await ws.send(json.dumps({"type": "end"}))
         await reader
-    _score(report, events, sent_ends, sent_at, audio.rate_hz)
+    if sent_at:
+        _score(report, flow.events, sent_ends, sent_at, audio.rate_hz)
+    else:
+        _score(report, flow.events, [0], [time.perf_counter()], audio.rate_hz)
     return report
 
 
@@ -211,10 +225,46 @@ def _frame(samples: npt.NDArray[np.float32], first: int, end: int) -> npt.NDArra
     return samples[np.arange(first, end) % n]
 
 
-async def _read_events(ws: Any, events: list[tuple[float, dict[str, Any]]]) -> None:
-    with contextlib.suppress(ConnectionClosed):
-        async for message in ws:  # one by one: an abnormal close must keep what came before
-            events.append((time.perf_counter(), json.loads(message)))  # noqa: PERF401
+class _Flow:
+    """One connection's received events, and how many of its utterances await a result.
+
+    An utterance is in flight from its ``speech_started`` to its ``utterance`` or ``error``. A
+    started utterance the segmenter drops (too short) sends nothing more, but the next one reuses
+    its ``seq``, so counting by the highest ``seq`` started never leaks.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self.started = 0
+        self.done = 0
+        self.closed = False
+        self._changed = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        """Utterances started and not answered yet."""
+        return self.started - self.done
+
+    async def read(self, ws: Any) -> None:
+        """Collect events until the connection closes."""
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:  # one by one: an abnormal close keeps what came before
+                event = json.loads(message)
+                self.events.append((time.perf_counter(), event))
+                kind = event.get("type")
+                if kind == "speech_started":
+                    self.started = max(self.started, int(event["seq"]) + 1)
+                elif kind == "utterance" or (kind == "error" and event.get("utterance_id")):
+                    self.done += 1
+                self._changed.set()
+        self.closed = True
+        self._changed.set()
+
+    async def wait_below(self, limit: int) -> None:
+        """Wait while more than ``limit`` utterances are in flight (never past a close)."""
+        while self.in_flight > limit and not self.closed:
+            self._changed.clear()
+            await self._changed.wait()
 
 
 def _score(
@@ -231,8 +281,10 @@ def _score(
             seqs.add(int(event["seq"]))
         if kind == "ended":
             report.utterances = int(event["n_utterances"])
-        elif kind == "error" and event.get("utterance_id"):
-            report.errors += 1
+        elif kind == "error":
+            code = str(event.get("code"))
+            report.error_codes[code] = report.error_codes.get(code, 0) + 1
+            report.errors += 1 if event.get("utterance_id") else 0
         elif kind == "utterance":
             report.results += 1
             end_sample = round(float(event["end_ms"]) * rate_hz / 1000.0)
@@ -266,6 +318,7 @@ async def run_streams(
     stagger_s: float = 1.0,
     chunk_ms: int = 100,
     duration_s: float | None = None,
+    max_in_flight: int = MAX_IN_FLIGHT,
     token: str | None = None,
     probe: ProcessProbe | None = None,
 ) -> dict[str, Any]:
@@ -284,6 +337,7 @@ async def run_streams(
                 chunk_ms=chunk_ms,
                 delay_s=delays[i],
                 duration_s=duration_s,
+                max_in_flight=max_in_flight,
                 token=token,
             )
             for i in range(n_streams)
@@ -325,10 +379,19 @@ def summarize(
         "utterances_sent": sum(r.utterances for r in reports),
         "results_received": sum(r.results for r in reports),
         "errors": sum(r.errors for r in reports),
+        "error_codes": _merged([r.error_codes for r in reports]),
         "per_stream": [
             {k: v for k, v in asdict(r).items() if not k.endswith("_ms")} for r in reports
         ],
     }
+
+
+def _merged(counts: Sequence[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for count in counts:
+        for code, n in count.items():
+            out[code] = out.get(code, 0) + n
+    return out
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -346,10 +409,14 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             f"| {_fmt(r['encode_ms']['p50'])} | {_fmt(r['rtf'], 4)} "
             f"| {_fmt(r['cpu_s_per_audio_s'], 4)} | {_fmt(r['peak_rss_mb'])} "
             f"| {r['utterances_sent']} / {r['results_received']}"
-            + (f" ({r['errors']} errors)" if r["errors"] else "")
+            + (f" ({_codes(r['error_codes'])})" if r["error_codes"] else "")
             + " |"
         )
     return "\n".join(lines)
+
+
+def _codes(codes: dict[str, int]) -> str:
+    return ", ".join(f"{n} {code}" for code, n in sorted(codes.items()))
 
 
 def _fmt(value: float | None, digits: int = 0) -> str:

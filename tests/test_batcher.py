@@ -384,6 +384,19 @@ def test_aligner_extends_with_the_streams_own_following_audio() -> None:
     assert aligned.speech_end_sample == utt.speech_end_sample
 
 
+def test_aligner_trims_into_the_post_roll() -> None:
+    """An utterance with a long post-roll is trimmed to the bucket below, keeping half of it."""
+    stream = np.arange(20000, dtype=np.float32)
+    aligner = UtteranceAligner(bucket_samples=1000, hangover_samples=500)
+    aligner.push(stream[:10500])
+    utt = utterance(stream[:10400], 0, 9500)  # 900 of post-roll; 10000 keeps 500 of it
+    aligned = aligner.align(utt)
+    np.testing.assert_array_equal(aligned.audio, stream[:10000])
+    too_short = utterance(stream[:10400], 0, 10100)  # 300 of post-roll: 10000 keeps < half
+    assert aligner.align(too_short) is too_short
+    assert (aligner.n_aligned, aligner.n_kept) == (1, 1)
+
+
 def test_aligner_keeps_length_when_it_cannot_extend() -> None:
     """Forced cuts, too little heard silence, and bucket 0 keep the utterance as it is."""
     stream = np.ones(20300, dtype=np.float32)

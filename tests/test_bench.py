@@ -109,6 +109,7 @@ def test_latency_counts_from_the_frame_holding_the_speech_end() -> None:
     assert report.latencies_ms == pytest.approx([500.0])
     assert report.encode_ms == [7.0]
     assert (report.utterances, report.results, report.errors) == (2, 1, 1)
+    assert report.error_codes == {"overloaded": 1}
 
 
 def test_summary_and_table() -> None:
