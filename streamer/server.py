@@ -267,7 +267,8 @@ class Ingest:
         )
         services.streams[start.stream] = self.pipeline
         cfg = services.config.server
-        self._send(
+        # through the pipeline: subscribers see streams come (started) and go (ended)
+        self.pipeline.publish(
             proto.Started(
                 stream=start.stream,
                 sample_rate=start.sample_rate,
