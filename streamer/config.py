@@ -31,8 +31,10 @@ class ServerConfig:
     """Address to bind; 0.0.0.0 to accept other machines."""
     port: int = 8765
     """TCP port; 0 picks a free one (the bound port is logged)."""
-    max_message_bytes: int = 1 << 20
-    """Largest WebSocket message accepted; bigger ones close the connection with 1009."""
+    max_message_bytes: int = 1 << 18
+    """Largest WebSocket message accepted; bigger ones close the connection with 1009. 256 KiB
+    holds over 1 s of 48 kHz stereo float audio and bounds buffered input per connection
+    (16 queued messages) to 4 MiB."""
     max_connections: int = 256
     """Open connections at most, ingest and subscribers together; past it: HTTP 503."""
     subscriber_queue: int = 1000
