@@ -1,9 +1,10 @@
 """Build a random SEW-D checkpoint of sew-d-tiny size and export it (fp32 and int8) for benchmarks.
 
-Usage: ``python bench/sewd_tiny.py OUT_DIR`` writes ``OUT_DIR/ckpt`` (transformers layout),
-``OUT_DIR/fp32`` and ``OUT_DIR/int8`` (bundles made by ``bin/export_onnx``); existing bundles are
-kept. Random weights: the decoded text is meaningless, but timings and the batching invariant are
-those of the real architecture (hidden 384, 12 layers, ~24M parameters).
+Usage: ``python bench/sewd_tiny.py OUT_DIR`` writes ``OUT_DIR/ckpt`` (SEWDForCTC, transformers
+layout), ``OUT_DIR/fp32`` and ``OUT_DIR/int8`` (its bundles made by ``bin/export_onnx``), and
+``OUT_DIR/intent`` (a SEWDForSequenceClassification of the same size); existing ones are kept.
+Random weights: the decoded text is meaningless, but timings and the batching invariant are those
+of the real architecture (hidden 384, 12 layers, ~24M parameters).
 """
 
 from __future__ import annotations
@@ -42,6 +43,26 @@ def build_checkpoint(folder: Path, *, seed: int = 0) -> Path:
     return folder
 
 
+def build_classifier(folder: Path, *, seed: int = 1) -> Path:
+    """Write a random sew-d-tiny-size SEWDForSequenceClassification with six intent labels."""
+    import torch
+    from checkpoints import _write_preprocessor
+    from transformers import SEWDConfig, SEWDForSequenceClassification
+
+    labels = ("lights_on", "lights_off", "volume_up", "volume_down", "play", "stop")
+    torch.manual_seed(seed)
+    config = SEWDConfig(
+        **SEWD_TINY_SIZE,
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+    with torch.no_grad():
+        model = SEWDForSequenceClassification(config)
+    model.save_pretrained(folder)
+    _write_preprocessor(folder, do_normalize=True)
+    return folder
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -49,9 +70,17 @@ def main() -> int:
     ckpt = args.out / "ckpt"
     if not (ckpt / "config.json").exists():
         build_checkpoint(ckpt)
-    export = [sys.executable, str(ROOT / "bin" / "export_onnx"), str(ckpt)]
-    for name, extra in (("fp32", []), ("int8", ["--quantize", "int8"])):
+    intent = args.out / "intent-ckpt"
+    if not (intent / "config.json").exists():
+        build_classifier(intent)
+    jobs = (
+        ("fp32", ckpt, []),
+        ("int8", ckpt, ["--quantize", "int8"]),
+        ("intent", intent, []),
+    )
+    for name, source, extra in jobs:
         if not (args.out / name / "manifest.json").exists():
+            export = [sys.executable, str(ROOT / "bin" / "export_onnx"), str(source)]
             subprocess.run([*export, "--out", str(args.out / name), *extra], check=True)
     return 0
 

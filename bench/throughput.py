@@ -13,10 +13,13 @@ noise), and prints Markdown sections:
    again with batching off (``max_batch=1``, ``bucket_ms=0``) and with the int8 bundle;
 2. batching on vs off, alternated twice, ``--fast`` on 16 streams of short commands and digits
    (where a CPU batch pays): engine busy time for the same audio;
-3. ``--compare`` (single thread): raw onnxruntime fp32/int8 vs PyTorch eager on the same
+3. priority: one stream in four runs an intent model too (intent-bound), near saturation,
+   with the default ``priority_boost_ms`` and with 0 (first come, first served);
+4. ``--compare`` (single thread): raw onnxruntime fp32/int8 vs PyTorch eager on the same
    utterances, and the daemon's CPU over raw onnxruntime's for the same streams;
-4. what length alignment costs: utterances as the segmenter cuts them vs aligned to
-   ``engine.bucket_ms`` (end moved within silence) vs zero-padded up to the bucket.
+5. what bucket padding costs: utterances as the segmenter cuts them vs padded with zeros up to
+   ``engine.bucket_ms`` (six workload streams and two real noisy streams); for contrast, the
+   same zeros right after the end of speech.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from streamer import bench  # noqa: E402
 from streamer.baseline import compare, format_compare  # noqa: E402
-from streamer.batcher import stream_aligner  # noqa: E402
+from streamer.batcher import stream_buckets  # noqa: E402
 from streamer.config import EngineConfig  # noqa: E402
 from streamer.decoders import OutputDecoder  # noqa: E402
 from streamer.engine import Encoder  # noqa: E402
@@ -113,7 +116,7 @@ async def batching_ab(model: Path, files: list[Path], *, rounds: int = 2) -> lis
     for i in range(2 * rounds):
         label, env = ("batching on", {}) if i % 2 == 0 else ("batching off", off)
         print(f"... A/B {label}, round {i // 2 + 1}", file=sys.stderr, flush=True)
-        row = await bench_row(model, files, len(files), env=env, realtime=False)
+        row = await bench_row(model, files, len(files), env=env, realtime=False, stagger_s=0.0)
         row["label"] = label
         rows.append(row)
     return rows
@@ -121,22 +124,58 @@ async def batching_ab(model: Path, files: list[Path], *, rounds: int = 2) -> lis
 
 def format_ab(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| run | engine busy s | CPU s / audio s | mean batch | utterances sent / results |",
-        "| --- | --- | --- | --- | --- |",
+        "| run | engine busy s | engine ms per utterance | CPU s / audio s | mean batch "
+        "| utterances sent / results |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
+    per_utt: dict[str, list[float]] = {"batching on": [], "batching off": []}
     for row in rows:
         b = row["daemon_batches"] or {}
+        ms = 1000.0 * b.get("busy_s", 0.0) / max(b.get("utterance_runs", 0), 1)
+        per_utt[row["label"]].append(ms)
         lines.append(
-            f"| {row['label']} | {b.get('busy_s', 'n/a')} | {row['cpu_s_per_audio_s']} "
+            f"| {row['label']} | {b.get('busy_s', 'n/a')} | {ms:.1f} | {row['cpu_s_per_audio_s']} "
             f"| {b.get('mean_batch', 'n/a')} | {row['utterances_sent']} / "
             f"{row['results_received']} |"
         )
-    busy = {
-        label: sum(r["daemon_batches"]["busy_s"] for r in rows if r["label"] == label)
-        for label in ("batching on", "batching off")
-    }
-    if busy["batching off"]:
-        lines += ["", f"engine time, on / off: {busy['batching on'] / busy['batching off']:.2f}"]
+    on, off = (float(np.mean(per_utt[k])) for k in ("batching on", "batching off"))
+    lines += ["", f"engine time per utterance, on / off: {on / off:.2f}"]
+    return "\n".join(lines)
+
+
+async def priority_demo(models: dict[str, Path], files: list[Path], n: int) -> list[dict[str, Any]]:
+    """One stream in four intent-bound (CTC + intent model), near saturation: priority vs FIFO."""
+    served = {"ctc": models["fp32"], "intent": models["intent"]}
+    mix: list[list[str] | None] = [["ctc", "intent"], ["ctc"], ["ctc"], ["ctc"]]
+    rows = []
+    for label, env in (
+        ("intent first (priority_boost_ms 2000)", {}),
+        (
+            "first come, first served (priority_boost_ms 0)",
+            {"STREAMER_ENGINE_PRIORITY_BOOST_MS": "0"},
+        ),
+    ):
+        print(f"... priority: {label}, {n} streams", file=sys.stderr, flush=True)
+        row = await bench_row(served, files, n, env=env, stream_models=mix)
+        row["label"] = label
+        rows.append(row)
+    return rows
+
+
+def format_priority(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| policy | streams | intent-bound p50 / p95 ms | caption-only p50 / p95 ms "
+        "| utterances sent / results |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        by = row["latency_ms_by_models"]
+        intent, caption = by.get("ctc,intent", {}), by.get("ctc", {})
+        lines.append(
+            f"| {row['label']} | {row['streams']} | {intent.get('p50')} / {intent.get('p95')} "
+            f"| {caption.get('p50')} / {caption.get('p95')} "
+            f"| {row['utterances_sent']} / {row['results_received']} |"
+        )
     return "\n".join(lines)
 
 
@@ -144,131 +183,146 @@ def ensure_models() -> dict[str, Path]:
     """Build (once) the sew-d-tiny-size checkpoint and its fp32 and int8 bundles."""
     out = CACHE / "sewd-tiny"
     subprocess.run([sys.executable, str(ROOT / "bench" / "sewd_tiny.py"), str(out)], check=True)
-    return {"fp32": out / "fp32", "int8": out / "int8", "checkpoint": out / "ckpt"}
+    return {"fp32": out / "fp32", "int8": out / "int8", "intent": out / "intent"}
 
 
 async def bench_row(
-    model: Path, files: list[Path], n: int, *, env: dict[str, str], realtime: bool = True
+    model: Path | dict[str, Path],
+    files: list[Path],
+    n: int,
+    *,
+    env: dict[str, str],
+    realtime: bool = True,
+    stream_models: list[list[str] | None] | None = None,
+    stagger_s: float = 1.0,
 ) -> dict[str, Any]:
-    """One ``streamer bench`` row with a fresh daemon serving ``model``."""
-    daemon = bench.Daemon(["--log-level", "info", "--model", f"m={model}"], env=env)
+    """One ``streamer bench`` row with a fresh daemon serving ``model`` (or several by name)."""
+    served = model if isinstance(model, dict) else {"m": model}
+    flags = [arg for name, path in served.items() for arg in ("--model", f"{name}={path}")]
+    daemon = bench.Daemon(["--log-level", "info", *flags], env=env)
     try:
         url = await daemon.wait_ready()
-        result = await bench.run_streams(url, files, n, realtime=realtime, probe=daemon.probe)
+        result = await bench.run_streams(
+            url,
+            files,
+            n,
+            realtime=realtime,
+            stagger_s=stagger_s,
+            stream_models=stream_models or [None],
+            probe=daemon.probe,
+        )
     finally:
         log_text = daemon.stop()
     bench.add_daemon_figures(result, log_text)
     return result
 
 
-def alignment_cost(bundle: Path, files: list[Path]) -> dict[str, Any]:
-    """Aligned inputs (end moved within silence) and zero-padded ones vs the exact cut."""
+def padding_cost(bundle: Path, files: list[Path]) -> dict[str, Any]:
+    """Bucket padding as the daemon does it vs the exact cut; and zeros right after speech."""
     encoder = Encoder.load("m", bundle, config=EngineConfig(provider="cpu"))
     decoder = OutputDecoder(encoder.manifest)
     seg_config = SegmenterConfig(min_utterance_samples=encoder.manifest.min_samples)
-    stats: dict[str, list[float]] = {
-        k: [] for k in ("change", "d_own", "d_zero", "f_own", "f_zero")
+    buckets = stream_buckets(EngineConfig(), rate_hz=RATE_HZ)
+    rows: dict[str, dict[str, list[float]]] = {
+        k: {"diff": [], "flip": [], "same": []} for k in ("post_roll", "speech_end")
     }
-    same = {"own": 0, "zero": 0}
-    n_moved = n_total = n_kept = 0
+    growth: list[float] = []
+    n_total = 0
     for path in files:
         samples = read_audio_file(path).samples
         segmenter = Segmenter(seg_config)
-        aligner = stream_aligner(EngineConfig(), seg_config, rate_hz=RATE_HZ)
-        for start in range(0, samples.size, 1600):
-            chunk = samples[start : start + 1600]
-            aligner.push(chunk)
-            for event in segmenter.feed(chunk):
-                if not isinstance(event, UtteranceReady):
-                    continue
-                n_total += 1
-                aligned = aligner.align(event)
-                if aligned.audio.size == event.audio.size:
-                    continue
-                n_moved += 1
-                bucket = aligner.bucket_samples
-                padded = np.pad(event.audio, (0, -event.audio.size % bucket))
-                exact = encoder.run(event.audio)["logits"][0]
-                own = encoder.run(aligned.audio)["logits"][0]
-                zero = encoder.run(padded)["logits"][0]
-                stats["change"].append(aligned.audio.size / event.audio.size - 1.0)
-                for key, out in (("own", own), ("zero", zero)):
-                    k = min(out.shape[0], exact.shape[0])
-                    stats[f"d_{key}"].append(float(np.abs(out[:k] - exact[:k]).max()))
-                    flips = out[:k].argmax(-1) != exact[:k].argmax(-1)
-                    stats[f"f_{key}"].append(float(flips.mean()))
-                    text = decoder.decode({"logits": out}).transcript
-                    same[key] += text == decoder.decode({"logits": exact}).transcript
-        n_kept += aligner.n_kept
-    change = np.asarray(stats["change"])
+        events = [
+            e for i in range(0, samples.size, 1600) for e in segmenter.feed(samples[i : i + 1600])
+        ]
+        for event in events:
+            if not isinstance(event, UtteranceReady):
+                continue
+            n_total += 1
+            padded = buckets.align(event)
+            pad = padded.audio.size - event.audio.size
+            if pad == 0:
+                continue
+            growth.append(pad / event.audio.size)
+            speech = event.audio[: event.speech_end_sample - event.audio_start_sample]
+            for key, audio in (("post_roll", event.audio), ("speech_end", speech)):
+                exact = encoder.run(audio)["logits"][0]
+                out = encoder.run(np.pad(audio, (0, pad)))["logits"][0][: exact.shape[0]]
+                rows[key]["diff"].append(float(np.abs(out - exact).max()))
+                rows[key]["flip"].append(float((out.argmax(-1) != exact.argmax(-1)).mean()))
+                same = decoder.decode({"logits": out}) == decoder.decode({"logits": exact})
+                rows[key]["same"].append(float(same))
     return {
         "utterances": n_total,
-        "moved": n_moved,
-        "kept": n_kept,
-        "mean_length_change": float(change.mean()) if n_moved else 0.0,
-        "mean_abs_length_change": float(np.abs(change).mean()) if n_moved else 0.0,
-        "own_audio": _drift(stats["d_own"], stats["f_own"], same["own"], n_moved),
-        "zero_pad": _drift(stats["d_zero"], stats["f_zero"], same["zero"], n_moved),
+        "padded": len(growth),
+        "mean_growth": float(np.mean(growth)) if growth else 0.0,
+        "after_post_roll": _drift(rows["post_roll"]),
+        "right_after_speech": _drift(rows["speech_end"]),
     }
 
 
-def _drift(diffs: list[float], flips: list[float], same: int, n: int) -> dict[str, Any]:
+def _drift(row: dict[str, list[float]]) -> dict[str, Any]:
+    diffs, flips, same = row["diff"], row["flip"], row["same"]
     return {
         "max_abs_diff_p50": round(float(np.median(diffs)), 4) if diffs else None,
         "max_abs_diff_max": round(float(np.max(diffs)), 4) if diffs else None,
         "frames_argmax_changed": round(float(np.mean(flips)), 4) if flips else None,
-        "same_transcript": f"{same}/{n}",
+        "same_transcript": f"{int(sum(same))}/{len(same)}",
     }
 
 
-def format_alignment(cost: dict[str, Any]) -> str:
+def format_padding(cost: dict[str, Any]) -> str:
     lines = [
-        f"Of {cost['utterances']} utterances, {cost['moved']} had their end moved "
-        f"({cost['kept']} could not be, the rest were already a multiple): length changed by "
-        f"{cost['mean_abs_length_change']:.1%} on average, {cost['mean_length_change']:+.1%} net "
-        "(encoder work changes about as much).",
+        f"Of {cost['utterances']} utterances, {cost['padded']} were padded (the rest were on a "
+        f"bucket already), by {cost['mean_growth']:.1%} of their length on average (encoder work "
+        "grows about as much).",
         "",
-        "| input vs exact cut (moved utterances) | max abs diff p50 / max "
+        "| zeros up to the bucket, vs the same audio unpadded | max abs diff p50 / max "
         "| frames whose argmax changed | same transcript |",
         "| --- | --- | --- | --- |",
     ]
     for key, label in (
-        ("own_audio", "aligned: end moved within silence"),
-        ("zero_pad", "zero-padded up to the bucket"),
+        ("after_post_roll", "after the segmenter's post-roll (what the daemon does)"),
+        ("right_after_speech", "right after the end of speech (no post-roll; for contrast)"),
     ):
         d = cost[key]
+        if d["frames_argmax_changed"] is None:
+            lines.append(f"| {label} | n/a | n/a | n/a |")
+            continue
         lines.append(
             f"| {label} | {d['max_abs_diff_p50']} / {d['max_abs_diff_max']} "
             f"| {d['frames_argmax_changed']:.2%} | {d['same_transcript']} |"
-            if d["frames_argmax_changed"] is not None
-            else f"| {label} | n/a | n/a | n/a |"
         )
     return "\n".join(lines)
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
+    sections = {args.only} if args.only else {"rows", "ab", "priority", "compare", "padding"}
+    if args.quick:
+        sections = {"rows"}
     models = ensure_models()
     counts = [int(n) for n in args.streams.split(",")]
     files = make_streams(max(counts), duration_s=args.duration_s, folder=CACHE / "streams")
     out: dict[str, Any] = {"machine": bench.machine(), "command": sys.argv, "rows": []}
-    base_env = {"STREAMER_LOG_LEVEL": "info"}
-    plan: list[tuple[str, Path, int, dict[str, str]]] = [
-        ("fp32", models["fp32"], n, base_env) for n in counts
-    ]
-    top = max(counts)
-    off = {**base_env, "STREAMER_ENGINE_MAX_BATCH": "1", "STREAMER_ENGINE_BUCKET_MS": "0"}
-    plan += [("fp32, batching off", models["fp32"], top, off)]
-    plan += [("int8", models["int8"], top, base_env)]
-    for label, model, n, env in plan:
-        print(f"... {label}, {n} streams", file=sys.stderr, flush=True)
-        row = await bench_row(model, files, n, env=env)
-        row["label"] = label
-        out["rows"].append(row)
-    if not args.quick:
+    if "rows" in sections:
+        off = {"STREAMER_ENGINE_MAX_BATCH": "1", "STREAMER_ENGINE_BUCKET_MS": "0"}
+        plan = [("fp32", models["fp32"], n, {}) for n in counts]
+        plan += [("fp32, batching off", models["fp32"], max(counts), off)]
+        plan += [("int8", models["int8"], max(counts), {})]
+        for label, model, n, env in plan:
+            print(f"... {label}, {n} streams", file=sys.stderr, flush=True)
+            row = await bench_row(model, files, n, env=env)
+            row["label"] = label
+            out["rows"].append(row)
+    if "ab" in sections:
         commands = make_command_streams(16, folder=CACHE / "streams")
         out["batching_ab"] = await batching_ab(models["fp32"], commands)
+    if "priority" in sections:
+        out["priority"] = await priority_demo(models, files, args.priority_streams)
+    if "compare" in sections:
         out["compare"] = await _compare(models, files[:4], args)
-        out["alignment"] = alignment_cost(models["fp32"], files[:8])
+    if "padding" in sections:
+        noisy = [AUDIO / "stream_noise1_snr10.wav", AUDIO / "stream_digits_noise2_snr20.wav"]
+        out["padding"] = padding_cost(models["fp32"], [*files[:6], *noisy])
     return out
 
 
@@ -303,17 +357,23 @@ def print_report(out: dict[str, Any]) -> None:
         print(f"| {row['label']} " + line + f" {batches.get('mean_batch', 'n/a')} |")
     if "batching_ab" in out:
         print("\n" + format_ab(out["batching_ab"]))
+    if "priority" in out:
+        print("\n" + format_priority(out["priority"]))
     if "compare" in out:
         print("\n" + format_compare(out["compare"]))
-    if "alignment" in out:
-        print("\n" + format_alignment(out["alignment"]))
+    if "padding" in out:
+        print("\n" + format_padding(out["padding"]))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", default="1,16,32,64", help="comma-separated stream counts")
     parser.add_argument("--duration-s", type=float, default=60.0, help="audio per stream")
-    parser.add_argument("--quick", action="store_true", help="skip --compare and alignment cost")
+    parser.add_argument("--quick", action="store_true", help="only the stream-count rows")
+    parser.add_argument("--only", choices=["padding", "priority", "ab", "compare"])
+    parser.add_argument(
+        "--priority-streams", type=int, default=48, help="streams in the priority section"
+    )
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args()
     out = asyncio.run(run_all(args))

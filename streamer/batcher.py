@@ -1,18 +1,19 @@
 """Cross-stream micro-batching: equal-length utterances of one model share one onnxruntime run.
 
-Why equal lengths only, never padding: zero-padding changes the results of every SEW-D and
-wav2vec 2.0 model with a group-normalised feature encoder, because the first GroupNorm normalises
-over the padded time axis (and the bundle's in-graph per-utterance normalisation over the padded
-samples). Measured on a sew-d-tiny-size model: 20 ms of zero padding moved logits by up to 0.27
-and flipped 1.7% of the frames' argmax; 250 ms flipped 10%. Rows of the same length, on the
+Why equal lengths only, never padding a request to its neighbours' length: zero-padding changes
+the results of every SEW-D and wav2vec 2.0 model with a group-normalised feature encoder, because
+the first GroupNorm normalises over the padded time axis (and the bundle's in-graph per-utterance
+normalisation over the padded samples). Measured on a sew-d-tiny-size model with speech clips cut
+mid-audio: 20 ms of zero padding moved logits by up to 0.27 and flipped 1.7% of the frames'
+argmax; 250 ms flipped 10%. Rows of the same length, on the
 other hand, are independent in a float32 graph (batched vs alone: max abs diff 0.0). So the
 batcher groups requests for the same model whose inputs have exactly the same number of samples.
 
-To make equal lengths common, each stream rounds its utterances' lengths to a multiple of
-``engine.bucket_ms`` by moving their end within the silence the segmenter has vouched for (its
-post-roll and its hangover; real audio, never padding), see :class:`UtteranceAligner`. It does
-so whether or not the utterance will share a run, so an utterance's input, hence its result,
-never depends on its neighbours.
+To make equal lengths common, each stream pads its utterances with zeros up to a multiple of
+``engine.bucket_ms`` (:class:`LengthBuckets`), whether or not an utterance will share a run: the
+solo path uses the same buckets, so an utterance's input, hence its result, never depends on its
+neighbours. The padding follows the segmenter's post-roll of quiet audio, where it moves results
+far less than after speech cut mid-audio (bench/RESULTS.md, "What bucket padding costs").
 
 Quantized bundles run alone: dynamic int8 quantization computes one activation scale per tensor,
 that is over the whole batch, so a row's result would depend on the other rows (measured: max abs
@@ -36,7 +37,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from streamer.config import EngineConfig
 from streamer.engine import Encoder, Outputs
 from streamer.errors import ModelError
 from streamer.manifest import Manifest
-from streamer.segmenter import SegmenterConfig, UtteranceReady
+from streamer.segmenter import UtteranceReady
 
 log = logging.getLogger(__name__)
 
@@ -249,93 +250,37 @@ def _fail(batch: list[_Request], exc: BaseException) -> None:
             request.future.set_exception(exc)
 
 
-class UtteranceAligner:
-    """Rounds a stream's utterance lengths to a bucket by moving their end within known silence.
+class LengthBuckets:
+    """Pads a stream's utterances with zeros up to a multiple of ``bucket_samples``.
 
-    Around an utterance's end of speech the segmenter has vouched for non-speech: the post-roll
-    it kept, and the rest of the hangover it heard before ending the utterance (at least
-    ``hangover_samples`` after the end of speech). An utterance whose length is not a multiple of
-    ``bucket_samples`` has its end moved to the nearest multiple that keeps at least half of its
-    post-roll and stays within the heard hangover: trimmed, or extended with the stream's own
-    following audio. When neither fits (a forced cut at the length limit, or a flush or the end
-    of the stream with too little post-roll) it keeps its own length. The decision depends on
-    this stream's audio only, never on other streams or on the engine's load.
-
-    Call contract: :meth:`push` every sample the segmenter is fed, in order, *before* feeding it;
-    :meth:`align` an utterance the segmenter has just emitted.
+    Every utterance of the stream is padded, whether or not it will share a run: the solo path
+    uses the same buckets, so an utterance's input never depends on its neighbours. An utterance
+    cut at the length limit (speech goes on) keeps its length, since zeros right after cut-off
+    speech move results far more than zeros after the segmenter's quiet post-roll (measured in
+    bench/RESULTS.md, where padding with the stream's own following silence instead did no
+    better).
     """
 
-    def __init__(self, *, bucket_samples: int, hangover_samples: int) -> None:
+    def __init__(self, *, bucket_samples: int) -> None:
         self.bucket_samples = bucket_samples
-        self.hangover_samples = hangover_samples
-        self._chunks: deque[Audio] = deque()
-        self._held = 0
-        self.fed = 0
-        self.n_aligned = 0
+        self.n_padded = 0
         self.n_kept = 0
 
-    def push(self, samples: Audio) -> None:
-        """Remember ``samples`` (the next ones the segmenter is fed)."""
-        self.fed += samples.shape[0]
-        if self.bucket_samples <= 0 or not samples.shape[0]:
-            return
-        self._chunks.append(samples)
-        self._held += samples.shape[0]
-        keep = samples.shape[0] + self.hangover_samples + self.bucket_samples
-        while self._held - self._chunks[0].shape[0] >= keep:
-            self._held -= self._chunks.popleft().shape[0]
-
     def align(self, utt: UtteranceReady) -> UtteranceReady:
-        """Return ``utt`` with its length a multiple of the bucket, or ``utt`` itself."""
-        n, bucket = utt.audio.shape[0], self.bucket_samples
-        if bucket <= 0:
+        """Return ``utt`` padded up to the bucket, or ``utt`` itself when it is on one or cut."""
+        need = -utt.audio.shape[0] % self.bucket_samples if self.bucket_samples > 0 else 0
+        if need == 0:
             return utt
-        if n % bucket == 0:
-            self.n_aligned += 1
-            return utt
-        start = utt.audio_start_sample
-        end = start + n
-        lowest_end = end - max(0, end - utt.speech_end_sample) // 2  # half the post-roll stays
-        highest_end = min(self.fed, utt.speech_end_sample + self.hangover_samples)
-        down = n // bucket * bucket
-        options = []
-        if down and start + down >= lowest_end:
-            options.append(down)
-        if start + down + bucket <= highest_end and end >= self.fed - self._held:
-            options.append(down + bucket)
-        if utt.forced_cut or not options:
+        if utt.forced_cut:
             self.n_kept += 1
             return utt
-        self.n_aligned += 1
-        target = min(options, key=lambda length: (abs(length - n), length))
-        if target < n:
-            return dataclasses.replace(utt, audio=utt.audio[:target])
-        audio = np.concatenate([utt.audio, self._slice(end, start + target)])
-        return dataclasses.replace(utt, audio=audio)
-
-    def _slice(self, start: int, stop: int) -> Audio:
-        """Samples [start, stop) of the stream, which must lie within the held chunks."""
-        parts: list[Audio] = []
-        pos = self.fed - self._held
-        for chunk in self._chunks:
-            lo, hi = max(start, pos), min(stop, pos + chunk.shape[0])
-            if lo < hi:
-                parts.append(chunk[lo - pos : hi - pos])
-            pos += chunk.shape[0]
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        self.n_padded += 1
+        return dataclasses.replace(utt, audio=np.pad(utt.audio, (0, need)))
 
 
-def stream_aligner(
-    engine: EngineConfig, segmenter: SegmenterConfig, *, rate_hz: int
-) -> UtteranceAligner:
-    """The aligner for one stream: ``engine.bucket_ms`` buckets within its segmenter's hangover.
-
-    The hangover counted on is ``min_silence_ms``, the shortest the segmenter uses.
-    """
-    return UtteranceAligner(
-        bucket_samples=round(engine.bucket_ms * rate_hz / 1000),
-        hangover_samples=segmenter.min_silence_ms * rate_hz // 1000,
-    )
+def stream_buckets(engine: EngineConfig, *, rate_hz: int) -> LengthBuckets:
+    """The length buckets of ``engine.bucket_ms`` at ``rate_hz``."""
+    return LengthBuckets(bucket_samples=round(engine.bucket_ms * rate_hz / 1000))
 
 
 def is_priority(manifests: Iterable[Manifest]) -> bool:

@@ -63,6 +63,8 @@ class StreamReport:
     stream: str
     file: str
     audio_s: float = 0.0
+    models: str = "default"
+    """The models the stream asked for, comma-separated (``default``: the server's set)."""
     utterances: int = 0
     results: int = 0
     errors: int = 0
@@ -155,6 +157,7 @@ async def play(
     delay_s: float = 0.0,
     duration_s: float | None = None,
     max_in_flight: int = MAX_IN_FLIGHT,
+    models: Sequence[str] | None = None,
     token: str | None = None,
 ) -> StreamReport:
     """Stream one file over one ingest connection and collect its events.
@@ -169,13 +172,19 @@ async def play(
         duration_s: loop the file until this much audio was sent (None: play it once).
         max_in_flight: without ``realtime``, pause while more utterances than this await results
             (as ``streamer transcribe`` does), so a fast run measures throughput, not refusals.
+        models: the models to ask for in ``start`` (None: the server's default set).
         token: bearer token, if the daemon asks for one.
     """
     audio = read_audio_file(path)
     samples = audio.samples
     looped = duration_s is not None and samples.size > 0
     n_total = round(duration_s * audio.rate_hz) if looped and duration_s else samples.size
-    report = StreamReport(stream=stream, file=str(path), audio_s=n_total / audio.rate_hz)
+    report = StreamReport(
+        stream=stream,
+        file=str(path),
+        audio_s=n_total / audio.rate_hz,
+        models=",".join(models) if models else "default",
+    )
     await asyncio.sleep(delay_s)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     sent_ends: list[int] = []
@@ -190,6 +199,7 @@ async def play(
             "encoding": "pcm_s16le",
             "channels": 1,
             "stream": stream,
+            **({"models": list(models)} if models else {}),
         }
         reader = asyncio.create_task(flow.read(ws))
         step = audio.rate_hz * chunk_ms // 1000
@@ -319,10 +329,15 @@ async def run_streams(
     chunk_ms: int = 100,
     duration_s: float | None = None,
     max_in_flight: int = MAX_IN_FLIGHT,
+    stream_models: Sequence[Sequence[str] | None] = (None,),
     token: str | None = None,
     probe: ProcessProbe | None = None,
 ) -> dict[str, Any]:
-    """Play ``n_streams`` streams at once; return the summary (see :func:`summarize`)."""
+    """Play ``n_streams`` streams at once; return the summary (see :func:`summarize`).
+
+    Stream ``i`` plays ``files[i % len(files)]`` and asks for the models
+    ``stream_models[i % len(stream_models)]``.
+    """
     rng = random.Random(0)
     delays = [0.0] + [rng.uniform(0.0, stagger_s) for _ in range(n_streams - 1)]
     cpu0 = probe.cpu_s() if probe else None
@@ -338,6 +353,7 @@ async def run_streams(
                 delay_s=delays[i],
                 duration_s=duration_s,
                 max_in_flight=max_in_flight,
+                models=stream_models[i % len(stream_models)],
                 token=token,
             )
             for i in range(n_streams)
@@ -371,6 +387,10 @@ def summarize(
         "audio_s": round(audio_s, 2),
         "wall_s": round(wall_s, 2),
         "latency_ms": percentiles(latencies),
+        "latency_ms_by_models": {
+            models: percentiles([v for r in reports if r.models == models for v in r.latencies_ms])
+            for models in sorted({r.models for r in reports})
+        },
         "encode_ms": percentiles([v for r in reports for v in r.encode_ms]),
         "queued_ms": percentiles([v for r in reports for v in r.queued_ms]),
         "rtf": round(wall_s / audio_s, 4) if audio_s and not realtime else None,

@@ -15,7 +15,7 @@ import pytest
 from onnx_graphs import write_bundle
 
 from streamer.audio import AudioFormat
-from streamer.batcher import UtteranceAligner, is_priority, stream_aligner
+from streamer.batcher import LengthBuckets, is_priority, stream_buckets
 from streamer.config import Config, EngineConfig
 from streamer.decoders import OutputDecoder
 from streamer.engine import Encoder
@@ -23,7 +23,7 @@ from streamer.errors import ConfigError, ModelError
 from streamer.pipeline import StreamPipeline, stream_segmenter_config
 from streamer.protocol import Utterance
 from streamer.runner import Runner
-from streamer.segmenter import SegmenterConfig, UtteranceReady
+from streamer.segmenter import UtteranceReady
 from streamer.sources import chunks, read_audio_file
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
@@ -371,62 +371,33 @@ def utterance(audio: np.ndarray, start: int, speech_end: int, *, forced: bool = 
     )
 
 
-def test_aligner_extends_with_the_streams_own_following_audio() -> None:
-    """An utterance grows to a bucket multiple with exactly the samples that followed it."""
-    stream = np.arange(20000, dtype=np.float32)
-    aligner = UtteranceAligner(bucket_samples=1000, hangover_samples=4000)
-    for piece in chunks(stream[:16100], 700):  # the segmenter decides within the hangover
-        aligner.push(piece)
-    utt = utterance(stream[2000:12300], 2000, 12000)
-    aligned = aligner.align(utt)
-    assert aligned.audio.shape[0] == 11000
-    np.testing.assert_array_equal(aligned.audio, stream[2000:13000])
-    assert aligned.speech_end_sample == utt.speech_end_sample
+def test_buckets_pad_with_zeros_up_to_the_bucket() -> None:
+    """An utterance grows to the next bucket multiple with zeros after its own audio."""
+    audio = np.arange(1, 10101, dtype=np.float32)
+    buckets = LengthBuckets(bucket_samples=1000)
+    padded = buckets.align(utterance(audio, 2000, 11800))
+    assert padded.audio.shape[0] == 11000
+    np.testing.assert_array_equal(padded.audio[:10100], audio)
+    assert not padded.audio[10100:].any()
+    assert (padded.speech_start_sample, padded.speech_end_sample) == (2000, 11800)
+    assert buckets.n_padded == 1
 
 
-def test_aligner_trims_into_the_post_roll() -> None:
-    """An utterance with a long post-roll is trimmed to the bucket below, keeping half of it."""
-    stream = np.arange(20000, dtype=np.float32)
-    aligner = UtteranceAligner(bucket_samples=1000, hangover_samples=500)
-    aligner.push(stream[:10500])
-    utt = utterance(stream[:10400], 0, 9500)  # 900 of post-roll; 10000 keeps 500 of it
-    aligned = aligner.align(utt)
-    np.testing.assert_array_equal(aligned.audio, stream[:10000])
-    too_short = utterance(stream[:10400], 0, 10100)  # 300 of post-roll: 10000 keeps < half
-    assert aligner.align(too_short) is too_short
-    assert (aligner.n_aligned, aligner.n_kept) == (1, 1)
+def test_buckets_keep_forced_cuts_exact_multiples_and_bucket_zero() -> None:
+    """A cut at the length limit, a length on the bucket, and bucket 0 leave audio as it is."""
+    buckets = LengthBuckets(bucket_samples=1000)
+    forced = utterance(np.ones(10100, np.float32), 0, 10100, forced=True)
+    assert buckets.align(forced) is forced
+    exact = utterance(np.ones(10000, np.float32), 0, 9000)
+    assert buckets.align(exact) is exact
+    short = utterance(np.ones(10100, np.float32), 0, 10000)
+    assert LengthBuckets(bucket_samples=0).align(short) is short
+    assert (buckets.n_padded, buckets.n_kept) == (0, 1)
 
 
-def test_aligner_keeps_length_when_it_cannot_extend() -> None:
-    """Forced cuts, too little heard silence, and bucket 0 keep the utterance as it is."""
-    stream = np.ones(20300, dtype=np.float32)
-    aligner = UtteranceAligner(bucket_samples=1000, hangover_samples=500)
-    aligner.push(stream)
-    forced = utterance(stream[:10100], 0, 10100, forced=True)
-    assert aligner.align(forced) is forced
-    short_silence = utterance(stream[:10100], 0, 10000)  # needs 900, heard 500 - 100
-    assert aligner.align(short_silence) is short_silence
-    flushed = utterance(stream, 0, 20300)  # nothing was heard after it
-    assert aligner.align(flushed) is flushed
-    off = UtteranceAligner(bucket_samples=0, hangover_samples=500)
-    off.push(stream)
-    assert off.align(short_silence) is short_silence
-
-
-def test_aligner_memory_is_bounded() -> None:
-    """The aligner holds about one chunk plus hangover plus bucket, however long the stream."""
-    aligner = UtteranceAligner(bucket_samples=1000, hangover_samples=2000)
-    for _ in range(1000):
-        aligner.push(np.zeros(1600, np.float32))
-    assert aligner._held <= 1600 + 2000 + 1000 + 1600
-
-
-def test_stream_aligner_and_priority_follow_config(bundles: dict[str, Path]) -> None:
-    """Bucket and hangover come from engine.bucket_ms and segmenter.min_silence_ms."""
-    aligner = stream_aligner(
-        EngineConfig(bucket_ms=120), SegmenterConfig(min_silence_ms=300), rate_hz=16000
-    )
-    assert (aligner.bucket_samples, aligner.hangover_samples) == (1920, 4800)
+def test_stream_buckets_and_priority_follow_config(bundles: dict[str, Path]) -> None:
+    """Buckets come from engine.bucket_ms; a stream with a classify model is priority work."""
+    assert stream_buckets(EngineConfig(bucket_ms=120), rate_hz=16000).bucket_samples == 1920
     ctc = Encoder.load("c", bundles["ctc"], config=EngineConfig()).manifest
     intent = Encoder.load("i", bundles["intent"], config=EngineConfig()).manifest
     assert not is_priority([ctc])
