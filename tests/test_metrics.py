@@ -71,7 +71,9 @@ async def stream(url: str, name: str, samples: np.ndarray) -> list[dict[str, obj
         start = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1}
         await ws.send(json.dumps({**start, "stream": name}))
         await ws.recv()
-        await ws.send(float_to_pcm16(samples))
+        data = float_to_pcm16(samples)
+        for i in range(0, len(data), 3200):  # 100 ms frames, as a live client sends
+            await ws.send(data[i : i + 3200])
         await ws.send(json.dumps({"type": "end"}))
         events = []
         while True:
