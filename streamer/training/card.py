@@ -139,11 +139,21 @@ def write_card(
         " ONNX graph at inference).",
         "- Loss: "
         + (
-            "CTC (mean over characters)."
+            "frame cross-entropy in three phases: steps"
+            f" 0-{recipe['flat_steps']} flat start (the transcript's characters spread uniformly"
+            " over the clean clip's voiced frames, blank elsewhere); steps"
+            f" {recipe['flat_steps']}-{recipe['plain_ctc_until']} plain CTC (as run: it drifted"
+            " back to all-blank output, the CTC plateau that plain CTC from scratch sat on in"
+            " every earlier attempt); from step"
+            f" {recipe['plain_ctc_until']} Viterbi training (targets = the model's own best CTC"
+            " alignment of the transcript, recomputed every step)."
             if is_ctc
-            else "sum of the two heads' cross-entropies plus"
-            f" {recipe.get('ctc_weight', 0)} x an auxiliary character CTC loss on the encoder"
-            " frames (a linear CTC head used only in training, not saved or exported)."
+            else "sum of the two heads' cross-entropies plus an auxiliary character head on the"
+            " encoder frames (a linear head used only in training, not saved or exported):"
+            f" flat-start frame cross-entropy for steps 0-{recipe['flat_steps']},"
+            f" {recipe.get('ctc_weight', 0)} x CTC for steps"
+            f" {recipe['flat_steps']}-{recipe['plain_ctc_until']}, Viterbi frame cross-entropy"
+            " afterwards (see the commands-ctc card)."
         ),
         f"- Curriculum: the first {recipe.get('short_steps', 0)} steps draw only clips up to"
         " 1.5 s (and FSDD strings of at most 2 digits).",
@@ -152,6 +162,11 @@ def write_card(
         f"- Training time: {_train_time_s(curve) / 60:.0f} min of wall time on a 2-core x86-64 CPU"
         " shared with another training run and other jobs, 1 torch thread (SpecAugment-style time"
         " masking p=0.05).",
+        *(
+            [f"- Run history: {(meta_dir / 'history.txt').read_text().strip()}"]
+            if (meta_dir / "history.txt").exists()
+            else []
+        ),
         "",
         "## Targets (issue 7) and measured values",
         "",

@@ -39,6 +39,37 @@ class Utterance:
     intent: str
     room: str
     source: str
+    voiced: np.ndarray | None = None
+    """Per 20 ms output frame: whether the clean clip is voiced there (flat-start targets)."""
+
+
+FRAME_STRIDE = 320
+FRAME_WINDOW = 400
+
+
+def voiced_frames(audio: np.ndarray, *, rel_threshold: float = 0.05) -> np.ndarray:
+    """Frames (stride 320, window 400 samples) whose RMS exceeds ``rel_threshold`` of the peak."""
+    n = max(0, (len(audio) - FRAME_WINDOW) // FRAME_STRIDE + 1)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    idx = np.arange(n)[:, None] * FRAME_STRIDE + np.arange(FRAME_WINDOW)[None, :]
+    rms = np.sqrt(np.mean(audio[idx] ** 2, axis=1))
+    out: np.ndarray = rms > rel_threshold * float(rms.max() + 1e-9)
+    return out
+
+
+def flat_start_targets(voiced: np.ndarray, ids: list[int]) -> np.ndarray:
+    """Spread token ``ids`` uniformly over the voiced frames; other frames are blank (0).
+
+    The classic flat start: a rough alignment that gives a from-scratch encoder dense
+    frame-level targets before CTC takes over.
+    """
+    targets = np.zeros(len(voiced), dtype=np.int64)
+    where = np.flatnonzero(voiced)
+    if len(where) and ids:
+        pos = (np.arange(len(where)) * len(ids)) // len(where)
+        targets[where] = np.asarray(ids, dtype=np.int64)[pos]
+    return targets
 
 
 @dataclass
@@ -182,21 +213,40 @@ class Mixture:
     ) -> None:
         self._synthetic = [u for u in synthetic.items if len(u.audio) <= max_s * SAMPLE_RATE_HZ]
         self._short = [u for u in self._synthetic if len(u.audio) <= SHORT_S * SAMPLE_RATE_HZ]
+        self._digit_words = [
+            u for u in self._synthetic if u.intent == "digits" and len(u.text.split()) <= 2
+        ]
         self._fsdd = list(fsdd_train)
         self._noises = list(noises)
         self._p_fsdd = p_fsdd
 
-    def draw(self, rng: np.random.Generator, *, short: bool = False) -> Utterance:
-        """Return one augmented utterance; ``short`` limits it to about 1.5 s (curriculum)."""
+    def draw(
+        self, rng: np.random.Generator, *, short: bool = False, digits: bool = False
+    ) -> Utterance:
+        """Return one augmented utterance.
+
+        Curriculum phases: ``digits`` draws only single digits (real or synthetic, at most two
+        words), ``short`` limits clips to about 1.5 s.
+        """
+        if digits:
+            if self._fsdd and rng.random() < 0.5:
+                utt = concat_digits(self._fsdd, rng, n_digits=1)
+            else:
+                utt = self._digit_words[int(rng.integers(len(self._digit_words)))]
+            clean = pad_silence(utt.audio, rng)
+            audio = augment.augment(clean, self._noises, rng)
+            return Utterance(
+                audio, utt.text, utt.intent, utt.room, utt.source, voiced_frames(clean)
+            )
         if self._fsdd and rng.random() < self._p_fsdd:
             n_digits = 1 if rng.random() < 0.4 else int(rng.integers(2, 3 if short else 5))
             utt = concat_digits(self._fsdd, rng, n_digits=n_digits)
         else:
             pool = self._short if short else self._synthetic
             utt = pool[int(rng.integers(len(pool)))]
-        audio = pad_silence(utt.audio, rng)
-        audio = augment.augment(audio, self._noises, rng)
-        return Utterance(audio, utt.text, utt.intent, utt.room, utt.source)
+        clean = pad_silence(utt.audio, rng)
+        audio = augment.augment(clean, self._noises, rng)
+        return Utterance(audio, utt.text, utt.intent, utt.room, utt.source, voiced_frames(clean))
 
 
 def noise_paths(audio_dir: Path) -> list[Path]:

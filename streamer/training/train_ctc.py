@@ -34,10 +34,10 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 class CtcRecipe:
     """Hyper-parameters of the CTC run."""
 
-    steps: int = 1200
+    steps: int = 1000
     batch_size: int = 12
-    peak_lr: float = 5e-4
-    warmup_steps: int = 150
+    peak_lr: float = 1e-3
+    warmup_steps: int = 100
     hidden_size: int = 192
     n_layers: int = 4
     n_heads: int = 4
@@ -45,7 +45,10 @@ class CtcRecipe:
     seed: int = 7
     eval_every: int = 250
     checkpoint_every: int = 100
+    digit_steps: int = 0
     short_steps: int = 300
+    flat_steps: int = 400
+    plain_ctc_until: int = 400
 
 
 def encode_text(text: str) -> list[int]:
@@ -180,7 +183,11 @@ def train(
     while step < recipe.steps:
         rng = np.random.default_rng([recipe.seed, step])
         batch = loop.draw_batch(
-            functools.partial(mixture.draw, short=step < recipe.short_steps),
+            functools.partial(
+                mixture.draw,
+                digits=step < recipe.digit_steps,
+                short=step < recipe.short_steps,
+            ),
             recipe.batch_size,
             rng,
             length=lambda u: len(u.audio),
@@ -194,17 +201,36 @@ def train(
         lr = loop.lr_at(step, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=recipe.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        out = model(
-            torch.from_numpy(values),
-            attention_mask=torch.from_numpy(mask),
-            labels=torch.from_numpy(labels),
-        )
+        loss: Any
+        if step < recipe.flat_steps or step >= recipe.plain_ctc_until:
+            # Flat start, then Viterbi training: frame cross-entropy against uniformly spread
+            # characters, later against the model's own best CTC alignment.
+            logits = model(torch.from_numpy(values), attention_mask=torch.from_numpy(mask)).logits
+            if step < recipe.flat_steps:
+                targets = loop.frame_targets(
+                    [u.voiced for u in batch if u.voiced is not None],
+                    labels_list,
+                    logits.shape[1],
+                )
+            else:
+                targets = _viterbi_batch(logits, mask, labels_list)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                torch.from_numpy(targets).reshape(-1),
+                ignore_index=-100,
+            )
+        else:
+            loss = model(
+                torch.from_numpy(values),
+                attention_mask=torch.from_numpy(mask),
+                labels=torch.from_numpy(labels),
+            ).loss
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         step += 1
-        window.append(float(out.loss.item()))
+        window.append(float(loss.item()))
         if step % 50 == 0:
             curve.train.append(
                 {
@@ -215,7 +241,7 @@ def train(
                 }
             )
             window, t_window = [], time.monotonic()
-        bar.update(step, f"loss {out.loss.item():.3f}")
+        bar.update(step, f"loss {loss.item():.3f}")
         if step % recipe.eval_every == 0 or step == recipe.steps:
             row: dict[str, float] = {"step": float(step)}
             for name, items in evalsets.items():
@@ -227,6 +253,16 @@ def train(
             loop.save_checkpoint(ckpt, model=model, optimizer=optimizer, step=step)
             curve.save(curve_path)
     return save_from_checkpoint(work_dir, recipe)
+
+
+def _viterbi_batch(logits: Any, mask: np.ndarray, labels: list[list[int]]) -> np.ndarray:
+    lp = logits.detach().log_softmax(-1).numpy()
+    n_out = lp.shape[1]
+    out = np.full((len(labels), n_out), -100, dtype=np.int64)
+    for row, ids in enumerate(labels):
+        n = min(n_out, loop.conv_frames(int(mask[row].sum()), CONV_KERNEL, CONV_STRIDE))
+        out[row, :n] = loop.viterbi_targets(lp[row], ids, n)
+    return out
 
 
 def save_from_checkpoint(work_dir: Path, recipe: CtcRecipe) -> Path:

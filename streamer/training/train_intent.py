@@ -38,10 +38,10 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 class IntentRecipe:
     """Hyper-parameters of the intent run."""
 
-    steps: int = 1200
+    steps: int = 1900
     batch_size: int = 12
     peak_lr: float = 1e-3
-    warmup_steps: int = 200
+    warmup_steps: int = 150
     hidden_size: int = 144
     n_layers: int = 3
     n_heads: int = 4
@@ -50,6 +50,8 @@ class IntentRecipe:
     eval_every: int = 250
     checkpoint_every: int = 100
     short_steps: int = 300
+    flat_steps: int = 400
+    plain_ctc_until: int = 700
     ctc_weight: float = 0.5
 
 
@@ -243,7 +245,26 @@ def train(
         )
         logits = model.pool_heads(hidden, frames)
         loss = loss_fn(logits[0], intents) + loss_fn(logits[1], rooms)
-        if recipe.ctc_weight > 0:
+        if step < recipe.flat_steps or step >= recipe.plain_ctc_until:
+            # Auxiliary frame targets: flat start, later Viterbi (see train_ctc).
+            ids = [encode_text(u.text) for u in batch]
+            frame_logits = model.ctc_head(hidden)
+            if step < recipe.flat_steps:
+                frame_tgt = loop.frame_targets(
+                    [u.voiced for u in batch if u.voiced is not None], ids, frame_logits.shape[1]
+                )
+            else:
+                lp = frame_logits.detach().log_softmax(-1).numpy()
+                frame_tgt = np.full(lp.shape[:2], -100, dtype=np.int64)
+                for row, row_ids in enumerate(ids):
+                    n = min(lp.shape[1], int(frames[row]))
+                    frame_tgt[row, :n] = loop.viterbi_targets(lp[row], row_ids, n)
+            loss = loss + torch.nn.functional.cross_entropy(
+                frame_logits.reshape(-1, frame_logits.shape[-1]),
+                torch.from_numpy(frame_tgt).reshape(-1),
+                ignore_index=-100,
+            )
+        elif recipe.ctc_weight > 0:
             targets = [encode_text(u.text) for u in batch]
             log_probs = model.ctc_head(hidden).log_softmax(-1).transpose(0, 1)
             ctc = torch.nn.functional.ctc_loss(
