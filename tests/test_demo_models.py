@@ -1,0 +1,94 @@
+"""The shipped demo bundles (exported/commands-*) on real speech, through the runtime's own path.
+
+These run the committed ONNX graphs with onnxruntime (no torch) via ``streamer.engine.Encoder``
+and the runtime decoders. The expectations are ones the shipped models get right with a margin
+(see each bundle's CARD.md), so a failure means a broken bundle, export or runtime, not bad luck.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from streamer.config import EngineConfig
+from streamer.decoders import CtcGreedyDecoder, IntentDecoder
+from streamer.engine import Encoder
+
+REPO = Path(__file__).resolve().parents[1]
+EXPORTED = REPO / "exported"
+AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+
+pytestmark = pytest.mark.skipif(not AUDIO.is_dir(), reason="shared test audio not present")
+
+
+def _load(path: Path) -> np.ndarray:
+    audio, rate_hz = sf.read(str(path), dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1)
+    if rate_hz != 16000:
+        mono = soxr.resample(mono, rate_hz, 16000)
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def ctc() -> tuple[Encoder, CtcGreedyDecoder]:
+    encoder = Encoder.load(
+        "commands-ctc",
+        EXPORTED / "commands-ctc",
+        config=EngineConfig(provider="cpu", intra_op_threads=1),
+    )
+    return encoder, CtcGreedyDecoder(encoder.manifest)
+
+
+@pytest.fixture(scope="module")
+def intent() -> tuple[Encoder, IntentDecoder]:
+    encoder = Encoder.load(
+        "commands-intent",
+        EXPORTED / "commands-intent",
+        config=EngineConfig(provider="cpu", intra_op_threads=1),
+    )
+    return encoder, IntentDecoder(encoder.manifest, abstain_below=0.0)
+
+
+def _transcribe(model: tuple[Encoder, CtcGreedyDecoder], path: Path) -> str:
+    encoder, decoder = model
+    return decoder.decode(encoder.run(_load(path))["logits"][0]).text
+
+
+def _classify(model: tuple[Encoder, IntentDecoder], path: Path) -> tuple[str, str]:
+    encoder, decoder = model
+    outputs = {name: value[0] for name, value in encoder.run(_load(path)).items()}
+    result = decoder.decode(outputs)
+    return result.intent.name, result.labels[0].name
+
+
+def test_bundles_describe_themselves() -> None:
+    """Both bundles ship a model card beside the graph and manifest."""
+    for name in ("commands-ctc", "commands-intent"):
+        for file in ("model.onnx", "manifest.json", "CARD.md"):
+            assert (EXPORTED / name / file).is_file(), f"{name}/{file}"
+
+
+def test_intent_living_room_light(intent: tuple[Encoder, IntentDecoder]) -> None:
+    """The real "turn on the living room light" recording gets the lights_on intent."""
+    assert _classify(intent, AUDIO / "cmd_living_room_light.wav")[0] == "lights_on"
+
+
+def test_intent_fsdd_digits(intent: tuple[Encoder, IntentDecoder]) -> None:
+    """Nearly all shared FSDD single digits are classified as the digits intent, no room."""
+    files = sorted((AUDIO / "fsdd").glob("*.wav"))
+    results = [_classify(intent, f) for f in files]
+    assert sum(r == ("digits", "none") for r in results) / len(files) >= 0.85
+
+
+def test_ctc_frames_and_text(ctc: tuple[Encoder, CtcGreedyDecoder]) -> None:
+    """The CTC graph yields one frame per 20 ms and a non-empty transcript for real speech."""
+    encoder, decoder = ctc
+    audio = _load(AUDIO / "cmd_living_room_light.wav")
+    logits = encoder.run(audio)["logits"][0]
+    stride = encoder.manifest.frame_stride_samples
+    assert abs(logits.shape[0] - len(audio) // stride) <= 2
+    assert decoder.decode(logits).text.strip()
