@@ -18,8 +18,8 @@ noise), and prints Markdown sections:
 4. ``--compare`` (single thread): raw onnxruntime fp32/int8 vs PyTorch eager on the same
    utterances, and the daemon's CPU over raw onnxruntime's for the same streams;
 5. what bucket padding costs: utterances as the segmenter cuts them vs padded with zeros up to
-   ``engine.bucket_ms`` (six workload streams and two real noisy streams); for contrast, the
-   same zeros right after the end of speech.
+   120 ms buckets (six workload streams and two real noisy streams); as calibration the same
+   length of the stream's own following audio, and for contrast zeros right after the speech.
 """
 
 from __future__ import annotations
@@ -218,13 +218,19 @@ async def bench_row(
 
 
 def padding_cost(bundle: Path, files: list[Path]) -> dict[str, Any]:
-    """Bucket padding as the daemon does it vs the exact cut; and zeros right after speech."""
+    """Bucket padding as the daemon does it vs the exact cut, with a calibration and a contrast.
+
+    Calibration: the same number of samples of the stream's own following audio instead of
+    zeros (the cut a segmenter with a longer post-roll would make). Contrast: zeros right after
+    the end of speech (no post-roll).
+    """
     encoder = Encoder.load("m", bundle, config=EngineConfig(provider="cpu"))
     decoder = OutputDecoder(encoder.manifest)
     seg_config = SegmenterConfig(min_utterance_samples=encoder.manifest.min_samples)
-    buckets = stream_buckets(EngineConfig(), rate_hz=RATE_HZ)
+    buckets = stream_buckets(EngineConfig(bucket_ms=120.0), rate_hz=RATE_HZ)
+    keys = ("post_roll", "own_audio", "speech_end")
     rows: dict[str, dict[str, list[float]]] = {
-        k: {"diff": [], "flip": [], "same": []} for k in ("post_roll", "speech_end")
+        k: {"diff": [], "flip": [], "same": []} for k in keys
     }
     growth: list[float] = []
     n_total = 0
@@ -238,26 +244,34 @@ def padding_cost(bundle: Path, files: list[Path]) -> dict[str, Any]:
             if not isinstance(event, UtteranceReady):
                 continue
             n_total += 1
-            padded = buckets.align(event)
-            pad = padded.audio.size - event.audio.size
-            if pad == 0:
+            pad = buckets.align(event).audio.size - event.audio.size
+            start, end = event.audio_start_sample, event.audio_start_sample + event.audio.size
+            if pad == 0 or end + pad > samples.size:
                 continue
             growth.append(pad / event.audio.size)
-            speech = event.audio[: event.speech_end_sample - event.audio_start_sample]
-            for key, audio in (("post_roll", event.audio), ("speech_end", speech)):
-                exact = encoder.run(audio)["logits"][0]
-                out = encoder.run(np.pad(audio, (0, pad)))["logits"][0][: exact.shape[0]]
+            speech = event.audio[: event.speech_end_sample - start]
+            variants = {
+                "post_roll": (event.audio, np.pad(event.audio, (0, pad))),
+                "own_audio": (event.audio, samples[start : end + pad]),
+                "speech_end": (speech, np.pad(speech, (0, pad))),
+            }
+            for key, (plain, longer) in variants.items():
+                exact = encoder.run(plain)["logits"][0]
+                out = encoder.run(longer)["logits"][0][: exact.shape[0]]
                 rows[key]["diff"].append(float(np.abs(out - exact).max()))
                 rows[key]["flip"].append(float((out.argmax(-1) != exact.argmax(-1)).mean()))
-                same = decoder.decode({"logits": out}) == decoder.decode({"logits": exact})
-                rows[key]["same"].append(float(same))
+                rows[key]["same"].append(float(_text(decoder, out) == _text(decoder, exact)))
     return {
         "utterances": n_total,
         "padded": len(growth),
         "mean_growth": float(np.mean(growth)) if growth else 0.0,
-        "after_post_roll": _drift(rows["post_roll"]),
-        "right_after_speech": _drift(rows["speech_end"]),
+        **{key: _drift(rows[key]) for key in keys},
     }
+
+
+def _text(decoder: OutputDecoder, logits: np.ndarray) -> str:
+    transcript = decoder.decode({"logits": logits}).transcript
+    return transcript.text if transcript is not None else ""
 
 
 def _drift(row: dict[str, list[float]]) -> dict[str, Any]:
@@ -276,13 +290,14 @@ def format_padding(cost: dict[str, Any]) -> str:
         f"bucket already), by {cost['mean_growth']:.1%} of their length on average (encoder work "
         "grows about as much).",
         "",
-        "| zeros up to the bucket, vs the same audio unpadded | max abs diff p50 / max "
+        "| utterance made longer by the padding, vs not | max abs diff p50 / max "
         "| frames whose argmax changed | same transcript |",
         "| --- | --- | --- | --- |",
     ]
     for key, label in (
-        ("after_post_roll", "after the segmenter's post-roll (what the daemon does)"),
-        ("right_after_speech", "right after the end of speech (no post-roll; for contrast)"),
+        ("post_roll", "zeros after the segmenter's post-roll (what the daemon does)"),
+        ("own_audio", "the stream's own following audio instead (a longer post-roll)"),
+        ("speech_end", "zeros right after the end of speech (no post-roll)"),
     ):
         d = cost[key]
         if d["frames_argmax_changed"] is None:
@@ -323,6 +338,11 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     if "padding" in sections:
         noisy = [AUDIO / "stream_noise1_snr10.wav", AUDIO / "stream_digits_noise2_snr20.wav"]
         out["padding"] = padding_cost(models["fp32"], [*files[:6], *noisy])
+        if args.padding_bundle is not None:
+            commands = make_command_streams(16, folder=CACHE / "streams")
+            spoken = [*commands[:8], AUDIO / "stream_digits_noise2_snr20.wav"]
+            out["padding_trained"] = padding_cost(args.padding_bundle, spoken)
+            out["padding_trained"]["bundle"] = str(args.padding_bundle)
     return out
 
 
@@ -363,6 +383,9 @@ def print_report(out: dict[str, Any]) -> None:
         print("\n" + format_compare(out["compare"]))
     if "padding" in out:
         print("\n" + format_padding(out["padding"]))
+    if "padding_trained" in out:
+        print(f"\nTrained bundle {out['padding_trained']['bundle']}, command streams:")
+        print("\n" + format_padding(out["padding_trained"]))
 
 
 def main() -> int:
@@ -371,6 +394,9 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=60.0, help="audio per stream")
     parser.add_argument("--quick", action="store_true", help="only the stream-count rows")
     parser.add_argument("--only", choices=["padding", "priority", "ab", "compare"])
+    parser.add_argument(
+        "--padding-bundle", type=Path, help="a (trained) CTC bundle for the padding section"
+    )
     parser.add_argument(
         "--priority-streams", type=int, default=48, help="streams in the priority section"
     )

@@ -254,11 +254,10 @@ class LengthBuckets:
     """Pads a stream's utterances with zeros up to a multiple of ``bucket_samples``.
 
     Every utterance of the stream is padded, whether or not it will share a run: the solo path
-    uses the same buckets, so an utterance's input never depends on its neighbours. An utterance
-    cut at the length limit (speech goes on) keeps its length, since zeros right after cut-off
-    speech move results far more than zeros after the segmenter's quiet post-roll (measured in
-    bench/RESULTS.md, where padding with the stream's own following silence instead did no
-    better).
+    uses the same buckets, so an utterance's input never depends on its neighbours. The zeros
+    follow the segmenter's quiet post-roll, where they move results least (bench/RESULTS.md). An
+    utterance cut at the length limit (speech goes on) keeps its length: zeros right after speech
+    cut mid-audio move results most (see the module docstring).
     """
 
     def __init__(self, *, bucket_samples: int) -> None:
