@@ -133,21 +133,7 @@ def compare(
     if not utterances:
         return {"skipped": "the segmenter found no utterance in the files"}
     threads = engine.intra_op_threads or (os.cpu_count() or 1)
-    contenders: dict[str, _Contender] = {}
-    torch_notes: list[str] = []
-    torch_of: dict[str, str | None] = {}  # checkpoint path -> its torch contender
-    for name, enc in encoders.items():
-        contenders[name] = _Contender(enc.run, OutputDecoder(enc.manifest))
-        source = enc.manifest.source.path
-        if source not in torch_of:
-            key = "torch eager" if not torch_of else f"torch eager ({Path(source).name})"
-            run, note = torch_runner(enc.manifest, threads=threads)
-            torch_notes.append(f"{key}: {note}")
-            torch_of[source] = None
-            if run is not None:
-                contenders[key] = _Contender(run, OutputDecoder(enc.manifest))
-                torch_of[source] = key
-        contenders[name].reference = torch_of[source]
+    contenders, torch_notes = _contenders(encoders, threads=threads)
     _time_all(contenders, utterances, max(1, getattr(args, "repeats", 3)))
     audio_s = len(np.concatenate(utterances)) / rate
     return {
@@ -160,6 +146,28 @@ def compare(
             contenders, list(daemon_models or encoders), cuts, result
         ),
     }
+
+
+def _contenders(
+    encoders: dict[str, Encoder], *, threads: int
+) -> tuple[dict[str, _Contender], list[str]]:
+    """Every bundle, plus one PyTorch contender per distinct source checkpoint when it loads."""
+    contenders: dict[str, _Contender] = {}
+    notes: list[str] = []
+    torch_of: dict[str, str | None] = {}  # checkpoint path -> its torch contender
+    for name, enc in encoders.items():
+        contenders[name] = _Contender(enc.run, OutputDecoder(enc.manifest))
+        source = enc.manifest.source.path
+        if source not in torch_of:
+            key = "torch eager" if not torch_of else f"torch eager ({Path(source).name})"
+            run, note = torch_runner(enc.manifest, threads=threads)
+            notes.append(f"{key}: {note}")
+            torch_of[source] = None
+            if run is not None:
+                contenders[key] = _Contender(run, OutputDecoder(enc.manifest))
+                torch_of[source] = key
+        contenders[name].reference = torch_of[source]
+    return contenders, notes
 
 
 def _rows(contenders: dict[str, _Contender], audio_s: float) -> dict[str, Any]:

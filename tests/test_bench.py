@@ -13,15 +13,8 @@ from typing import Any
 import pytest
 from onnx_graphs import write_bundle
 
-from streamer.bench import (
-    ProcessProbe,
-    StreamReport,
-    _score,
-    daemon_batches,
-    format_table,
-    percentiles,
-    summarize,
-)
+from streamer.bench import ProcessProbe, daemon_batches, format_table, percentiles, summarize
+from streamer.replay import StreamReport, _score
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 FILES = [AUDIO / "cmd_goforward.wav", AUDIO / "sent_harvard_spk1_snt1.wav"]
