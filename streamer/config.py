@@ -97,8 +97,8 @@ class EngineConfig:
     batch_wait_ms: float = 4.0
     """How long an idle engine waits for more utterances of the same length before running."""
     bucket_ms: float = 120.0
-    """Utterance lengths are rounded up to a multiple of this with the stream's own following
-    silence, so that utterances of different streams can share a run; 0 keeps exact lengths."""
+    """Every utterance is zero-padded up to a multiple of this, so that utterances of different
+    streams can share a run (docs/throughput.md); 0 keeps exact lengths."""
     priority_boost_ms: float = 2000.0
     """Utterances of streams that run an intent (classify) model queue as if they had arrived
     this much earlier than caption-only work (docs/throughput.md)."""

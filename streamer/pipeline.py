@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from streamer import limits, protocol as proto
 from streamer.audio import AudioConverter, AudioFormat
-from streamer.batcher import is_priority, stream_aligner
+from streamer.batcher import is_priority, stream_buckets
 from streamer.config import Config, build_section
 from streamer.decoders import Decoded, OutputDecoder
 from streamer.errors import StreamerError
@@ -82,7 +82,7 @@ class StreamPipeline:
         self.rate_hz = rate
         self.converter = AudioConverter(fmt, target_rate_hz=rate)
         self.segmenter = Segmenter(segmenter)
-        self.aligner = stream_aligner(services.config.engine, segmenter, rate_hz=rate)
+        self.buckets = stream_buckets(services.config.engine, rate_hz=rate)
         self.priority = is_priority(services.runner.encoders[m].manifest for m in self.models)
         self.n_utterances = 0
         self.n_errors = 0
@@ -133,7 +133,6 @@ class StreamPipeline:
 
     def _segment(self, samples: npt.NDArray[np.float32]) -> None:
         if samples.size:
-            self.aligner.push(samples)
             self._handle(self.segmenter.feed(samples))
 
     def _handle(self, events: Sequence[object]) -> None:
@@ -152,7 +151,7 @@ class StreamPipeline:
                 self._schedule(event)
 
     def _schedule(self, utt: UtteranceReady) -> None:
-        utt = self.aligner.align(utt)  # equal lengths can share a run (streamer/batcher.py)
+        utt = self.buckets.align(utt)  # equal lengths can share a run (streamer/batcher.py)
         utt_id = self._current_id or uuid.uuid4().hex[:12]
         self._current_id = None
         seq = self.n_utterances
