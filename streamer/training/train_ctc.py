@@ -34,7 +34,7 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 class CtcRecipe:
     """Hyper-parameters of the CTC run."""
 
-    steps: int = 1000
+    steps: int = 2200
     batch_size: int = 12
     peak_lr: float = 1e-3
     warmup_steps: int = 100

@@ -38,7 +38,7 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 class IntentRecipe:
     """Hyper-parameters of the intent run."""
 
-    steps: int = 1900
+    steps: int = 3100
     batch_size: int = 12
     peak_lr: float = 1e-3
     warmup_steps: int = 150
@@ -256,9 +256,9 @@ def train(
             else:
                 lp = frame_logits.detach().log_softmax(-1).numpy()
                 frame_tgt = np.full(lp.shape[:2], -100, dtype=np.int64)
-                for row, row_ids in enumerate(ids):
-                    n = min(lp.shape[1], int(frames[row]))
-                    frame_tgt[row, :n] = loop.viterbi_targets(lp[row], row_ids, n)
+                for k, row_ids in enumerate(ids):
+                    n = min(lp.shape[1], int(frames[k]))
+                    frame_tgt[k, :n] = loop.viterbi_targets(lp[k], row_ids, n)
             loss = loss + torch.nn.functional.cross_entropy(
                 frame_logits.reshape(-1, frame_logits.shape[-1]),
                 torch.from_numpy(frame_tgt).reshape(-1),
