@@ -227,7 +227,8 @@ def _readable(event: proto.Utterance | proto.Error) -> str:
     if event.transcript is not None:
         parts.append(repr(event.transcript.text))
     if event.intent is not None:
-        parts.append(f"intent={event.intent.name} ({event.intent.confidence:.2f})")
+        unsure = ", abstain" if event.intent.abstain else ""
+        parts.append(f"intent={event.intent.name} ({event.intent.confidence:.2f}{unsure})")
     parts.extend(f"{label.name} ({label.confidence:.2f})" for label in event.labels or ())
     if event.value is not None:
         parts.append(f"value={event.value:.3f}")
