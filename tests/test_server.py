@@ -4,29 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from live_server import (
+    UNIT_S,
+    Daemon,
+    collect,
+    config,
+    running,
+    send_audio,
+    speech as live_speech,
+    start_msg,
+)
 from onnx_graphs import write_bundle
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from streamer import protocol as proto
 from streamer.app import build_services, server_info
-from streamer.audio import float_to_pcm16
 from streamer.config import Config, ServerConfig
 from streamer.server import StreamerServer
-from streamer.sources import read_audio_file
-
-AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
-UNIT_S = 10.0 * float(os.environ.get("STREAMER_TEST_TIMEOUT_FACTOR", "1"))
 
 
 @pytest.fixture(scope="module")
@@ -45,47 +47,13 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def speech() -> np.ndarray:
     """Three utterances of real speech (the first 14 s of stream_clean.wav), 16 kHz float32."""
-    audio = read_audio_file(AUDIO / "stream_clean.wav")
-    assert audio.rate_hz == 16000
-    return audio.samples[: 14 * 16000]
-
-
-class Daemon:
-    def __init__(self, server: StreamerServer) -> None:
-        self.server = server
-        self.url = f"ws://127.0.0.1:{server.ports[0]}"
+    return live_speech(seconds=14)
 
 
 @pytest.fixture
 async def daemon(models: dict[str, Path], request: pytest.FixtureRequest) -> AsyncIterator[Daemon]:
-    server_cfg: dict[str, Any] = getattr(request, "param", {})
-    config = Config(server=replace(ServerConfig(host="127.0.0.1", port=0), **server_cfg))
-    services = build_services(config, models)
-    server = StreamerServer(services, info=server_info(services))
-    await server.start()
-    yield Daemon(server)
-    await server.drain(UNIT_S)
-    services.runner.close()
-
-
-def start_msg(stream: str = "s1", **extra: Any) -> str:
-    return json.dumps(
-        {
-            "type": "start",
-            "sample_rate": 16000,
-            "encoding": "pcm_s16le",
-            "channels": 1,
-            "stream": stream,
-            **extra,
-        }
-    )
-
-
-async def send_audio(ws: ClientConnection, samples: np.ndarray, chunk_ms: int = 100) -> None:
-    data = float_to_pcm16(samples)
-    step = 16000 * chunk_ms // 1000 * 2
-    for i in range(0, len(data), step):
-        await ws.send(data[i : i + step])
+    async with running(config(server=getattr(request, "param", {})), models) as d:
+        yield d
 
 
 async def read_until_quiet(ws: ClientConnection, quiet_s: float = 0.5) -> list[dict[str, Any]]:
@@ -98,19 +66,6 @@ async def read_until_quiet(ws: ClientConnection, quiet_s: float = 0.5) -> list[d
         except TimeoutError:
             return events
         events.append(json.loads(message))
-
-
-async def collect(ws: ClientConnection) -> list[dict[str, Any]]:
-    """Read events until the server closes the connection."""
-    events = []
-    async with asyncio.timeout(3 * UNIT_S):
-        while True:
-            try:
-                message = await ws.recv()
-            except ConnectionClosed:
-                break
-            events.append(json.loads(message))
-    return events
 
 
 async def test_ingest_stream_gets_transcript_and_intent(daemon: Daemon, speech: np.ndarray) -> None:
