@@ -243,9 +243,9 @@ class StreamPipeline:
             models=self.models,
             latency_ms=proto.Latency(
                 end_of_speech_to_emit=(time.perf_counter() - ready_at) * 1000.0,
-                queued=sum(r.queued_ms for r in results),
-                encode=sum(r.encode_ms for r in results),
-                decode=decode_ms,
+                queued=round(sum(r.queued_ms for r in results), 2),
+                encode=round(sum(r.encode_ms for r in results), 2),
+                decode=round(decode_ms, 2),
             ),
             transcript=decoded.transcript,
             intent=decoded.intent,
