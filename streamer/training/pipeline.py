@@ -132,11 +132,15 @@ def export(source: Path, out: Path, *, quantize: bool) -> None:
     Raises:
         subprocess.CalledProcessError: the exporter failed (its message is on stderr).
     """
-    cmd = [sys.executable, str(REPO / "bin" / "export_onnx"), str(source), "--out", str(out)]
+    # Run from the repository with a relative source, so the manifest's source.path does not
+    # record where this machine keeps its checkout.
+    src = source.resolve()
+    rel = src.relative_to(REPO) if src.is_relative_to(REPO) else src
+    cmd = [sys.executable, str(REPO / "bin" / "export_onnx"), str(rel), "--out", str(out.resolve())]
     if quantize:
         cmd += ["--quantize", "int8"]
     log.info("exporting: %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
 
 
 BUNDLE_NAMES = ("commands-ctc", "commands-intent")
