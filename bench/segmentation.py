@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streamer.errors import ConfigError  # noqa: E402
+from streamer.scoring import boundary_f1  # noqa: E402
 from streamer.segmenter import Segmenter, SegmenterConfig, UtteranceReady  # noqa: E402
 
 RATE_HZ = 16_000
-TOLERANCE_S = 0.2
 Segments = list[tuple[float, float]]
 Detector = Callable[[npt.NDArray[np.float32]], Segments]
 
@@ -64,33 +64,6 @@ def load_clips(audio: Path) -> list[Clip]:
         segs = [(s["start"], s["end"]) for s in truth.get(path.name, {}).get("segments", [])]
         clips.append(Clip(path.name, samples, segs))
     return clips
-
-
-def match(pred: list[float], true: list[float]) -> int:
-    """Predicted boundaries within TOLERANCE_S of a true one, matched one-to-one."""
-    pairs = sorted(
-        (abs(p - t), i, j)
-        for i, p in enumerate(pred)
-        for j, t in enumerate(true)
-        if abs(p - t) <= TOLERANCE_S
-    )
-    used_p: set[int] = set()
-    used_t: set[int] = set()
-    for _, i, j in pairs:
-        if i not in used_p and j not in used_t:
-            used_p.add(i)
-            used_t.add(j)
-    return len(used_p)
-
-
-def boundary_f1(pred: Segments, true: Segments) -> float:
-    """F1 over starts and ends (each matched only to its own kind)."""
-    hits = match([s for s, _ in pred], [s for s, _ in true])
-    hits += match([e for _, e in pred], [e for _, e in true])
-    if not pred or not true:
-        return 1.0 if not pred and not true else 0.0
-    precision, recall = hits / (2 * len(pred)), hits / (2 * len(true))
-    return 0.0 if hits == 0 else 2 * precision * recall / (precision + recall)
 
 
 def nearest_errors_ms(pred: list[float], true: list[float]) -> npt.NDArray[np.float64]:

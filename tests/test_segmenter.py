@@ -16,6 +16,7 @@ import soundfile as sf
 from hypothesis import given, settings, strategies as st
 
 from streamer.errors import AudioFormatError, ConfigError
+from streamer.scoring import TOLERANCE_S, boundary_f1
 from streamer.segmenter import (
     Segmenter,
     SegmenterConfig,
@@ -26,7 +27,6 @@ from streamer.segmenter import (
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 RATE = 16_000
-TOLERANCE_S = 0.2
 Audio = npt.NDArray[np.float32]
 
 
@@ -93,33 +93,6 @@ def summary(events: list[SegmenterEvent]) -> list[tuple[object, ...]]:
             fields = (e.speech_start_sample, e.speech_end_sample, e.audio_start_sample)
             out.append(("ready", *fields, e.forced_cut, e.audio.tobytes()))
     return out
-
-
-def matched(pred: list[float], true: list[float]) -> int:
-    """Predicted boundaries within the tolerance of a true one, one-to-one, closest first."""
-    pairs = sorted(
-        (abs(p - t), i, j)
-        for i, p in enumerate(pred)
-        for j, t in enumerate(true)
-        if abs(p - t) <= TOLERANCE_S
-    )
-    used_p: set[int] = set()
-    used_t: set[int] = set()
-    for _, i, j in pairs:
-        if i not in used_p and j not in used_t:
-            used_p.add(i)
-            used_t.add(j)
-    return len(used_p)
-
-
-def boundary_f1(pred: list[tuple[float, float]], true: list[tuple[float, float]]) -> float:
-    hits = matched([s for s, _ in pred], [s for s, _ in true]) + matched(
-        [e for _, e in pred], [e for _, e in true]
-    )
-    if hits == 0:
-        return 0.0
-    precision, recall = hits / (2 * len(pred)), hits / (2 * len(true))
-    return 2 * precision * recall / (precision + recall)
 
 
 def truth(stream: str) -> list[tuple[float, float]]:
