@@ -93,13 +93,13 @@ class StreamPipeline:
 
     def feed_pcm(self, data: bytes) -> None:
         """Feed raw PCM bytes in the stream's format (already checked by the protocol)."""
-        if self._finished:
-            return
-        self._segment(self.converter.convert(data))
+        if not self._finished:  # audio after finish() (a drained daemon) is ignored
+            self._segment(self.converter.convert(data))
 
     def feed_samples(self, samples: npt.NDArray[np.float32]) -> None:
         """Feed float32 mono samples at the stream's input rate (microphone, files)."""
-        self._segment(self.converter.resample(samples))
+        if not self._finished:  # the resampler was flushed; feeding it again would fail
+            self._segment(self.converter.resample(samples))
 
     def flush(self) -> None:
         """End the current utterance now (client ``flush``)."""
