@@ -31,16 +31,6 @@ from streamer.segmenter import SegmenterConfig
 
 log = logging.getLogger(__name__)
 
-#: Endpointing knob names on the wire -> SegmenterConfig fields.
-_KNOBS = {
-    "min_speech_ms": "min_speech_ms",
-    "min_silence_ms": "min_silence_ms",
-    "max_utterance_s": "max_utterance_s",
-    "pre_roll_ms": "pre_roll_ms",
-    "post_roll_ms": "post_roll_ms",
-    "vad_mode": "vad_mode",
-}
-
 
 class StreamerServer:
     """Owns the websockets server and every live connection's bookkeeping."""
@@ -288,7 +278,7 @@ class Ingest:
                     "max_utterance_s": seg.max_utterance_s,
                     "subscriber_queue": cfg.subscriber_queue,
                 },
-                endpointing={k: float(getattr(seg, v)) for k, v in _KNOBS.items()},
+                endpointing={k: float(getattr(seg, k)) for k in proto.ENDPOINTING_KNOBS},
                 want=start.want,
             )
         )
@@ -406,7 +396,8 @@ class Subscription:
 def _segmenter_config(
     services: Services, endpointing: dict[str, float], models: Iterable[str]
 ) -> SegmenterConfig:
-    values: dict[str, Any] = {_KNOBS[k]: v for k, v in endpointing.items()}
+    # the wire's knob names are SegmenterConfig field names (tests/test_config.py checks)
+    values: dict[str, Any] = dict(endpointing)
     if "vad_mode" in values:
         values["vad_mode"] = int(values["vad_mode"])
     try:

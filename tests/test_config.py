@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from streamer.config import Config, EngineConfig, ServerConfig, load_config
 from streamer.errors import ConfigError
 from streamer.models import resolve_models
+from streamer.protocol import ENDPOINTING_KNOBS
+from streamer.segmenter import SegmenterConfig
 
 
 def test_defaults() -> None:
@@ -65,3 +68,9 @@ def test_resolve_models(tmp_path: Path) -> None:
     (tmp_path / "m1").mkdir()
     (tmp_path / "m1" / "manifest.json").write_text("{}")
     assert resolve_models([], models_dir=tmp_path) == {"m1": tmp_path / "m1"}
+
+
+def test_endpointing_knobs_are_segmenter_settings() -> None:
+    """Every endpointing knob a client may send names a SegmenterConfig field of the same unit."""
+    fields = {f.name for f in dataclasses.fields(SegmenterConfig)}
+    assert set(ENDPOINTING_KNOBS) <= fields
