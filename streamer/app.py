@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -18,13 +17,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from streamer import protocol as proto
-from streamer.audio import AudioFormat
 from streamer.config import Config
 from streamer.decoders import OutputDecoder
 from streamer.engine import Encoder
 from streamer.errors import ModelError, StreamerError
 from streamer.journal import Journal
-from streamer.pipeline import Services, StreamPipeline, stream_segmenter_config
+from streamer.pipeline import Services, StreamPipeline, file_stream_name, sample_pipeline
 from streamer.progress import audio_progress
 from streamer.pubsub import Hub
 from streamer.runner import Runner
@@ -153,7 +151,7 @@ async def _run_mic(services: Services, device: str | int) -> None:
     try:
         async for chunk in source.stream():
             if pipeline is None:
-                pipeline = _file_like_pipeline(services, "mic", source.rate_hz, None)
+                pipeline = sample_pipeline(services, stream="mic", rate_hz=source.rate_hz)
                 services.streams["mic"] = pipeline
             pipeline.feed_samples(chunk)
     except DeviceError as exc:
@@ -163,18 +161,6 @@ async def _run_mic(services: Services, device: str | int) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await pipeline.finish()
             services.streams.pop("mic", None)
-
-
-def _file_like_pipeline(services: Services, stream: str, rate_hz: int, emit: Any) -> StreamPipeline:
-    models = tuple(services.runner.encoders)
-    return StreamPipeline(
-        services,
-        stream=stream,
-        fmt=AudioFormat(rate_hz, "pcm_f32le", 1),
-        models=models,
-        segmenter=stream_segmenter_config(services, models, {}),
-        emit=emit,
-    )
 
 
 async def transcribe(
@@ -205,8 +191,8 @@ async def transcribe(
                 print(f"streamer: error: {exc}", file=sys.stderr)
                 status = 2
                 continue
-            name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:64] or "file"
-            pipeline = _file_like_pipeline(services, name, audio.rate_hz, emit)
+            name = file_stream_name(path)
+            pipeline = sample_pipeline(services, stream=name, rate_hz=audio.rate_hz, emit=emit)
             pieces = chunks(audio.samples, audio.rate_hz * FILE_CHUNK_MS // 1000)
             total_s = len(audio.samples) / audio.rate_hz
             for chunk in audio_progress(pieces, rate_hz=audio.rate_hz, total_s=total_s, desc=name):

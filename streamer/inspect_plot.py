@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +24,9 @@ import numpy as np
 import numpy.typing as npt
 
 from streamer import protocol as proto
-from streamer.audio import AudioFormat
 from streamer.config import Config
 from streamer.errors import StreamerError
-from streamer.pipeline import StreamPipeline, stream_segmenter_config
+from streamer.pipeline import file_stream_name, sample_pipeline
 from streamer.segmenter import SegmenterConfig
 from streamer.sources import chunks, read_audio_file
 from streamer.vad import VadThresholds
@@ -82,15 +80,8 @@ async def trace_file(config: Config, models: dict[str, Path], path: Path) -> Tra
     services = build_services(config, models)
     try:
         names = tuple(services.runner.encoders)
-        seg = stream_segmenter_config(services, names, {})
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:64] or "file"
-        pipeline = StreamPipeline(
-            services,
-            stream=name,
-            fmt=AudioFormat(audio.rate_hz, "pcm_f32le", 1),
-            models=names,
-            segmenter=seg,
-        )
+        pipeline = sample_pipeline(services, stream=file_stream_name(path), rate_hz=audio.rate_hz)
+        seg = pipeline.segmenter.config
         trace = Trace(
             name=path.name,
             samples=audio.samples,

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -262,6 +264,35 @@ class StreamPipeline:
 
     def _ms(self, n_samples: int) -> float:
         return round(n_samples * 1000.0 / self.rate_hz, 1)
+
+
+def sample_pipeline(
+    services: Services,
+    *,
+    stream: str,
+    rate_hz: int,
+    models: Sequence[str] | None = None,
+    emit: Emit | None = None,
+) -> StreamPipeline:
+    """A pipeline fed float32 mono samples at ``rate_hz`` (microphone, files, Wyoming).
+
+    ``models``: None runs every loaded model. Endpointing is the server's, with the models'
+    minimum length.
+    """
+    names = tuple(services.runner.encoders) if models is None else tuple(models)
+    return StreamPipeline(
+        services,
+        stream=stream,
+        fmt=AudioFormat(rate_hz, "pcm_f32le", 1),
+        models=names,
+        segmenter=stream_segmenter_config(services, names, {}),
+        emit=emit,
+    )
+
+
+def file_stream_name(path: Path) -> str:
+    """A valid stream name for an audio file: its stem, other characters replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:64] or "file"
 
 
 def stream_segmenter_config(

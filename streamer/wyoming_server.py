@@ -47,9 +47,9 @@ from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler
 
 from streamer import __version__, limits, protocol as proto
-from streamer.audio import MAX_RATE_HZ, MIN_RATE_HZ, AudioFormat
+from streamer.audio import MAX_RATE_HZ, MIN_RATE_HZ
 from streamer.errors import ConfigError, ProtocolError, StreamerError
-from streamer.pipeline import Services, StreamPipeline, stream_segmenter_config
+from streamer.pipeline import Services, StreamPipeline, sample_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -342,12 +342,11 @@ class WyomingHandler(AsyncEventHandler):
         except ProtocolError as exc:
             raise BadRequestError(exc.code, str(exc)) from None
         req = _Request(self.owner.next_stream(), rate_hz, width, channels, self._language())
-        req.pipeline = StreamPipeline(
+        req.pipeline = sample_pipeline(
             services,
             stream=req.stream,
-            fmt=AudioFormat(rate_hz, "pcm_f32le", 1),
+            rate_hz=rate_hz,
             models=models,
-            segmenter=stream_segmenter_config(services, models, {}),
             emit=functools.partial(self._emit, req),
         )
         services.streams[req.stream] = req.pipeline
