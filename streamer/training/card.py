@@ -139,22 +139,25 @@ def write_card(
         " ONNX graph at inference).",
         "- Loss: "
         + (
-            "frame cross-entropy in two phases: steps"
-            f" 0-{recipe['flat_steps']} flat start (the transcript's characters spread uniformly"
-            " over the clean clip's voiced frames, blank elsewhere); from step"
-            f" {recipe['plain_ctc_until']} Viterbi training (targets = the model's own best CTC"
-            " alignment of the transcript, recomputed every step). No plain CTC loss: see the"
-            " run history."
+            "CTC (transformers' `SEWDForCTC` loss: blank = `<pad>`, per-utterance loss divided by"
+            " the transcript length, mean over the batch) from step 0."
             if is_ctc
-            else "sum of the two heads' cross-entropies plus an auxiliary character head on the"
-            " encoder frames (a linear head used only in training, not saved or exported):"
-            f" flat-start frame cross-entropy for steps 0-{recipe['flat_steps']},"
-            f" {recipe.get('ctc_weight', 0)} x CTC for steps"
-            f" {recipe['flat_steps']}-{recipe['plain_ctc_until']}, Viterbi frame cross-entropy"
-            " afterwards (see the commands-ctc card)."
+            else "sum of the two heads' cross-entropies plus"
+            f" {recipe['distill_weight']} x frame-level distillation: SEGUE's own recipe"
+            " (distil a speech encoder from a teacher), with the commands-ctc model as the"
+            " teacher. An auxiliary linear head on the encoder frames (training only, not saved"
+            " or exported) matches the teacher's per-frame character posteriors (KL divergence at"
+            f" temperature {recipe['temperature']}, times T²), on the same augmented audio."
         ),
-        f"- Curriculum: the first {recipe.get('short_steps', 0)} steps draw only clips up to"
-        " 1.5 s (and FSDD strings of at most 2 digits).",
+        "- Curriculum: "
+        + (
+            f"the first {recipe['digit_steps']} steps draw only single digits (FSDD and"
+            " synthetic digit sentences of at most two words); "
+            if is_ctc and recipe.get("digit_steps")
+            else ""
+        )
+        + f"the first {recipe.get('short_steps', 0)} steps draw only clips up to 1.5 s (and FSDD"
+        " strings of at most 2 digits).",
         f"- Mixture: FSDD digit items {'30' if is_ctc else '15'}% of draws, synthetic commands"
         " the rest.",
         f"- Training time: {_train_time_s(curve) / 60:.0f} min of wall time on a 2-core x86-64 CPU"

@@ -39,37 +39,6 @@ class Utterance:
     intent: str
     room: str
     source: str
-    voiced: np.ndarray | None = None
-    """Per 20 ms output frame: whether the clean clip is voiced there (flat-start targets)."""
-
-
-FRAME_STRIDE = 320
-FRAME_WINDOW = 400
-
-
-def voiced_frames(audio: np.ndarray, *, rel_threshold: float = 0.05) -> np.ndarray:
-    """Frames (stride 320, window 400 samples) whose RMS exceeds ``rel_threshold`` of the peak."""
-    n = max(0, (len(audio) - FRAME_WINDOW) // FRAME_STRIDE + 1)
-    if n == 0:
-        return np.zeros(0, dtype=bool)
-    idx = np.arange(n)[:, None] * FRAME_STRIDE + np.arange(FRAME_WINDOW)[None, :]
-    rms = np.sqrt(np.mean(audio[idx] ** 2, axis=1))
-    out: np.ndarray = rms > rel_threshold * float(rms.max() + 1e-9)
-    return out
-
-
-def flat_start_targets(voiced: np.ndarray, ids: list[int]) -> np.ndarray:
-    """Spread token ``ids`` uniformly over the voiced frames; other frames are blank (0).
-
-    The classic flat start: a rough alignment that gives a from-scratch encoder dense
-    frame-level targets before CTC takes over.
-    """
-    targets = np.zeros(len(voiced), dtype=np.int64)
-    where = np.flatnonzero(voiced)
-    if len(where) and ids:
-        pos = (np.arange(len(where)) * len(ids)) // len(where)
-        targets[where] = np.asarray(ids, dtype=np.int64)[pos]
-    return targets
 
 
 @dataclass
@@ -235,9 +204,7 @@ class Mixture:
                 utt = self._digit_words[int(rng.integers(len(self._digit_words)))]
             clean = pad_silence(utt.audio, rng)
             audio = augment.augment(clean, self._noises, rng)
-            return Utterance(
-                audio, utt.text, utt.intent, utt.room, utt.source, voiced_frames(clean)
-            )
+            return Utterance(audio, utt.text, utt.intent, utt.room, utt.source)
         if self._fsdd and rng.random() < self._p_fsdd:
             n_digits = 1 if rng.random() < 0.4 else int(rng.integers(2, 3 if short else 5))
             utt = concat_digits(self._fsdd, rng, n_digits=n_digits)
@@ -246,7 +213,7 @@ class Mixture:
             utt = pool[int(rng.integers(len(pool)))]
         clean = pad_silence(utt.audio, rng)
         audio = augment.augment(clean, self._noises, rng)
-        return Utterance(audio, utt.text, utt.intent, utt.room, utt.source, voiced_frames(clean))
+        return Utterance(audio, utt.text, utt.intent, utt.room, utt.source)
 
 
 def noise_paths(audio_dir: Path) -> list[Path]:

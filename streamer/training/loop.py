@@ -57,52 +57,20 @@ def draw_batch(
     return pool[start : start + size]
 
 
-def frame_targets(
-    voiced: Sequence[np.ndarray], ids: Sequence[list[int]], n_frames: int
-) -> np.ndarray:
-    """Flat-start targets [batch, n_frames] (-100 beyond each clip) for frame cross-entropy."""
-    from streamer.training.data import flat_start_targets
+def frame_kl(student: Any, teacher: Any, frames: Any, temperature: float) -> Any:
+    """Mean over valid frames of KL(teacher || student) on temperature-softened posteriors.
 
-    out = np.full((len(ids), n_frames), -100, dtype=np.int64)
-    for row, (v, i) in enumerate(zip(voiced, ids, strict=True)):
-        t = flat_start_targets(v, i)[:n_frames]
-        out[row, : len(t)] = t
-    return out
-
-
-def viterbi_targets(log_probs: np.ndarray, ids: list[int], n_frames: int) -> np.ndarray:
-    """Best CTC path of ``ids`` through ``log_probs`` [frames, vocab] (blank 0) as frame targets.
-
-    Viterbi (forced-alignment) training: the model's own best alignment becomes the target of a
-    frame cross-entropy, which refines the flat start without CTC's drift to all-blank output.
+    Both models see 20 ms frames of the same conv stack, so frame ``t`` of one is frame ``t`` of
+    the other; frames past each clip's length (``frames``) are ignored. Scaled by T² as usual.
     """
-    lp = log_probs[:n_frames]
-    ext = np.zeros(2 * len(ids) + 1, dtype=np.int64)
-    ext[1::2] = ids
-    n_states = len(ext)
-    if n_frames < len(ids) or not ids:
-        return np.zeros(n_frames, dtype=np.int64)
-    skip = np.zeros(n_states, dtype=bool)
-    skip[2:] = (ext[2:] != 0) & (ext[2:] != ext[:-2])
-    neg = -1e30
-    score = np.full(n_states, neg)
-    score[0] = lp[0, ext[0]]
-    score[1] = lp[0, ext[1]]
-    back = np.zeros((n_frames, n_states), dtype=np.int8)
-    for t in range(1, n_frames):
-        stay = score
-        prev1 = np.concatenate(([neg], score[:-1]))
-        prev2 = np.where(skip, np.concatenate(([neg, neg], score[:-2])), neg)
-        cand = np.stack([stay, prev1, prev2])
-        choice = cand.argmax(axis=0)
-        score = cand[choice, np.arange(n_states)] + lp[t, ext]
-        back[t] = choice
-    state = n_states - 1 if score[-1] >= score[-2] else n_states - 2
-    path = np.zeros(n_frames, dtype=np.int64)
-    for t in range(n_frames - 1, -1, -1):
-        path[t] = ext[state]
-        state -= int(back[t, state])
-    return path
+    import torch
+
+    n = min(student.shape[1], teacher.shape[1])
+    log_p_student = (student[:, :n] / temperature).log_softmax(-1)
+    log_p_teacher = (teacher[:, :n] / temperature).log_softmax(-1)
+    per_frame = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
+    valid = (torch.arange(n)[None, :] < frames[:, None]).float()
+    return (per_frame * valid).sum() / valid.sum().clamp(min=1.0) * temperature**2
 
 
 def conv_frames(n_samples: int, kernels: Sequence[int], strides: Sequence[int]) -> int:

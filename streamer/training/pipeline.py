@@ -92,9 +92,34 @@ def mixture(paths: Paths, *, p_fsdd: float) -> data.Mixture:
     return data.Mixture(data.Corpus.load(paths.synth_train), fsdd_train, noises, p_fsdd=p_fsdd)
 
 
+def stage_intent(paths: Paths, *, steps: int, resume: bool) -> Path:
+    """Train the SEGUE-architecture intent model (plus auxiliary CTC head); return its folder."""
+    from streamer.training import train_intent
+
+    evalset = data.Corpus.load(paths.synth_test).items[:96]
+    recipe = train_intent.IntentRecipe(steps=steps)
+    return train_intent.train(
+        mixture(paths, p_fsdd=0.25),
+        evalset,
+        work_dir=paths.work_dir / "intent",
+        recipe=recipe,
+        resume=resume,
+    )
+
+
 def stage_ctc(paths: Paths, *, steps: int, resume: bool) -> Path:
-    """Train the SEW-D CTC model; return its Hugging Face folder."""
-    from streamer.training import train_ctc
+    """Train the SEW-D CTC model, distilled from the intent model's CTC head; return its folder."""
+    import torch
+
+    from streamer.training import train_ctc, train_intent
+
+    segue = train_intent.load_trained(paths.work_dir / "intent", train_intent.IntentRecipe())
+    segue.requires_grad_(False)
+
+    def teacher(values: torch.Tensor, mask: torch.Tensor, lengths: np.ndarray) -> torch.Tensor:
+        hidden, _ = segue.encode(values, mask, lengths.tolist())
+        logits: torch.Tensor = segue.ctc_head(hidden)
+        return logits
 
     _, fsdd_test = fsdd_sets()
     evalsets = {
@@ -103,26 +128,12 @@ def stage_ctc(paths: Paths, *, steps: int, resume: bool) -> Path:
     }
     recipe = train_ctc.CtcRecipe(steps=steps)
     return train_ctc.train(
-        mixture(paths, p_fsdd=0.3),
+        mixture(paths, p_fsdd=0.25),
         evalsets,
         work_dir=paths.work_dir / "ctc",
         recipe=recipe,
         resume=resume,
-    )
-
-
-def stage_intent(paths: Paths, *, steps: int, resume: bool) -> Path:
-    """Train the SEGUE-architecture intent model; return its checkpoint folder."""
-    from streamer.training import train_intent
-
-    evalset = data.Corpus.load(paths.synth_test).items[:96]
-    recipe = train_intent.IntentRecipe(steps=steps)
-    return train_intent.train(
-        mixture(paths, p_fsdd=0.15),
-        evalset,
-        work_dir=paths.work_dir / "intent",
-        recipe=recipe,
-        resume=resume,
+        teacher=teacher,
     )
 
 

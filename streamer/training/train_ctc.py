@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,9 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 class CtcRecipe:
     """Hyper-parameters of the CTC run."""
 
-    steps: int = 2200
+    steps: int = 2000
     batch_size: int = 12
-    peak_lr: float = 1e-3
+    peak_lr: float = 7e-4
     warmup_steps: int = 100
     hidden_size: int = 192
     n_layers: int = 4
@@ -47,8 +48,8 @@ class CtcRecipe:
     checkpoint_every: int = 100
     digit_steps: int = 0
     short_steps: int = 300
-    flat_steps: int = 400
-    plain_ctc_until: int = 400
+    distill_weight: float = 1.0
+    temperature: float = 2.0
 
 
 def encode_text(text: str) -> list[int]:
@@ -158,8 +159,15 @@ def train(
     work_dir: Path,
     recipe: CtcRecipe,
     resume: bool,
+    teacher: Callable[[Any, Any, np.ndarray], Any],
 ) -> Path:
-    """Train (or resume) and save the Hugging Face folder ``work_dir/hf``; return that path."""
+    """Train (or resume) and save the Hugging Face folder ``work_dir/hf``; return that path.
+
+    The loss is CTC plus ``recipe.distill_weight`` times the frame-level KL divergence to
+    ``teacher(values, attention_mask, lengths)``, the per-frame character logits of the trained
+    SEGUE encoder's auxiliary CTC head on the same batch: dense targets that carry the student
+    over CTC's all-blank plateau, where plain CTC from scratch sat for thousands of steps.
+    """
     import torch
 
     from streamer.training.evaluate import word_error_rate
@@ -192,7 +200,7 @@ def train(
             rng,
             length=lambda u: len(u.audio),
         )
-        values, mask, _ = loop.pad_batch([u.audio for u in batch])
+        values, mask, lengths = loop.pad_batch([u.audio for u in batch])
         labels_list = [encode_text(u.text) for u in batch]
         width = max(len(lab) for lab in labels_list)
         labels = np.full((len(batch), width), -100, dtype=np.int64)
@@ -201,30 +209,14 @@ def train(
         lr = loop.lr_at(step, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=recipe.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss: Any
-        if step < recipe.flat_steps or step >= recipe.plain_ctc_until:
-            # Flat start, then Viterbi training: frame cross-entropy against uniformly spread
-            # characters, later against the model's own best CTC alignment.
-            logits = model(torch.from_numpy(values), attention_mask=torch.from_numpy(mask)).logits
-            if step < recipe.flat_steps:
-                targets = loop.frame_targets(
-                    [u.voiced for u in batch if u.voiced is not None],
-                    labels_list,
-                    logits.shape[1],
-                )
-            else:
-                targets = _viterbi_batch(logits, mask, labels_list)
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),
-                torch.from_numpy(targets).reshape(-1),
-                ignore_index=-100,
-            )
-        else:
-            loss = model(
-                torch.from_numpy(values),
-                attention_mask=torch.from_numpy(mask),
-                labels=torch.from_numpy(labels),
-            ).loss
+        values_t, mask_t = torch.from_numpy(values), torch.from_numpy(mask)
+        out = model(values_t, attention_mask=mask_t, labels=torch.from_numpy(labels))
+        with torch.inference_mode():
+            teacher_logits = teacher(values_t, mask_t, lengths)
+        frames = torch.tensor([loop.conv_frames(int(n), CONV_KERNEL, CONV_STRIDE) for n in lengths])
+        loss = out.loss + recipe.distill_weight * loop.frame_kl(
+            out.logits, teacher_logits.clone(), frames, recipe.temperature
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -253,16 +245,6 @@ def train(
             loop.save_checkpoint(ckpt, model=model, optimizer=optimizer, step=step)
             curve.save(curve_path)
     return save_from_checkpoint(work_dir, recipe)
-
-
-def _viterbi_batch(logits: Any, mask: np.ndarray, labels: list[list[int]]) -> np.ndarray:
-    lp = logits.detach().log_softmax(-1).numpy()
-    n_out = lp.shape[1]
-    out = np.full((len(labels), n_out), -100, dtype=np.int64)
-    for row, ids in enumerate(labels):
-        n = min(n_out, loop.conv_frames(int(mask[row].sum()), CONV_KERNEL, CONV_STRIDE))
-        out[row, :n] = loop.viterbi_targets(lp[row], ids, n)
-    return out
 
 
 def save_from_checkpoint(work_dir: Path, recipe: CtcRecipe) -> Path:

@@ -2,8 +2,10 @@
 
 Architecture (as in SEGUE's classification model): a wav2vec 2.0 encoder, the mean of its last
 hidden state over the valid frames (frame count from the input length by the conv-stack formula),
-one Linear per label set. Training adds an auxiliary character CTC loss on the encoder frames
-(dense supervision that a from-scratch encoder needs); that head is not saved. Saved as
+one Linear per label set. Training adds an auxiliary character CTC head on the encoder frames
+(the dense supervision a from-scratch encoder needs to learn words); that head is not part of the
+saved SEGUE checkpoint, but the training checkpoint keeps it, and the SEW-D CTC model is then
+distilled from its per-frame posteriors (:mod:`streamer.training.train_ctc`). Saved as
 ``config.json`` (``architectures: ["SegueForClassification"]``, ``n_classes``,
 ``speech_encoder_config``, ``id2label`` per label set) plus ``pytorch_model.bin`` with
 ``speech_encoder.*`` and ``classification_heads.<i>.*`` tensors, which ``bin/export_onnx`` reads.
@@ -38,21 +40,20 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 class IntentRecipe:
     """Hyper-parameters of the intent run."""
 
-    steps: int = 3100
+    steps: int = 2800
     batch_size: int = 12
-    peak_lr: float = 1e-3
-    warmup_steps: int = 150
-    hidden_size: int = 144
-    n_layers: int = 3
+    peak_lr: float = 7e-4
+    warmup_steps: int = 200
+    hidden_size: int = 192
+    n_layers: int = 4
     n_heads: int = 4
-    intermediate_size: int = 576
+    intermediate_size: int = 768
     seed: int = 11
     eval_every: int = 250
     checkpoint_every: int = 100
-    short_steps: int = 300
-    flat_steps: int = 400
-    plain_ctc_until: int = 700
-    ctc_weight: float = 0.5
+    digit_steps: int = 300
+    short_steps: int = 1000
+    ctc_weight: float = 1.0
 
 
 def encoder_config(recipe: IntentRecipe) -> dict[str, Any]:
@@ -100,7 +101,7 @@ def build_model(recipe: IntentRecipe) -> Any:
             hidden = int(config["hidden_size"])
             self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, n) for n in n_classes)
             # Auxiliary character CTC head: dense supervision for the encoder during training
-            # only; it is not part of the saved SEGUE checkpoint.
+            # (and the teacher of the SEW-D model); not part of the saved SEGUE checkpoint.
             self.ctc_head = torch.nn.Linear(hidden, len(VOCAB))
 
         def encode(self, values: Any, mask: Any, lengths: Any) -> tuple[Any, Any]:
@@ -167,6 +168,17 @@ def _segue_key(key: str) -> str:
     return "classification_heads." + key[len("heads.") :] if key.startswith("heads.") else key
 
 
+def load_trained(work_dir: Path, recipe: IntentRecipe) -> Any:
+    """The model of the latest training checkpoint, auxiliary CTC head included, in eval mode."""
+    import torch
+
+    model = build_model(recipe)
+    state = torch.load(work_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model
+
+
 def save_from_checkpoint(work_dir: Path, recipe: IntentRecipe) -> Path:
     """Write the SEGUE folder ``work_dir/segue`` from the latest training checkpoint."""
     import torch
@@ -229,7 +241,9 @@ def train(
     while step < recipe.steps:
         rng = np.random.default_rng([recipe.seed, step])
         batch = loop.draw_batch(
-            functools.partial(mixture.draw, short=step < recipe.short_steps),
+            functools.partial(
+                mixture.draw, digits=step < recipe.digit_steps, short=step < recipe.short_steps
+            ),
             recipe.batch_size,
             rng,
             length=lambda u: len(u.audio),
@@ -245,38 +259,18 @@ def train(
         )
         logits = model.pool_heads(hidden, frames)
         loss = loss_fn(logits[0], intents) + loss_fn(logits[1], rooms)
-        if step < recipe.flat_steps or step >= recipe.plain_ctc_until:
-            # Auxiliary frame targets: flat start, later Viterbi (see train_ctc).
-            ids = [encode_text(u.text) for u in batch]
-            frame_logits = model.ctc_head(hidden)
-            if step < recipe.flat_steps:
-                frame_tgt = loop.frame_targets(
-                    [u.voiced for u in batch if u.voiced is not None], ids, frame_logits.shape[1]
-                )
-            else:
-                lp = frame_logits.detach().log_softmax(-1).numpy()
-                frame_tgt = np.full(lp.shape[:2], -100, dtype=np.int64)
-                for k, row_ids in enumerate(ids):
-                    n = min(lp.shape[1], int(frames[k]))
-                    frame_tgt[k, :n] = loop.viterbi_targets(lp[k], row_ids, n)
-            loss = loss + torch.nn.functional.cross_entropy(
-                frame_logits.reshape(-1, frame_logits.shape[-1]),
-                torch.from_numpy(frame_tgt).reshape(-1),
-                ignore_index=-100,
-            )
-        elif recipe.ctc_weight > 0:
-            targets = [encode_text(u.text) for u in batch]
-            log_probs = model.ctc_head(hidden).log_softmax(-1).transpose(0, 1)
-            ctc = torch.nn.functional.ctc_loss(
-                log_probs,
-                torch.tensor([i for t in targets for i in t]),
-                frames,
-                torch.tensor([len(t) for t in targets]),
-                blank=0,
-                reduction="mean",
-                zero_infinity=True,
-            )
-            loss = loss + recipe.ctc_weight * ctc
+        targets = [encode_text(u.text) for u in batch]
+        log_probs = model.ctc_head(hidden).log_softmax(-1).transpose(0, 1)
+        ctc = torch.nn.functional.ctc_loss(
+            log_probs,
+            torch.tensor([i for t in targets for i in t]),
+            frames,
+            torch.tensor([len(t) for t in targets]),
+            blank=0,
+            reduction="mean",
+            zero_infinity=True,
+        )
+        loss = loss + recipe.ctc_weight * ctc
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
