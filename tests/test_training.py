@@ -1,0 +1,96 @@
+"""The demo-model training pieces that are ours: grammar, augmentation, batching, distillation loss.
+
+Training itself never runs in the suite (it takes an hour); these guard the parts a retrain relies
+on: every sentence is a valid transcript with known labels, augmentation is reproducible from its
+seed, the frame count formula matches the real conv stack, and the distillation loss behaves.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from streamer.training import augment, grammar, loop, train_ctc
+
+
+def test_grammar_sentences_are_transcripts_with_known_labels() -> None:
+    """Every intent yields normalised text over the CTC vocabulary and labels from the sets."""
+    rng = random.Random(3)
+    for intent in grammar.INTENTS:
+        for _ in range(50):
+            cmd = grammar.sample_command(rng, intent=intent)
+            assert cmd.intent == intent
+            assert cmd.room in grammar.ROOMS
+            assert cmd.text == grammar.normalize_text(cmd.text) != ""
+            assert 1 not in train_ctc.encode_text(cmd.text), cmd.text  # no <unk>
+
+
+def test_grammar_rejects_unknown_intent() -> None:
+    with pytest.raises(ValueError, match="unknown intent 'dance'"):
+        grammar.sample_command(random.Random(0), intent="dance")
+
+
+def test_number_words() -> None:
+    assert grammar.number_words(25) == "twenty five"
+    assert grammar.number_words(13) == "thirteen"
+    assert grammar.number_words(40) == "forty"
+    with pytest.raises(ValueError, match="out of range"):
+        grammar.number_words(100)
+
+
+def test_ctc_text_round_trip() -> None:
+    """encode_text and greedy_decode invert each other on a frame path with blanks and repeats."""
+    ids = train_ctc.encode_text("all off")
+    path: list[int] = []
+    for i in ids:
+        path += [i, i, 0]  # repeats collapse, the blank separates the double "l" and "f"
+    assert train_ctc.greedy_decode(np.array(path)) == "all off"
+
+
+def test_augment_is_reproducible_and_bounded() -> None:
+    """The same seed gives the same waveform; output stays within [-1, 1] and keeps its length."""
+    tone = (0.5 * np.sin(np.arange(16000) * 0.05)).astype(np.float32)
+    noise = [np.random.default_rng(1).standard_normal(8000).astype(np.float32)]
+    first = augment.augment(tone, noise, np.random.default_rng(7), p_noise=1, p_reverb=1)
+    second = augment.augment(tone, noise, np.random.default_rng(7), p_noise=1, p_reverb=1)
+    other = augment.augment(tone, noise, np.random.default_rng(8), p_noise=1, p_reverb=1)
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, other)
+    assert first.shape == tone.shape
+    assert float(np.max(np.abs(first))) <= 1.0
+
+
+def test_pad_batch_normalises_each_clip_and_masks_padding() -> None:
+    clips = [np.full(5, 3.0, np.float32) + np.arange(5, dtype=np.float32), np.ones(3, np.float32)]
+    values, mask, lengths = loop.pad_batch(clips)
+    assert values.shape == (2, 5)
+    assert lengths.tolist() == [5, 3]
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert abs(float(values[0].mean())) < 1e-6
+    assert values[1, 3:].tolist() == [0.0, 0.0]
+
+
+def test_conv_frames_matches_the_real_feature_extractor() -> None:
+    """The frame-count formula used for pooling and the loss equals the model's own output."""
+    torch = pytest.importorskip("torch", reason="torch is part of the export extra")
+    model = train_ctc.build_model(train_ctc.CtcRecipe(hidden_size=32, n_layers=1, n_heads=2))
+    model.eval()
+    for n in (1200, 4321, 16000):
+        with torch.inference_mode():
+            logits = model(torch.zeros(1, n)).logits
+        assert logits.shape[1] == loop.conv_frames(n, train_ctc.CONV_KERNEL, train_ctc.CONV_STRIDE)
+
+
+def test_frame_kl_is_zero_for_the_teacher_and_ignores_padding() -> None:
+    torch = pytest.importorskip("torch", reason="torch is part of the export extra")
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.randn(2, 6, 5, generator=gen)
+    frames = torch.tensor([6, 4])
+    assert float(loop.frame_kl(teacher, teacher, frames, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    student = teacher.clone()
+    student[1, 4:] = torch.randn(2, 5, generator=gen)  # differs only past clip 2's end
+    assert float(loop.frame_kl(student, teacher, frames, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    student[0, 0] = -teacher[0, 0]
+    assert float(loop.frame_kl(student, teacher, frames, 2.0)) > 0.01
