@@ -87,3 +87,8 @@ def test_ctc_frames_and_text(ctc: tuple[Encoder, CtcGreedyDecoder]) -> None:
     stride = encoder.manifest.frame_stride_samples
     assert abs(logits.shape[0] - len(audio) // stride) <= 2
     assert decoder.decode(logits).text.strip()
+
+
+def test_intent_real_digit_string(intent: tuple[Encoder, IntentDecoder]) -> None:
+    """A real TIDIGITS digit string (not FSDD: another speaker and channel) is the digits intent."""
+    assert _classify(intent, AUDIO / "digits_tidigits_2934z.wav") == ("digits", "none")
