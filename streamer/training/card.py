@@ -170,7 +170,8 @@ def write_card(
         )
         + f"the first {recipe.get('short_steps', 0)} steps draw only clips up to 1.5 s (and FSDD"
         " strings of at most 2 digits).",
-        "- Mixture: FSDD digit items 25% of draws, synthetic commands the rest.",
+        f"- Mixture: FSDD digit items {100 * data.P_FSDD:.0f}% of draws, synthetic commands the"
+        " rest.",
         f"- Training time: {_train_time_s(curve) / 60:.0f} min of wall time on a 2-core x86-64 CPU,"
         " 2 torch threads (one per core, the default), SpecAugment-style time masking p=0.05.",
         f"- Why this order: {_WHY_DISTIL}",

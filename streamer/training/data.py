@@ -26,6 +26,8 @@ SAMPLE_RATE_HZ = 16000
 FSDD_SPEAKERS: tuple[str, ...] = ("george", "jackson", "lucas")
 SHORT_S = 1.5
 """Longest synthetic clip drawn during the short-utterance curriculum phase."""
+P_FSDD = 0.25
+"""Share of training draws (both models) that are FSDD digit items; the rest are synthetic."""
 FSDD_TEST_INDICES = frozenset(range(4))
 """FSDD recording indices kept out of training for every speaker (they are the test copies)."""
 

@@ -85,11 +85,11 @@ def fsdd_eval_items(test: list[data.FsddClip], *, every: int) -> list[data.Utter
     ]
 
 
-def mixture(paths: Paths, *, p_fsdd: float) -> data.Mixture:
+def mixture(paths: Paths) -> data.Mixture:
     """The augmented training mixture."""
     fsdd_train, _ = fsdd_sets()
     noises = augment.load_noises(data.noise_paths(SHARED_AUDIO))
-    return data.Mixture(data.Corpus.load(paths.synth_train), fsdd_train, noises, p_fsdd=p_fsdd)
+    return data.Mixture(data.Corpus.load(paths.synth_train), fsdd_train, noises, p_fsdd=data.P_FSDD)
 
 
 def stage_intent(paths: Paths, *, steps: int, resume: bool) -> Path:
@@ -99,7 +99,7 @@ def stage_intent(paths: Paths, *, steps: int, resume: bool) -> Path:
     evalset = data.Corpus.load(paths.synth_test).items[:96]
     recipe = train_intent.IntentRecipe(steps=steps)
     return train_intent.train(
-        mixture(paths, p_fsdd=0.25),
+        mixture(paths),
         evalset,
         work_dir=paths.work_dir / "intent",
         recipe=recipe,
@@ -113,7 +113,7 @@ def stage_ctc(paths: Paths, *, steps: int, resume: bool) -> Path:
 
     from streamer.training import train_ctc, train_intent
 
-    segue = train_intent.load_trained(paths.work_dir / "intent", train_intent.IntentRecipe())
+    segue, _ = train_intent.load_trained(paths.work_dir / "intent", train_intent.IntentRecipe())
     segue.requires_grad_(False)
 
     def teacher(values: torch.Tensor, mask: torch.Tensor, lengths: np.ndarray) -> torch.Tensor:
@@ -128,7 +128,7 @@ def stage_ctc(paths: Paths, *, steps: int, resume: bool) -> Path:
     }
     recipe = train_ctc.CtcRecipe(steps=steps)
     return train_ctc.train(
-        mixture(paths, p_fsdd=0.25),
+        mixture(paths),
         evalsets,
         work_dir=paths.work_dir / "ctc",
         recipe=recipe,

@@ -211,11 +211,11 @@ def train(
             group["lr"] = lr
         values_t, mask_t = torch.from_numpy(values), torch.from_numpy(mask)
         out = model(values_t, attention_mask=mask_t, labels=torch.from_numpy(labels))
-        with torch.inference_mode():
+        with torch.no_grad():
             teacher_logits = teacher(values_t, mask_t, lengths)
         frames = torch.tensor([loop.conv_frames(int(n), CONV_KERNEL, CONV_STRIDE) for n in lengths])
         loss = out.loss + recipe.distill_weight * loop.frame_kl(
-            out.logits, teacher_logits.clone(), frames, recipe.temperature
+            out.logits, teacher_logits, frames, recipe.temperature
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -168,28 +168,24 @@ def _segue_key(key: str) -> str:
     return "classification_heads." + key[len("heads.") :] if key.startswith("heads.") else key
 
 
-def load_trained(work_dir: Path, recipe: IntentRecipe) -> Any:
-    """The model of the latest training checkpoint, auxiliary CTC head included, in eval mode."""
+def load_trained(work_dir: Path, recipe: IntentRecipe) -> tuple[Any, int]:
+    """The latest training checkpoint's model (auxiliary CTC head included, eval mode), step."""
     import torch
 
     model = build_model(recipe)
     state = torch.load(work_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     model.eval()
-    return model
+    return model, int(state["step"])
 
 
 def save_from_checkpoint(work_dir: Path, recipe: IntentRecipe) -> Path:
     """Write the SEGUE folder ``work_dir/segue`` from the latest training checkpoint."""
-    import torch
-
-    model = build_model(recipe)
-    state = torch.load(work_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
+    model, step = load_trained(work_dir, recipe)
     out_dir = work_dir / "segue"
     save_segue(model, recipe, out_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    meta = {"n_parameters": n_params, "step": int(state["step"]), "recipe": recipe.__dict__}
+    meta = {"n_parameters": n_params, "step": step, "recipe": recipe.__dict__}
     (out_dir / "training_meta.json").write_text(json.dumps(meta, indent=1))
     return out_dir
 
