@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 
-from streamer.training import augment, grammar, loop, train_ctc
+from streamer.training import augment, grammar, loop, train_ctc, train_intent
 
 
 def test_grammar_sentences_are_transcripts_with_known_labels() -> None:
@@ -94,3 +94,18 @@ def test_frame_kl_is_zero_for_the_teacher_and_ignores_padding() -> None:
     assert float(loop.frame_kl(student, teacher, frames, 2.0)) == pytest.approx(0.0, abs=1e-6)
     student[0, 0] = -teacher[0, 0]
     assert float(loop.frame_kl(student, teacher, frames, 2.0)) > 0.01
+
+
+def test_intent_schedule_restarts_once_and_matches_the_single_cycle_before_it() -> None:
+    recipe = train_intent.IntentRecipe(steps=5000, restart_at=2800)
+    first = [
+        loop.lr_at(s, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=2800)
+        for s in range(2800)
+    ]
+    assert [recipe.lr(s) for s in range(2800)] == first
+    assert recipe.lr(2799) == pytest.approx(0.05 * recipe.peak_lr, rel=1e-3)
+    assert recipe.lr(2800) < recipe.lr(2800 + recipe.restart_warmup_steps - 1)
+    assert recipe.lr(2800 + recipe.restart_warmup_steps) == pytest.approx(recipe.restart_peak_lr)
+    assert recipe.lr(4999) == pytest.approx(0.05 * recipe.restart_peak_lr, rel=1e-3)
+    single = train_intent.IntentRecipe(steps=1000, restart_at=2800)
+    assert single.lr(999) == pytest.approx(0.05 * single.peak_lr, rel=1e-3)

@@ -144,7 +144,15 @@ def write_card(
         "## Recipe",
         f"- {meta['step']} steps of {recipe['batch_size']} utterances (batches of similar length),"
         f" AdamW (weight decay 0.01), peak LR {recipe['peak_lr']}, {recipe['warmup_steps']} warm-up"
-        " steps then cosine decay to 5%, gradient clipping 5.0, seed"
+        " steps then cosine decay to 5%"
+        + (
+            f" at step {recipe['restart_at']}, then a warm restart:"
+            f" {recipe['restart_warmup_steps']} warm-up steps to LR {recipe['restart_peak_lr']}"
+            f" and a second cosine decay to 5% at step {meta['step']}"
+            if recipe.get("restart_at", meta["step"]) < meta["step"]
+            else ""
+        )
+        + ", gradient clipping 5.0, seed"
         f" {recipe['seed']}; per-utterance zero-mean unit-variance input normalisation (inside the"
         " ONNX graph at inference).",
         "- Loss: "

@@ -35,7 +35,7 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 class CtcRecipe:
     """Hyper-parameters of the CTC run."""
 
-    steps: int = 1000
+    steps: int = 1200
     batch_size: int = 12
     peak_lr: float = 7e-4
     warmup_steps: int = 100

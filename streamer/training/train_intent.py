@@ -40,10 +40,14 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 class IntentRecipe:
     """Hyper-parameters of the intent run."""
 
-    steps: int = 2800
+    steps: int = 5000
     batch_size: int = 12
     peak_lr: float = 7e-4
     warmup_steps: int = 200
+    restart_at: int = 2800
+    """End of the first cosine cycle; a second one (warm restart) runs from here to ``steps``."""
+    restart_peak_lr: float = 5e-4
+    restart_warmup_steps: int = 100
     hidden_size: int = 192
     n_layers: int = 4
     n_heads: int = 4
@@ -54,6 +58,22 @@ class IntentRecipe:
     digit_steps: int = 300
     short_steps: int = 1000
     ctc_weight: float = 1.0
+
+    def lr(self, step: int) -> float:
+        """Learning rate at ``step``: two cosine cycles (warm restart at ``restart_at``)."""
+        if step < self.restart_at or self.restart_at >= self.steps:
+            return loop.lr_at(
+                step,
+                peak=self.peak_lr,
+                warmup=self.warmup_steps,
+                total=min(self.restart_at, self.steps),
+            )
+        return loop.lr_at(
+            step - self.restart_at,
+            peak=self.restart_peak_lr,
+            warmup=self.restart_warmup_steps,
+            total=self.steps - self.restart_at,
+        )
 
 
 def encoder_config(recipe: IntentRecipe) -> dict[str, Any]:
@@ -247,7 +267,7 @@ def train(
         values, mask, lengths = loop.pad_batch([u.audio for u in batch])
         intents = torch.tensor([intent_index[u.intent] for u in batch])
         rooms = torch.tensor([room_index[u.room] for u in batch])
-        lr = loop.lr_at(step, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=recipe.steps)
+        lr = recipe.lr(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         hidden, frames = model.encode(
