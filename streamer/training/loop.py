@@ -89,6 +89,27 @@ def lr_at(step: int, *, peak: float, warmup: int, total: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def lr_two_cycles(
+    step: int,
+    *,
+    peak: float,
+    warmup: int,
+    restart_at: int,
+    restart_peak: float,
+    restart_warmup: int,
+    total: int,
+) -> float:
+    """``lr_at`` up to ``restart_at``, then a warm restart: a second cycle to ``total``.
+
+    With ``restart_at >= total`` this is the single cycle ``lr_at(step, total=total)``.
+    """
+    if step < restart_at or restart_at >= total:
+        return lr_at(step, peak=peak, warmup=warmup, total=min(restart_at, total))
+    return lr_at(
+        step - restart_at, peak=restart_peak, warmup=restart_warmup, total=total - restart_at
+    )
+
+
 @dataclass
 class Curve:
     """The learning curve: training loss per logging window and periodic evaluation results."""

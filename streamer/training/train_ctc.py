@@ -35,10 +35,14 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 class CtcRecipe:
     """Hyper-parameters of the CTC run."""
 
-    steps: int = 1200
+    steps: int = 2200
     batch_size: int = 12
     peak_lr: float = 7e-4
     warmup_steps: int = 100
+    restart_at: int = 1200
+    """End of the first cosine cycle; a second one (warm restart) runs from here to ``steps``."""
+    restart_peak_lr: float = 5e-4
+    restart_warmup_steps: int = 100
     hidden_size: int = 192
     n_layers: int = 4
     n_heads: int = 4
@@ -50,6 +54,18 @@ class CtcRecipe:
     short_steps: int = 300
     distill_weight: float = 1.0
     temperature: float = 2.0
+
+    def lr(self, step: int) -> float:
+        """Learning rate at ``step``: two cosine cycles (warm restart at ``restart_at``)."""
+        return loop.lr_two_cycles(
+            step,
+            peak=self.peak_lr,
+            warmup=self.warmup_steps,
+            restart_at=self.restart_at,
+            restart_peak=self.restart_peak_lr,
+            restart_warmup=self.restart_warmup_steps,
+            total=self.steps,
+        )
 
 
 def encode_text(text: str) -> list[int]:
@@ -206,7 +222,7 @@ def train(
         labels = np.full((len(batch), width), -100, dtype=np.int64)
         for i, lab in enumerate(labels_list):
             labels[i, : len(lab)] = lab
-        lr = loop.lr_at(step, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=recipe.steps)
+        lr = recipe.lr(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         values_t, mask_t = torch.from_numpy(values), torch.from_numpy(mask)

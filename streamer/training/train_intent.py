@@ -61,18 +61,14 @@ class IntentRecipe:
 
     def lr(self, step: int) -> float:
         """Learning rate at ``step``: two cosine cycles (warm restart at ``restart_at``)."""
-        if step < self.restart_at or self.restart_at >= self.steps:
-            return loop.lr_at(
-                step,
-                peak=self.peak_lr,
-                warmup=self.warmup_steps,
-                total=min(self.restart_at, self.steps),
-            )
-        return loop.lr_at(
-            step - self.restart_at,
-            peak=self.restart_peak_lr,
-            warmup=self.restart_warmup_steps,
-            total=self.steps - self.restart_at,
+        return loop.lr_two_cycles(
+            step,
+            peak=self.peak_lr,
+            warmup=self.warmup_steps,
+            restart_at=self.restart_at,
+            restart_peak=self.restart_peak_lr,
+            restart_warmup=self.restart_warmup_steps,
+            total=self.steps,
         )
 
 
