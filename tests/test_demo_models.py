@@ -89,6 +89,7 @@ def test_ctc_frames_and_text(ctc: tuple[Encoder, CtcGreedyDecoder]) -> None:
     assert decoder.decode(logits).text.strip()
 
 
-def test_intent_real_digit_string(intent: tuple[Encoder, IntentDecoder]) -> None:
-    """A real TIDIGITS digit string (not FSDD: another speaker and channel) is the digits intent."""
-    assert _classify(intent, AUDIO / "digits_tidigits_2934z.wav") == ("digits", "none")
+@pytest.mark.parametrize("name", ["digits_tidigits_2934z", "long_digits_vosk_test"])
+def test_intent_real_digit_string(intent: tuple[Encoder, IntentDecoder], name: str) -> None:
+    """Real digit strings (not FSDD: other speakers and channels) are the digits intent."""
+    assert _classify(intent, AUDIO / f"{name}.wav") == ("digits", "none")
