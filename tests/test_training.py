@@ -102,10 +102,16 @@ def test_intent_schedule_restarts_once_and_matches_the_single_cycle_before_it() 
         loop.lr_at(s, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=2800)
         for s in range(2800)
     ]
-    assert [recipe.lr(s) for s in range(2800)] == first
-    assert recipe.lr(2799) == pytest.approx(0.05 * recipe.peak_lr, rel=1e-3)
-    assert recipe.lr(2800) < recipe.lr(2800 + recipe.restart_warmup_steps - 1)
-    assert recipe.lr(2800 + recipe.restart_warmup_steps) == pytest.approx(recipe.restart_peak_lr)
-    assert recipe.lr(4999) == pytest.approx(0.05 * recipe.restart_peak_lr, rel=1e-3)
+    assert [loop.lr_two_cycles(recipe, s) for s in range(2800)] == first
+    assert loop.lr_two_cycles(recipe, 2799) == pytest.approx(0.05 * recipe.peak_lr, rel=1e-3)
+    assert loop.lr_two_cycles(recipe, 2800) < loop.lr_two_cycles(
+        recipe, 2800 + recipe.restart_warmup_steps - 1
+    )
+    assert loop.lr_two_cycles(recipe, 2800 + recipe.restart_warmup_steps) == pytest.approx(
+        recipe.restart_peak_lr
+    )
+    assert loop.lr_two_cycles(recipe, 4999) == pytest.approx(
+        0.05 * recipe.restart_peak_lr, rel=1e-3
+    )
     single = train_intent.IntentRecipe(steps=1000, restart_at=2800)
-    assert single.lr(999) == pytest.approx(0.05 * single.peak_lr, rel=1e-3)
+    assert loop.lr_two_cycles(single, 999) == pytest.approx(0.05 * single.peak_lr, rel=1e-3)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -89,24 +89,36 @@ def lr_at(step: int, *, peak: float, warmup: int, total: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def lr_two_cycles(
-    step: int,
-    *,
-    peak: float,
-    warmup: int,
-    restart_at: int,
-    restart_peak: float,
-    restart_warmup: int,
-    total: int,
-) -> float:
-    """``lr_at`` up to ``restart_at``, then a warm restart: a second cycle to ``total``.
+class TwoCycleSchedule(Protocol):
+    """The learning-rate fields of a recipe (``IntentRecipe``, ``CtcRecipe``)."""
 
-    With ``restart_at >= total`` this is the single cycle ``lr_at(step, total=total)``.
+    @property
+    def steps(self) -> int: ...
+    @property
+    def peak_lr(self) -> float: ...
+    @property
+    def warmup_steps(self) -> int: ...
+    @property
+    def restart_at(self) -> int: ...
+    @property
+    def restart_peak_lr(self) -> float: ...
+    @property
+    def restart_warmup_steps(self) -> int: ...
+
+
+def lr_two_cycles(schedule: TwoCycleSchedule, step: int) -> float:
+    """``lr_at`` up to ``restart_at``, then a warm restart: a second cycle to ``steps``.
+
+    With ``restart_at >= steps`` this is the single cycle ``lr_at(step, total=steps)``.
     """
-    if step < restart_at or restart_at >= total:
-        return lr_at(step, peak=peak, warmup=warmup, total=min(restart_at, total))
+    s = schedule
+    if step < s.restart_at or s.restart_at >= s.steps:
+        return lr_at(step, peak=s.peak_lr, warmup=s.warmup_steps, total=min(s.restart_at, s.steps))
     return lr_at(
-        step - restart_at, peak=restart_peak, warmup=restart_warmup, total=total - restart_at
+        step - s.restart_at,
+        peak=s.restart_peak_lr,
+        warmup=s.restart_warmup_steps,
+        total=s.steps - s.restart_at,
     )
 
 

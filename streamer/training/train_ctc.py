@@ -55,18 +55,6 @@ class CtcRecipe:
     distill_weight: float = 1.0
     temperature: float = 2.0
 
-    def lr(self, step: int) -> float:
-        """Learning rate at ``step``: two cosine cycles (warm restart at ``restart_at``)."""
-        return loop.lr_two_cycles(
-            step,
-            peak=self.peak_lr,
-            warmup=self.warmup_steps,
-            restart_at=self.restart_at,
-            restart_peak=self.restart_peak_lr,
-            restart_warmup=self.restart_warmup_steps,
-            total=self.steps,
-        )
-
 
 def encode_text(text: str) -> list[int]:
     """Map a transcript to vocabulary ids (spaces become the word delimiter)."""
@@ -222,7 +210,7 @@ def train(
         labels = np.full((len(batch), width), -100, dtype=np.int64)
         for i, lab in enumerate(labels_list):
             labels[i, : len(lab)] = lab
-        lr = recipe.lr(step)
+        lr = loop.lr_two_cycles(recipe, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         values_t, mask_t = torch.from_numpy(values), torch.from_numpy(mask)

@@ -59,18 +59,6 @@ class IntentRecipe:
     short_steps: int = 1000
     ctc_weight: float = 1.0
 
-    def lr(self, step: int) -> float:
-        """Learning rate at ``step``: two cosine cycles (warm restart at ``restart_at``)."""
-        return loop.lr_two_cycles(
-            step,
-            peak=self.peak_lr,
-            warmup=self.warmup_steps,
-            restart_at=self.restart_at,
-            restart_peak=self.restart_peak_lr,
-            restart_warmup=self.restart_warmup_steps,
-            total=self.steps,
-        )
-
 
 def encoder_config(recipe: IntentRecipe) -> dict[str, Any]:
     """The wav2vec 2.0 encoder config as a plain dict (stored in config.json)."""
@@ -263,7 +251,7 @@ def train(
         values, mask, lengths = loop.pad_batch([u.audio for u in batch])
         intents = torch.tensor([intent_index[u.intent] for u in batch])
         rooms = torch.tensor([room_index[u.room] for u in batch])
-        lr = recipe.lr(step)
+        lr = loop.lr_two_cycles(recipe, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         hidden, frames = model.encode(
