@@ -14,11 +14,11 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from streamer import protocol as proto
 from streamer.config import Config
-from streamer.decoders import OutputDecoder
+from streamer.decoders import CtcKind, OutputDecoder
 from streamer.engine import Encoder
 from streamer.errors import ModelError, StreamerError
 from streamer.journal import Journal
@@ -53,10 +53,19 @@ def build_services(config: Config, models: dict[str, Path]) -> Services:
         raise ModelError(f"all bundles must share one sample rate, got {sorted(rates)}")
     decoders = {
         name: OutputDecoder(
-            enc.manifest, abstain_below=config.decoder.abstain_below, n_best=config.decoder.n_best
+            enc.manifest,
+            abstain_below=config.decoder.abstain_below,
+            n_best=config.decoder.n_best,
+            bundle_dir=enc.bundle_dir,
+            ctc=cast(CtcKind, config.decoder.ctc),
+            beam_width=config.decoder.beam_width,
+            beam_token_min_logp=config.decoder.beam_token_min_logp,
         )
         for name, enc in encoders.items()
     }
+    for name, dec in decoders.items():
+        if dec.ctc_search:
+            log.info("model %s decodes by %s", name, dec.ctc_search)
     runner = Runner(encoders, config=config.engine)
     return Services(
         config=config,
@@ -79,6 +88,7 @@ def server_info(services: Services) -> dict[str, Any]:
                 "provider": enc.provider.provider,
                 "provider_reason": enc.provider.reason,
                 "quantization": m.quantization,
+                "decoder": services.decoders[name].ctc_search or None,
                 "parity": None
                 if m.parity is None
                 else {"max_abs_diff": m.parity.max_abs_diff, "atol": m.parity.atol},

@@ -130,11 +130,23 @@ class DecoderConfig:
     """An intent whose top probability is below this is flagged ``abstain``."""
     n_best: int = 3
     """Alternatives reported per label set."""
+    ctc: str = "auto"
+    """CTC search: ``auto`` (beam search with the bundle's language model when it ships one,
+    else greedy), ``beam`` or ``greedy``."""
+    beam_width: int = 64
+    """Hypotheses the CTC beam search keeps per frame."""
+    beam_token_min_logp: float = -8.0
+    """The beam search skips characters below this log-probability in a frame."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.abstain_below <= 1.0:
             raise ConfigError("decoder.abstain_below must be within 0-1")
         _positive(self, "n_best")
+        _positive(self, "beam_width")
+        if self.ctc not in ("auto", "beam", "greedy"):
+            raise ConfigError(f"decoder.ctc must be auto, beam or greedy, got {self.ctc!r}")
+        if not self.beam_token_min_logp < 0:
+            raise ConfigError("decoder.beam_token_min_logp must be negative")
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,12 @@ are rounded to 1e-4.
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Literal
 
 import numpy as np
@@ -21,6 +24,8 @@ import numpy.typing as npt
 from streamer.errors import ConfigError, ModelError
 from streamer.manifest import Manifest
 from streamer.protocol import Alternative, Intent, Transcript, Word
+
+log = logging.getLogger(__name__)
 
 # Special tokens (``<s>``, ``</s>``, ``<unk>``, ``[PAD]``...) carry no text: dropped, and they
 # neither split nor join words.
@@ -152,6 +157,118 @@ class CtcGreedyDecoder:
         )
 
 
+CtcKind = Literal["auto", "greedy", "beam"]
+# The beam search's label for special tokens other than the blank: special tokens carry no
+# text, so these are cut out of its words afterwards (as the greedy decoder drops them).
+_UNK_LABEL: Final = "\u2047"
+_SPECIAL_LABEL_RE: Final = re.compile(f"{_UNK_LABEL}[0-9]+")
+
+
+class BeamSearchUnavailableError(ModelError):
+    """The beam search library cannot be imported or loaded on this machine."""
+
+
+class CtcBeamDecoder:
+    """CTC prefix beam search, fused with the bundle's word n-gram LM when it ships one.
+
+    The search itself is the ``ctc-beam-decoder`` library (C++, KenLM): it scores character
+    prefixes by the model and whole words by ``alpha`` x LM log-probability + ``beta`` per word,
+    charging ``unk_score_offset`` for a prefix that begins no word the LM knows. Words and their
+    frame spans come back from the library; a word's confidence is the mean top softmax
+    probability over its frames, as in :class:`CtcGreedyDecoder`. Calls are serialised by a
+    lock, so one decoder may be shared by threads.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        lm_path: Path | None,
+        beam_width: int = 64,
+        token_min_logp: float = -8.0,
+    ) -> None:
+        """Build the search for a ctc bundle; ``lm_path`` is the bundle's ARPA file or None.
+
+        Raises:
+            ModelError: the bundle is not ctc, its LM is missing or unreadable, or the beam
+                search library cannot be loaded on this machine.
+        """
+        if manifest.task != "ctc" or manifest.vocab is None or manifest.blank_id is None:
+            raise ModelError(f"CTC decoding needs a ctc bundle, got task {manifest.task!r}")
+        n_vocab = _need_output(manifest, "logits")
+        if isinstance(n_vocab, int) and n_vocab != len(manifest.vocab):
+            raise ModelError(f"logits has {n_vocab} classes but the vocab {len(manifest.vocab)}")
+        try:
+            import ctc_beam_decoder
+        except (ImportError, OSError) as exc:
+            raise BeamSearchUnavailableError(f"CTC beam search cannot load: {exc}") from None
+        self.n_vocab = len(manifest.vocab)
+        self.ms_per_frame = 1000.0 * manifest.frame_stride_samples / manifest.sample_rate
+        self.beam_width = beam_width
+        self.token_min_logp = token_min_logp
+        self.has_lm = lm_path is not None
+        labels = []
+        for i, token in enumerate(manifest.vocab):
+            kind, _ = _token(token, blank=i == manifest.blank_id, delimiter=None)
+            if i == manifest.blank_id:
+                labels.append("")
+            elif token == manifest.word_delimiter:
+                labels.append(" ")
+            elif kind == _SKIP:  # unique labels: the library refuses duplicates
+                labels.append(f"{_UNK_LABEL}{i}")
+            else:
+                labels.append(token.lower())
+        lm = manifest.lm
+        try:
+            if lm_path is None or lm is None:
+                self._search = ctc_beam_decoder.build_ctcdecoder(labels)
+            else:
+                self._search = ctc_beam_decoder.build_ctcdecoder(
+                    labels,
+                    kenlm_model_path=str(lm_path),
+                    alpha=lm.alpha,
+                    beta=lm.beta,
+                    unk_score_offset=lm.unk_score_offset,
+                )
+        except (OSError, ValueError, RuntimeError) as exc:
+            where = f" with {lm_path}" if lm_path is not None else ""
+            raise ModelError(f"cannot build the CTC beam search{where}: {exc}") from None
+        self._lock = threading.Lock()
+
+    def decode(self, logits: npt.ArrayLike, *, offset_ms: float = 0.0) -> Transcript:
+        """Decode ``logits`` [frames, vocab] of one utterance (as :meth:`CtcGreedyDecoder.decode`).
+
+        Raises:
+            ModelError: the shape, dtype or values are wrong.
+        """
+        x = _array(logits, "ctc logits", (None, self.n_vocab))
+        if not len(x):
+            return Transcript(text="")
+        log_probs = x - x.max(axis=1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+        p_top = np.exp(log_probs.max(axis=1))
+        with self._lock:
+            beams = self._search.decode_beams(
+                log_probs.astype(np.float32),
+                beam_width=self.beam_width,
+                token_min_logp=self.token_min_logp,
+                prune_history=True,
+            )
+        if not beams:
+            return Transcript(text="")
+        words = tuple(
+            Word(
+                word=word,
+                start_ms=offset_ms + start * self.ms_per_frame,
+                end_ms=offset_ms + end * self.ms_per_frame,
+                confidence=round(float(p_top[start : max(end, start + 1)].mean()), 4),
+            )
+            for raw, (start, end) in beams[0][2]
+            if (word := _SPECIAL_LABEL_RE.sub("", raw))
+        )
+        return Transcript(text=" ".join(w.word for w in words), words=words)
+
+
 def _token(token: str, *, blank: bool, delimiter: str | None) -> tuple[int, str]:
     """Classify one vocab entry as skipped, word delimiter, character(s), or word start."""
     if blank or not token or _SPECIAL_RE.fullmatch(token):
@@ -161,6 +278,40 @@ def _token(token: str, *, blank: bool, delimiter: str | None) -> tuple[int, str]
     if token.startswith(_WORD_START):
         return _START, token[1:]
     return _CHAR, token
+
+
+def _ctc_decoder(
+    manifest: Manifest,
+    bundle_dir: Path | None,
+    *,
+    kind: CtcKind,
+    beam_width: int,
+    token_min_logp: float,
+) -> tuple[CtcGreedyDecoder | CtcBeamDecoder, str]:
+    """Build the CTC search ``kind`` asks for; return it with a sentence saying which and why."""
+    if kind not in ("auto", "greedy", "beam"):
+        raise ConfigError(f"decoder.ctc must be auto, greedy or beam, got {kind!r}")
+    if beam_width < 1:
+        raise ConfigError(f"decoder.beam_width must be >= 1, got {beam_width}")
+    lm_path = None
+    if manifest.lm is not None and bundle_dir is not None:
+        lm_path = bundle_dir / manifest.lm.file
+        if not lm_path.is_file():
+            raise ModelError(f"the bundle's language model {lm_path} is missing")
+    if kind == "greedy" or (kind == "auto" and lm_path is None):
+        why = "asked for" if kind == "greedy" else "the bundle ships no language model"
+        return CtcGreedyDecoder(manifest), f"greedy ({why})"
+    try:
+        beam = CtcBeamDecoder(
+            manifest, lm_path=lm_path, beam_width=beam_width, token_min_logp=token_min_logp
+        )
+    except BeamSearchUnavailableError as exc:
+        if kind == "beam":
+            raise
+        log.warning("%s; decoding greedily", exc)
+        return CtcGreedyDecoder(manifest), f"greedy ({exc})"
+    with_lm = f"with {lm_path.name}" if lm_path is not None else "without a language model"
+    return beam, f"beam search {with_lm}, width {beam_width}"
 
 
 @dataclass(frozen=True)
@@ -304,15 +455,36 @@ class OutputDecoder:
         abstain_below: float = 0.5,
         n_best: int = 3,
         normalize_embedding: bool = False,
+        bundle_dir: Path | None = None,
+        ctc: CtcKind = "auto",
+        beam_width: int = 64,
+        beam_token_min_logp: float = -8.0,
     ) -> None:
-        """Check the manifest and build the task's decoder (options as in :class:`IntentDecoder`).
+        """Check the manifest and build the task's decoder.
+
+        ``abstain_below`` and ``n_best`` are as in :class:`IntentDecoder`. For a ctc bundle,
+        ``ctc`` picks the search: ``"auto"`` is beam search with the bundle's LM (found in
+        ``bundle_dir``) when it ships one, falling back to greedy with a logged reason when the
+        beam search library cannot load here, else greedy; ``"beam"`` insists on beam search
+        (with the LM if there is one); ``"greedy"`` never searches. :attr:`ctc_search` says
+        which one was built and why.
 
         Raises:
-            ModelError: the manifest's outputs do not fit its task.
+            ModelError: the manifest's outputs do not fit its task, the bundle's LM file is
+                missing, or ``ctc="beam"`` and beam search is unavailable.
             ConfigError: an option is out of range.
         """
         self.task = manifest.task
-        self.ctc = CtcGreedyDecoder(manifest) if manifest.task == "ctc" else None
+        self.ctc: CtcGreedyDecoder | CtcBeamDecoder | None = None
+        self.ctc_search = ""
+        if manifest.task == "ctc":
+            self.ctc, self.ctc_search = _ctc_decoder(
+                manifest,
+                bundle_dir,
+                kind=ctc,
+                beam_width=beam_width,
+                token_min_logp=beam_token_min_logp,
+            )
         self.intent = (
             IntentDecoder(manifest, abstain_below=abstain_below, n_best=n_best)
             if manifest.task == "classify"

@@ -117,9 +117,18 @@ class Encoder:
     ``Run`` calls).
     """
 
-    def __init__(self, name: str, manifest: Manifest, session: Any, choice: ProviderChoice) -> None:
+    def __init__(
+        self,
+        name: str,
+        manifest: Manifest,
+        session: Any,
+        choice: ProviderChoice,
+        *,
+        bundle_dir: Path | None = None,
+    ) -> None:
         self.name = name
         self.manifest = manifest
+        self.bundle_dir = bundle_dir
         self.session = session
         self.provider = choice
         self._output_names = [o.name for o in manifest.outputs]
@@ -160,7 +169,7 @@ class Encoder:
             choice.provider,
             choice.reason,
         )
-        return cls(name, manifest, session, choice)
+        return cls(name, manifest, session, choice, bundle_dir=bundle_dir)
 
     def run(self, audio: npt.NDArray[np.float32]) -> Outputs:
         """Run one utterance (float32 mono at the manifest rate); return outputs by name.

@@ -15,6 +15,10 @@ Schema (``format_version`` 1), see also README "Bundle manifest":
 - ``min_samples``: the shortest input the graph accepts.
 - ``frame_stride_samples``: input samples per output frame (CTC timing).
 - ``vocab``, ``blank_id``, ``word_delimiter``: ctc only.
+- ``lm``: ctc only, optional: a word n-gram language model shipped in the bundle for the CTC
+  beam search, ``{"file": name in the bundle folder (ARPA), "alpha": LM weight, "beta": word
+  insertion bonus, "unk_score_offset": score of a word the LM does not know}``; ``null`` or
+  absent when there is none (greedy decoding).
 - ``labels``: classify only; a list of label names, or a list of such lists (multi-label: one
   per output, in output order).
 - ``embedding_dim``: size of the ``embedding`` output when the graph has one (embed task, SEGUE).
@@ -27,6 +31,7 @@ Schema (``format_version`` 1), see also README "Bundle manifest":
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -74,6 +79,16 @@ class Source:
 
 
 @dataclass(frozen=True)
+class LanguageModel:
+    """A bundle's word n-gram LM for CTC beam search and the fusion weights tuned with it."""
+
+    file: str
+    alpha: float
+    beta: float
+    unk_score_offset: float = -10.0
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated bundle manifest; see the module docstring for each field's meaning."""
 
@@ -91,6 +106,7 @@ class Manifest:
     vocab: tuple[str, ...] | None = None
     blank_id: int | None = None
     word_delimiter: str | None = None
+    lm: LanguageModel | None = None
     labels: tuple[str, ...] | tuple[tuple[str, ...], ...] | None = None
     embedding_dim: int | None = None
     format_version: int = FORMAT_VERSION
@@ -152,6 +168,7 @@ class Manifest:
                 )
             parity = d.get("parity")
             vocab = d.get("vocab")
+            lm = d.get("lm")
             return cls(
                 format_version=version,
                 arch=str(d["arch"]),
@@ -166,6 +183,14 @@ class Manifest:
                 vocab=tuple(str(v) for v in vocab) if vocab is not None else None,
                 blank_id=d.get("blank_id"),
                 word_delimiter=d.get("word_delimiter"),
+                lm=None
+                if lm is None
+                else LanguageModel(
+                    file=str(lm["file"]),
+                    alpha=float(lm["alpha"]),
+                    beta=float(lm["beta"]),
+                    unk_score_offset=float(lm.get("unk_score_offset", -10.0)),
+                ),
                 labels=labels,
                 embedding_dim=d.get("embedding_dim"),
                 source=Source(path=str(d["source"]["path"]), sha256=dict(d["source"]["sha256"])),
@@ -247,6 +272,16 @@ def _validate(m: Manifest) -> None:
             raise ManifestError("a ctc bundle needs vocab and blank_id")
         if not 0 <= m.blank_id < len(m.vocab):
             raise ManifestError(f"blank_id {m.blank_id} is outside the vocab")
+    if m.lm is not None:
+        if m.task != "ctc":
+            raise ManifestError(f"only a ctc bundle can carry an lm, not a {m.task} bundle")
+        name = m.lm.file
+        if not name or name != Path(name).name or name in (".", ".."):
+            raise ManifestError(f"lm.file must be a file name inside the bundle, got {name!r}")
+        if not all(math.isfinite(x) for x in (m.lm.alpha, m.lm.beta, m.lm.unk_score_offset)):
+            raise ManifestError("lm.alpha, lm.beta and lm.unk_score_offset must be finite")
+        if m.lm.alpha < 0:
+            raise ManifestError(f"lm.alpha must be >= 0, got {m.lm.alpha}")
     if m.task == "classify":
         if not m.labels:
             raise ManifestError("a classify bundle needs labels")

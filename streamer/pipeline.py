@@ -226,15 +226,22 @@ class StreamPipeline:
             runner.release()
         self.services.metrics.observe_runs(self.models, results)
         offset_ms = self._ms(utt.audio_start_sample)
-        decoded = Decoded()
-        decode_start = time.perf_counter()
-        for name, result in zip(self.models, results, strict=True):
-            row = {key: value[0] for key, value in result.outputs.items()}
-            decoded = decoded.merge(
-                self.services.decoders[name].decode(
-                    row, offset_ms=offset_ms, want_embedding=self.want_embedding
+
+        def decode_all() -> Decoded:
+            decoded = Decoded()
+            for name, result in zip(self.models, results, strict=True):
+                row = {key: value[0] for key, value in result.outputs.items()}
+                decoded = decoded.merge(
+                    self.services.decoders[name].decode(
+                        row, offset_ms=offset_ms, want_embedding=self.want_embedding
+                    )
                 )
-            )
+            return decoded
+
+        decode_start = time.perf_counter()
+        # A CTC beam search takes milliseconds to tens of them: off the event loop, so other
+        # streams' audio keeps flowing meanwhile.
+        decoded = await asyncio.to_thread(decode_all)
         decode_ms = (time.perf_counter() - decode_start) * 1000.0
         return proto.Utterance(
             stream=self.stream,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +22,8 @@ from streamer.decoders import (
     decode_embedding,
     decode_value,
 )
-from streamer.errors import ConfigError, ModelError
-from streamer.manifest import Manifest, Source, TensorSpec
+from streamer.errors import ConfigError, ManifestError, ModelError
+from streamer.manifest import LanguageModel, Manifest, Source, TensorSpec
 from streamer.protocol import Alternative, Intent, Transcript, Word
 
 VOCAB = ("<pad>", "<s>", "</s>", "<unk>", "|", *"ABCDEHILNORTW'")
@@ -318,3 +321,151 @@ def test_decoded_merge_prefers_self() -> None:
     merged = words.merge(intent).merge(Decoded(embedding=(1.0,), transcript=Transcript("no")))
     assert merged == Decoded(Transcript("hi"), Intent("x", 1.0), (Intent("y", 1.0),), 0.0, (1.0,))
     assert Decoded().merge(intent).value == 1.0
+
+
+# --- beam search with a language model ----------------------------------------------------------
+
+LM_SENTENCES = ["hello world", "hello there", "hi there", "hi world", "hello there world"]
+
+
+@pytest.fixture(scope="module")
+def lm_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path]:
+    """A ctc manifest naming ``lm.arpa`` (a bigram of LM_SENTENCES) and its bundle folder."""
+    from streamer.training.lm import write_arpa
+
+    folder = tmp_path_factory.mktemp("lm-bundle")
+    write_arpa(LM_SENTENCES, folder / "lm.arpa", order=2)
+    return _ctc_with_lm(), folder
+
+
+def _ctc_with_lm(**lm: Any) -> Manifest:
+    fields = {"file": "lm.arpa", "alpha": 0.5, "beta": 1.0, **lm}
+    return _manifest(
+        "ctc",
+        {"logits": ("batch", "frames", len(VOCAB))},
+        vocab=VOCAB,
+        blank_id=0,
+        word_delimiter="|",
+        lm=LanguageModel(**fields),
+    )
+
+
+def _soft_frames(frames: list[dict[str, float]]) -> npt.NDArray[np.float32]:
+    """Log-probabilities; each frame gives probabilities of some tokens, the rest share 1e-4."""
+    out = np.full((len(frames), len(VOCAB)), 1e-4, np.float64)
+    for t, probs in enumerate(frames):
+        for tok, p in probs.items():
+            out[t, VOCAB.index(tok)] = p
+    out /= out.sum(axis=1, keepdims=True)
+    return np.log(out).astype(np.float32)
+
+
+# "hi ther" by the best frame each time; the LM knows "there", and its last "E" is 40% likely.
+HI_THERE = _soft_frames(
+    [
+        {"H": 0.9},
+        {"I": 0.9},
+        {"|": 0.9},
+        {"T": 0.9},
+        {"H": 0.9},
+        {"E": 0.9},
+        {"R": 0.9},
+        {"<pad>": 0.6, "E": 0.4},
+        {"<pad>": 0.9},
+    ]
+)
+
+
+def test_beam_search_with_lm_spells_words_the_lm_knows(lm_bundle: tuple[Manifest, Path]) -> None:
+    """Greedy reads 'hi ther'; beam search fused with the LM reads 'hi there', with times."""
+    manifest, folder = lm_bundle
+    assert CtcGreedyDecoder(manifest).decode(HI_THERE).text == "hi ther"
+    decoder = OutputDecoder(manifest, bundle_dir=folder)
+    assert decoder.ctc_search == "beam search with lm.arpa, width 64"
+    found = decoder.decode({"logits": HI_THERE}, offset_ms=1000.0).transcript
+    assert found is not None
+    assert found.text == "hi there"
+    assert [w.word for w in found.words] == ["hi", "there"]
+    hi, there = found.words
+    assert 1000.0 <= hi.start_ms < hi.end_ms <= there.start_ms < there.end_ms
+    assert there.end_ms <= 1000.0 + len(HI_THERE) * MS_PER_FRAME
+    assert all(0.0 < w.confidence <= 1.0 for w in found.words)
+
+
+def test_beam_search_without_lm_follows_the_model(lm_bundle: tuple[Manifest, Path]) -> None:
+    """ctc="beam" on a bundle without an LM searches the model alone: 'hi ther' again."""
+    _, folder = lm_bundle
+    decoder = OutputDecoder(_ctc(), bundle_dir=folder, ctc="beam")
+    assert decoder.ctc_search == "beam search without a language model, width 64"
+    found = decoder.decode({"logits": HI_THERE}).transcript
+    assert found is not None
+    assert found.text == "hi ther"
+
+
+def test_ctc_search_choice(lm_bundle: tuple[Manifest, Path], tmp_path: Path) -> None:
+    """auto: beam with the LM when the bundle ships one, else greedy; greedy when asked."""
+    manifest, folder = lm_bundle
+    assert OutputDecoder(_ctc(), bundle_dir=folder).ctc_search == (
+        "greedy (the bundle ships no language model)"
+    )
+    greedy = OutputDecoder(manifest, bundle_dir=folder, ctc="greedy")
+    assert greedy.ctc_search == "greedy (asked for)"
+    found = greedy.decode({"logits": HI_THERE}).transcript
+    assert found is not None
+    assert found.text == "hi ther"
+    with pytest.raises(ModelError, match=r"language model .*lm\.arpa is missing"):
+        OutputDecoder(manifest, bundle_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"decoder\.ctc"):
+        OutputDecoder(manifest, bundle_dir=folder, ctc="fancy")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="beam_width"):
+        OutputDecoder(manifest, bundle_dir=folder, beam_width=0)
+
+
+def test_missing_beam_library_falls_back_to_greedy_unless_beam_is_required(
+    lm_bundle: tuple[Manifest, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the beam search library cannot load, auto decodes greedily and says why."""
+    manifest, folder = lm_bundle
+    monkeypatch.setitem(sys.modules, "ctc_beam_decoder", None)  # import raises ImportError
+    decoder = OutputDecoder(manifest, bundle_dir=folder)
+    assert decoder.ctc_search.startswith("greedy (CTC beam search cannot load:")
+    found = decoder.decode({"logits": HI_THERE}).transcript
+    assert found is not None
+    assert found.text == "hi ther"
+    with pytest.raises(ModelError, match="beam search cannot load"):
+        OutputDecoder(manifest, bundle_dir=folder, ctc="beam")
+
+
+def test_beam_search_rejects_bad_logits_and_decodes_silence(
+    lm_bundle: tuple[Manifest, Path],
+) -> None:
+    """The beam search checks its input like the greedy decoder; silence gives no words."""
+    manifest, folder = lm_bundle
+    decoder = OutputDecoder(manifest, bundle_dir=folder)
+    with pytest.raises(ModelError, match="NaN or inf"):
+        decoder.decode({"logits": np.full((3, len(VOCAB)), np.nan, np.float32)})
+    with pytest.raises(ModelError, match="shape"):
+        decoder.decode({"logits": np.zeros((3, 5), np.float32)})
+    for logits in (np.zeros((0, len(VOCAB)), np.float32), _frames(["<pad>"] * 5)):
+        found = decoder.decode({"logits": logits}).transcript
+        assert found is not None
+        assert found.text == ""
+        assert found.words == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lm": {"file": "../lm.arpa", "alpha": 0.5, "beta": 1.0}}, "file name inside"),
+        ({"lm": {"file": "lm.arpa", "alpha": -1.0, "beta": 1.0}}, "alpha must be >= 0"),
+        ({"lm": {"file": "lm.arpa", "alpha": 0.5, "beta": float("inf")}}, "finite"),
+        ({"lm": {"file": "lm.arpa", "alpha": 0.5}}, "lacks required field 'beta'"),
+        ({"task": "classify", "labels": ["a"]}, "only a ctc bundle can carry an lm"),
+    ],
+)
+def test_manifest_lm_is_validated(change: dict[str, Any], message: str) -> None:
+    """A manifest's lm must name a file inside the bundle, with finite weights, on a ctc bundle."""
+    good = _ctc_with_lm().to_dict()
+    assert Manifest.from_dict(json.loads(json.dumps(good))) == _ctc_with_lm()
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_dict({**good, **change})

@@ -253,6 +253,33 @@ def test_int8_bundle_quantizes_matmul_only_and_runs(
     assert not list(tmp_path.glob(".int8.*")), "staging folders left behind"
 
 
+@export
+def test_lm_option_ships_the_lm_and_the_daemon_searches_with_it(
+    tiny_ctc_checkpoint: Path, tmp_path: Path
+) -> None:
+    """--lm copies the ARPA file into the bundle, the manifest names it with its weights, and
+    the runtime's decoder for that bundle is the LM-fused beam search."""
+    from streamer.decoders import OutputDecoder
+    from streamer.training.lm import write_arpa
+
+    arpa = write_arpa(["turn on the light", "turn off the light"], tmp_path / "grammar.arpa")
+    out = exported(
+        tiny_ctc_checkpoint, tmp_path / "b", "--lm", str(arpa), "--lm-alpha", "0.7",
+        "--lm-beta", "2",
+    )  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["lm.arpa", "manifest.json", "model.onnx"]
+    assert (out / "lm.arpa").read_bytes() == arpa.read_bytes()
+    m = load_manifest(out)
+    assert m.lm is not None
+    assert (m.lm.file, m.lm.alpha, m.lm.beta, m.lm.unk_score_offset) == ("lm.arpa", 0.7, 2.0, -10)
+    decoder = OutputDecoder(m, bundle_dir=out)
+    assert decoder.ctc_search == "beam search with lm.arpa, width 64"
+    (logits,) = run_ort(out, speechlike(16_000))
+    found = decoder.decode({"logits": logits[0]}).transcript
+    assert found is not None  # a random model: the words are noise, the path must run
+    assert found.text == " ".join(w.word for w in found.words)
+
+
 # --- wav2vec 2.0 and SEW-D classification -----------------------------------------------------
 
 
@@ -432,6 +459,8 @@ def bad_sources(tmp_path_factory: pytest.TempPathFactory, tiny_ctc_checkpoint: P
     )
     (segue / "pytorch_model.bin").write_bytes(b"")
     (root / "a-file").write_text("not a folder")
+    shutil.copytree(tiny_ctc_checkpoint, root / "ctc")
+    (root / "lm.arpa").write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1\tyes\t0\n\n\\end\\\n")
     return root
 
 
@@ -455,6 +484,13 @@ BAD_INPUTS = {
     "int8 and fp16": (["{root}/classifier", "--quantize", "int8", "--fp16"], "exclude"),
     "bad task name": (["{root}/classifier", "--task", "translate"], "invalid choice"),
     "bad opset": (["{root}/classifier", "--opset", "9"], "opset 9"),
+    "lm on a classifier": (["{root}/classifier", "--lm", "{root}/lm.arpa"], "applies to ctc"),
+    "lm not ARPA": (["{root}/ctc", "--lm", "{root}/a-file"], "not an ARPA file"),
+    "lm missing": (["{root}/ctc", "--lm", "{root}/nowhere.arpa"], "cannot read it"),
+    "lm negative alpha": (
+        ["{root}/ctc", "--lm", "{root}/lm.arpa", "--lm-alpha", "-1"],
+        "--lm-alpha must be finite and >= 0",
+    ),
 }
 
 

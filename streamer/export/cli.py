@@ -52,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--labels", help=LABELS_HELP)
     parser.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    parser.add_argument(
+        "--lm",
+        type=Path,
+        metavar="ARPA",
+        help="ctc only: a word n-gram LM (ARPA text) shipped in the bundle for beam search",
+    )
+    parser.add_argument(
+        "--lm-alpha", type=float, default=0.5, help="LM weight in the beam search (default 0.5)"
+    )
+    parser.add_argument(
+        "--lm-beta", type=float, default=1.5, help="bonus per word in the beam search (1.5)"
+    )
     return parser
 
 
@@ -72,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             atol=args.atol,
             labels=parse_labels(args.labels) if args.labels is not None else None,
             force=args.force,
+            lm=args.lm,
+            lm_alpha=args.lm_alpha,
+            lm_beta=args.lm_beta,
         )
         manifest = export_bundle(options, progress=progress)
     except ExportInputError as exc:

@@ -8,7 +8,10 @@ place only after parity passed: a failed or interrupted export leaves nothing be
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import itertools
+import math
 import os
 import shutil
 import tempfile
@@ -23,7 +26,15 @@ from streamer.export.errors import ExportInputError, ParityError
 from streamer.export.labels import Labels, resolve_labels
 from streamer.export.progress import Progress
 from streamer.export.spec import SEGUE, Plan, plan_export
-from streamer.manifest import MANIFEST_NAME, MODEL_NAME, Manifest, Parity, Source, TensorSpec
+from streamer.manifest import (
+    MANIFEST_NAME,
+    MODEL_NAME,
+    LanguageModel,
+    Manifest,
+    Parity,
+    Source,
+    TensorSpec,
+)
 
 DEFAULT_OPSET = 17
 # The TorchScript exporter's range; 14 is the first with scaled-dot-product attention ops.
@@ -43,6 +54,13 @@ class ExportOptions:
     atol: float = 1e-4
     labels: Labels | None = None
     force: bool = False
+    lm: Path | None = None
+    lm_alpha: float = 0.5
+    lm_beta: float = 1.5
+
+
+LM_NAME = "lm.arpa"
+"""File name of a ctc bundle's word n-gram LM (ARPA text) inside the bundle folder."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,10 @@ def export_bundle(options: ExportOptions, *, progress: Progress) -> Manifest:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch/transformers chatter; parity is the judge
             manifest = _build(prepared, options, staging, progress=progress)
+        if options.lm is not None:
+            manifest = attach_lm(
+                staging, manifest, options.lm, alpha=options.lm_alpha, beta=options.lm_beta
+            )
         manifest.write(staging)
     return manifest
 
@@ -98,8 +120,36 @@ def prepare(options: ExportOptions, *, progress: Progress) -> _Prepared:
         labels, generic = resolve_labels(checkpoint.config, segue=is_segue, override=options.labels)
         if generic:
             progress.note("labels are generic LABEL_n names from config.json; --labels names them")
+    if options.lm is not None:
+        _check_lm(options.lm, options, task=plan.task)
     _check_out(options.out, force=options.force)
     return _Prepared(checkpoint, plan, vocab, labels)
+
+
+def attach_lm(
+    bundle_dir: Path, manifest: Manifest, lm: Path, *, alpha: float, beta: float
+) -> Manifest:
+    """Copy the ARPA file ``lm`` into a ctc bundle; return its manifest naming it (not written)."""
+    if lm.resolve() != (bundle_dir / LM_NAME).resolve():
+        shutil.copyfile(lm, bundle_dir / LM_NAME)
+    return dataclasses.replace(manifest, lm=LanguageModel(file=LM_NAME, alpha=alpha, beta=beta))
+
+
+def _check_lm(lm: Path, options: ExportOptions, *, task: str) -> None:
+    """Reject an LM for a non-ctc export, a missing or non-ARPA file, or bad fusion weights."""
+    if task != "ctc":
+        raise ExportInputError(f"--lm applies to ctc exports, not {task}")
+    try:
+        with lm.open(encoding="utf-8") as f:
+            head = [line.strip() for line in itertools.islice(f, 64) if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExportInputError(f"--lm {lm}: cannot read it ({exc})") from None
+    if not head or head[0] != "\\data\\":
+        raise ExportInputError(f"--lm {lm}: not an ARPA file (no \\data\\ header)")
+    for name in ("lm_alpha", "lm_beta"):
+        value = getattr(options, name)
+        if not math.isfinite(value) or (name == "lm_alpha" and value < 0):
+            raise ExportInputError(f"--{name.replace('_', '-')} must be finite and >= 0")
 
 
 def _build(

@@ -96,6 +96,17 @@ class Bundle:
             str(bundle_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
         )
         self.min_samples = int(self.manifest["min_samples"])
+        from streamer.decoders import CtcBeamDecoder
+        from streamer.manifest import load_manifest
+
+        manifest = load_manifest(bundle_dir)
+        self.beam = (
+            CtcBeamDecoder(manifest, lm_path=bundle_dir / manifest.lm.file)
+            if manifest.lm is not None
+            else None
+        )
+        self.beam_s: list[float] = []
+        """Seconds of each beam search so far."""
 
     def run(self, audio: np.ndarray) -> list[np.ndarray]:
         """Run one utterance (padded with zeros up to ``min_samples``); return every output."""
@@ -104,9 +115,22 @@ class Bundle:
         out: list[np.ndarray] = self.session.run(None, {"input_values": audio[None, :]})
         return out
 
-    def transcribe(self, audio: np.ndarray) -> str:
-        """Greedy CTC transcript (ctc bundles)."""
+    def transcribe(self, audio: np.ndarray) -> tuple[str, str]:
+        """CTC transcripts (ctc bundles): the daemon's, then the greedy one.
+
+        The daemon's is beam search with the bundle's LM when it ships one, else greedy.
+        """
         logits = self.run(audio)[0][0]
+        greedy = self.greedy(logits)
+        if self.beam is None:
+            return greedy, greedy
+        start = time.perf_counter()
+        text = self.beam.decode(logits).text
+        self.beam_s.append(time.perf_counter() - start)
+        return text, greedy
+
+    def greedy(self, logits: np.ndarray) -> str:
+        """Greedy CTC transcript of one utterance's logits."""
         vocab = self.manifest["vocab"]
         blank = int(self.manifest["blank_id"])
         delim = self.manifest["word_delimiter"]
@@ -139,6 +163,18 @@ class Bundle:
         return float(np.median(times))
 
 
+def _exact(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Share of hypotheses equal to their reference word for word ("oh" = "zero")."""
+    return float(
+        np.mean(
+            [
+                [_digits_equal(w) for w in h.split()] == [_digits_equal(w) for w in r.split()]
+                for h, r in zip(hyps, refs, strict=True)
+            ]
+        )
+    )
+
+
 def evaluate_ctc(
     bundle: Bundle,
     sets: dict[str, list[tuple[np.ndarray, str]]],
@@ -147,22 +183,38 @@ def evaluate_ctc(
     """WER / exact match per set, and each real recording's transcript."""
     result: dict[str, Any] = {"sets": {}, "real": []}
     for name, items in sets.items():
-        hyps = [bundle.transcribe(a) for a, _ in items]
+        bundle.beam_s.clear()
+        both = [bundle.transcribe(a) for a, _ in items]
+        if name == "synth_heldout_voices" and bundle.beam is not None:
+            result["beam_width"] = bundle.beam.beam_width
+            result["synth_mean_s"] = float(np.mean([len(a) for a, _ in items])) / SAMPLE_RATE_HZ
+            result["beam_ms_median"] = 1000 * float(np.median(bundle.beam_s))
+            result["beam_ms_p95"] = 1000 * float(np.percentile(bundle.beam_s, 95))
+        hyps = [h for h, _ in both]
+        greedy = [g for _, g in both]
         refs = [t for _, t in items]
-        exact = [
-            [_digits_equal(w) for w in h.split()] == [_digits_equal(w) for w in r.split()]
-            for h, r in zip(hyps, refs, strict=True)
-        ]
         result["sets"][name] = {
             "n": len(items),
             "wer": word_error_rate(refs, hyps),
-            "exact": float(np.mean(exact)),
-            "examples": [{"ref": r, "hyp": h} for r, h in list(zip(refs, hyps, strict=True))[:6]],
+            "exact": _exact(refs, hyps),
+            "wer_greedy": word_error_rate(refs, greedy),
+            "exact_greedy": _exact(refs, greedy),
+            "examples": [
+                {"ref": r, "hyp": h, "greedy": g}
+                for r, h, g in list(zip(refs, hyps, greedy, strict=True))[:6]
+            ],
         }
     for file, audio, ref in real:
-        hyp = bundle.transcribe(audio)
+        hyp, greedy_hyp = bundle.transcribe(audio)
         result["real"].append(
-            {"file": file, "ref": ref, "hyp": hyp, "wer": word_error_rate([ref], [hyp])}
+            {
+                "file": file,
+                "ref": ref,
+                "hyp": hyp,
+                "wer": word_error_rate([ref], [hyp]),
+                "greedy": greedy_hyp,
+                "wer_greedy": word_error_rate([ref], [greedy_hyp]),
+            }
         )
     return result
 

@@ -29,6 +29,14 @@ N_SYNTH_TRAIN = 9000
 N_SYNTH_TEST = 480
 SYNTH_TRAIN_SEED = 1
 SYNTH_TEST_SEED = 2
+N_SYNTH_DEV = 240
+"""New sentences in the *training* voices: what the LM fusion weights are tuned on."""
+SYNTH_DEV_SEED = 3
+LM_ORDER = 3
+LM_SENTENCES = 100_000
+LM_SEED = 11
+LM_ALPHAS = (0.2, 0.3, 0.5, 0.8)
+LM_BETAS = (1.0, 2.0, 3.0)
 
 
 @dataclass(frozen=True)
@@ -49,12 +57,18 @@ class Paths:
         """Synthetic held-out-voice corpus."""
         return self.data_dir / "synth_test.npz"
 
+    @property
+    def synth_dev(self) -> Path:
+        """New sentences in training voices, for tuning the decoder."""
+        return self.data_dir / "synth_dev.npz"
+
 
 def stage_data(paths: Paths) -> None:
     """Synthesize the training and held-out-voice corpora (skipped when present)."""
     for path, n, heldout, seed in (
         (paths.synth_train, N_SYNTH_TRAIN, False, SYNTH_TRAIN_SEED),
         (paths.synth_test, N_SYNTH_TEST, True, SYNTH_TEST_SEED),
+        (paths.synth_dev, N_SYNTH_DEV, False, SYNTH_DEV_SEED),
     ):
         if path.exists():
             log.info("%s exists, keeping it", path)
@@ -178,6 +192,50 @@ def stage_export(paths: Paths) -> None:
             export(_relative(source), _relative(out), quantize=quantize)
 
 
+def stage_lm(paths: Paths) -> None:
+    """Write the grammar's word n-gram LM, tune its fusion weights, attach it to the ctc bundles.
+
+    The weights are chosen per graph (fp32, int8) on the dev corpus (new sentences, training
+    voices), never on the held-out voices; the whole grid goes to ``lm_tuning.json``.
+    """
+    from streamer.decoders import CtcBeamDecoder
+    from streamer.export.exporter import LM_NAME, attach_lm
+    from streamer.manifest import load_manifest
+    from streamer.training import lm
+
+    sentences = lm.grammar_sentences(LM_SENTENCES, seed=LM_SEED)
+    arpa = lm.write_arpa(sentences, paths.work_dir / LM_NAME, order=LM_ORDER)
+    dev = data.Corpus.load(paths.synth_dev).items
+    refs = [u.text for u in dev]
+    tuning: dict[str, Any] = {
+        "lm": {"order": LM_ORDER, "sentences": LM_SENTENCES, "seed": LM_SEED},
+        "dev": {"n": len(dev), "seed": SYNTH_DEV_SEED},
+    }
+    for variant in ("fp32", "int8"):
+        bundle_dir = paths.work_dir / "bundles" / f"commands-ctc-{variant}"
+        bundle = evaluate.Bundle(bundle_dir)
+        logits = [bundle.run(u.audio)[0][0] for u in dev]
+        manifest = load_manifest(bundle_dir)
+        grid = []
+        for alpha in LM_ALPHAS:
+            for beta in LM_BETAS:
+                trial = attach_lm(bundle_dir, manifest, arpa, alpha=alpha, beta=beta)
+                decoder = CtcBeamDecoder(trial, lm_path=bundle_dir / LM_NAME)
+                hyps = [decoder.decode(x).text for x in logits]
+                grid.append(
+                    {"alpha": alpha, "beta": beta, "wer": evaluate.word_error_rate(refs, hyps)}
+                )
+                log.info(
+                    "lm %s alpha %g beta %g: dev WER %.3f", variant, alpha, beta, grid[-1]["wer"]
+                )
+        best = min(grid, key=lambda g: g["wer"])
+        attach_lm(bundle_dir, manifest, arpa, alpha=best["alpha"], beta=best["beta"]).write(
+            bundle_dir
+        )
+        tuning[variant] = {"grid": grid, "chosen": best}
+    (paths.work_dir / "lm_tuning.json").write_text(json.dumps(tuning, indent=1))
+
+
 def _relative(path: Path) -> Path:
     try:
         return path.resolve().relative_to(Path.cwd())
@@ -252,8 +310,9 @@ def stage_evaluate(paths: Paths) -> None:
         chosen_dir = paths.work_dir / "bundles" / f"{name}-{results[name]['chosen']}"
         dest = paths.exported_dir / name
         dest.mkdir(parents=True, exist_ok=True)
-        for file in ("model.onnx", "manifest.json"):
-            shutil.copyfile(chosen_dir / file, dest / file)
+        for file in ("model.onnx", "manifest.json", "lm.arpa"):
+            if (chosen_dir / file).exists():
+                shutil.copyfile(chosen_dir / file, dest / file)
     (paths.work_dir / "eval.json").write_text(json.dumps(results, indent=1))
 
 
@@ -272,6 +331,8 @@ def stage_card(paths: Paths) -> None:
     from streamer.training import card
 
     results = json.loads((paths.work_dir / "eval.json").read_text())
+    tuning_path = paths.work_dir / "lm_tuning.json"
+    tuning = json.loads(tuning_path.read_text()) if tuning_path.exists() else None
     for name in BUNDLE_NAMES:
         sub = "ctc" if name == "commands-ctc" else "intent"
         card.write_card(
@@ -280,6 +341,7 @@ def stage_card(paths: Paths) -> None:
             curve=loop_curve(paths.work_dir / sub / "curve.json"),
             meta_dir=paths.work_dir / sub,
             bundle_dir=paths.exported_dir / name,
+            lm_tuning=tuning,
         )
 
 
