@@ -156,7 +156,8 @@ def _contenders(
     notes: list[str] = []
     torch_of: dict[str, str | None] = {}  # checkpoint path -> its torch contender
     for name, enc in encoders.items():
-        contenders[name] = _Contender(enc.run, OutputDecoder(enc.manifest))
+        decoder = OutputDecoder(enc.manifest, bundle_dir=enc.bundle_dir)
+        contenders[name] = _Contender(enc.run, decoder)
         source = enc.manifest.source.path
         if source not in torch_of:
             key = "torch eager" if not torch_of else f"torch eager ({Path(source).name})"
@@ -164,7 +165,7 @@ def _contenders(
             notes.append(f"{key}: {note}")
             torch_of[source] = None
             if run is not None:
-                contenders[key] = _Contender(run, OutputDecoder(enc.manifest))
+                contenders[key] = _Contender(run, decoder)
                 torch_of[source] = key
         contenders[name].reference = torch_of[source]
     return contenders, notes

@@ -1,4 +1,7 @@
-"""Decoders: one utterance's model outputs to transcript, intent, value or embedding; no I/O.
+"""Decoders: one utterance's model outputs to transcript, intent, value or embedding.
+
+Decoding does no I/O; the one file read is a ctc bundle's language model, once, when its
+:class:`CtcBeamDecoder` is built.
 
 All arrays are *per utterance*: the graph's outputs with the batch axis removed (row ``i`` of a
 batched run), and for CTC trimmed to the utterance's valid frames. Every input is checked
@@ -206,7 +209,6 @@ class CtcBeamDecoder:
         self.ms_per_frame = 1000.0 * manifest.frame_stride_samples / manifest.sample_rate
         self.beam_width = beam_width
         self.token_min_logp = token_min_logp
-        self.has_lm = lm_path is not None
         labels = []
         for i, token in enumerate(manifest.vocab):
             kind, _ = _token(token, blank=i == manifest.blank_id, delimiter=None)
@@ -299,7 +301,13 @@ def _ctc_decoder(
         if not lm_path.is_file():
             raise ModelError(f"the bundle's language model {lm_path} is missing")
     if kind == "greedy" or (kind == "auto" and lm_path is None):
-        why = "asked for" if kind == "greedy" else "the bundle ships no language model"
+        why = (
+            "asked for"
+            if kind == "greedy"
+            else "the bundle ships no language model"
+            if manifest.lm is None
+            else f"no bundle folder to read {manifest.lm.file} from"
+        )
         return CtcGreedyDecoder(manifest), f"greedy ({why})"
     try:
         beam = CtcBeamDecoder(

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -81,12 +82,28 @@ def tiny_intent_bundle(
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Without the shared recordings, skip (with one reason) every test of a module reading them.
 
-    Such a module names the folder ``AUDIO``; the rest of the suite still runs.
+        Such a module names the folder ``AUDIO`` or uses a helper module that does
+    (``live_server.speech``); the rest of the suite still runs.
     """
     if SHARED_AUDIO.is_dir():
         return
     skip = pytest.mark.skip(reason=f"needs the shared speech recordings, absent: {SHARED_AUDIO}")
     for item in items:
         module = getattr(item, "module", None)
-        if getattr(module, "AUDIO", None) == SHARED_AUDIO:
+        if module is not None and _reads_shared_audio(module):
             item.add_marker(skip)
+
+
+def _reads_shared_audio(module: ModuleType) -> bool:
+    """The module names the shared folder ``AUDIO``, or imports a helper from one that does."""
+    if getattr(module, "AUDIO", None) == SHARED_AUDIO:
+        return True
+    for value in vars(module).values():
+        owner = sys.modules.get(getattr(value, "__module__", None) or "")
+        if (
+            owner is not None
+            and owner is not module
+            and getattr(owner, "AUDIO", None) == SHARED_AUDIO
+        ):
+            return True
+    return False

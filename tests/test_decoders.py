@@ -408,6 +408,7 @@ def test_ctc_search_choice(lm_bundle: tuple[Manifest, Path], tmp_path: Path) -> 
     assert OutputDecoder(_ctc(), bundle_dir=folder).ctc_search == (
         "greedy (the bundle ships no language model)"
     )
+    assert OutputDecoder(manifest).ctc_search == "greedy (no bundle folder to read lm.arpa from)"
     greedy = OutputDecoder(manifest, bundle_dir=folder, ctc="greedy")
     assert greedy.ctc_search == "greedy (asked for)"
     found = greedy.decode({"logits": HI_THERE}).transcript

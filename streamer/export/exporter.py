@@ -146,10 +146,10 @@ def _check_lm(lm: Path, options: ExportOptions, *, task: str) -> None:
         raise ExportInputError(f"--lm {lm}: cannot read it ({exc})") from None
     if not head or head[0] != "\\data\\":
         raise ExportInputError(f"--lm {lm}: not an ARPA file (no \\data\\ header)")
-    for name in ("lm_alpha", "lm_beta"):
-        value = getattr(options, name)
-        if not math.isfinite(value) or (name == "lm_alpha" and value < 0):
-            raise ExportInputError(f"--{name.replace('_', '-')} must be finite and >= 0")
+    if not (math.isfinite(options.lm_alpha) and options.lm_alpha >= 0):
+        raise ExportInputError(f"--lm-alpha must be finite and >= 0, got {options.lm_alpha}")
+    if not math.isfinite(options.lm_beta):
+        raise ExportInputError(f"--lm-beta must be finite, got {options.lm_beta}")
 
 
 def _build(
