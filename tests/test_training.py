@@ -96,22 +96,26 @@ def test_frame_kl_is_zero_for_the_teacher_and_ignores_padding() -> None:
     assert float(loop.frame_kl(student, teacher, frames, 2.0)) > 0.01
 
 
-def test_intent_schedule_restarts_once_and_matches_the_single_cycle_before_it() -> None:
-    recipe = train_intent.IntentRecipe(steps=5000, restart_at=2800)
+def test_intent_schedule_restarts_twice_and_keeps_the_cycles_before_each_restart() -> None:
+    """Three cosine cycles; cutting the run at a restart leaves the earlier cycles as they were."""
+    recipe = train_intent.IntentRecipe()
+    assert (recipe.steps, recipe.restarts) == (7000, (2800, 5000))
     first = [
         loop.lr_at(s, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=2800)
         for s in range(2800)
     ]
-    assert [loop.lr_two_cycles(recipe, s) for s in range(2800)] == first
-    assert loop.lr_two_cycles(recipe, 2799) == pytest.approx(0.05 * recipe.peak_lr, rel=1e-3)
-    assert loop.lr_two_cycles(recipe, 2800) < loop.lr_two_cycles(
-        recipe, 2800 + recipe.restart_warmup_steps - 1
-    )
-    assert loop.lr_two_cycles(recipe, 2800 + recipe.restart_warmup_steps) == pytest.approx(
-        recipe.restart_peak_lr
-    )
-    assert loop.lr_two_cycles(recipe, 4999) == pytest.approx(
-        0.05 * recipe.restart_peak_lr, rel=1e-3
-    )
-    single = train_intent.IntentRecipe(steps=1000, restart_at=2800)
-    assert loop.lr_two_cycles(single, 999) == pytest.approx(0.05 * single.peak_lr, rel=1e-3)
+    assert [loop.lr_cycles(recipe, s) for s in range(2800)] == first
+    assert loop.lr_cycles(recipe, 2799) == pytest.approx(0.05 * recipe.peak_lr, rel=1e-3)
+    for start, end in ((2800, 5000), (5000, 7000)):
+        warm = start + recipe.restart_warmup_steps
+        assert loop.lr_cycles(recipe, start) < loop.lr_cycles(recipe, warm - 1)
+        assert loop.lr_cycles(recipe, warm) == pytest.approx(recipe.restart_peak_lr)
+        assert loop.lr_cycles(recipe, end - 1) == pytest.approx(
+            0.05 * recipe.restart_peak_lr, rel=1e-3
+        )
+    two = train_intent.IntentRecipe(steps=5000)  # the previous recipe: two cycles
+    assert [loop.lr_cycles(two, s) for s in range(5000)] == [
+        loop.lr_cycles(recipe, s) for s in range(5000)
+    ]
+    single = train_intent.IntentRecipe(steps=1000)
+    assert loop.lr_cycles(single, 999) == pytest.approx(0.05 * single.peak_lr, rel=1e-3)

@@ -110,6 +110,21 @@ def _lm_lines(tuning: dict[str, Any], chosen: str) -> list[str]:
     ]
 
 
+def _restart_text(recipe: dict[str, Any], steps: int) -> str:
+    """The warm restarts of a recipe in words ("" for a single cosine cycle)."""
+    restarts = [r for r in recipe.get("restarts", ()) if r < steps]
+    if not restarts:
+        return ""
+    ends = [*restarts[1:], steps]
+    cycles = ", ".join(f"{r}-{e}" for r, e in zip(restarts, ends, strict=True))
+    return (
+        f" at step {restarts[0]}, then {len(restarts)} warm restart"
+        f"{'s' if len(restarts) > 1 else ''} (steps {cycles}), each"
+        f" {recipe['restart_warmup_steps']} warm-up steps to LR {recipe['restart_peak_lr']} and"
+        " a cosine decay to 5%"
+    )
+
+
 def _train_time_s(curve: dict[str, Any]) -> float:
     return float(sum(50 * row["s_per_step"] for row in curve["train"]))
 
@@ -174,13 +189,7 @@ def write_card(
         f"- {meta['step']} steps of {recipe['batch_size']} utterances (batches of similar length),"
         f" AdamW (weight decay 0.01), peak LR {recipe['peak_lr']}, {recipe['warmup_steps']} warm-up"
         " steps then cosine decay to 5%"
-        + (
-            f" at step {recipe['restart_at']}, then a warm restart:"
-            f" {recipe['restart_warmup_steps']} warm-up steps to LR {recipe['restart_peak_lr']}"
-            f" and a second cosine decay to 5% at step {meta['step']}"
-            if recipe.get("restart_at", meta["step"]) < meta["step"]
-            else ""
-        )
+        + _restart_text(recipe, meta["step"])
         + ", gradient clipping 5.0, seed"
         f" {recipe['seed']}; per-utterance zero-mean unit-variance input normalisation (inside the"
         " ONNX graph at inference).",

@@ -89,7 +89,7 @@ def lr_at(step: int, *, peak: float, warmup: int, total: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-class TwoCycleSchedule(Protocol):
+class CyclicSchedule(Protocol):
     """The learning-rate fields of a recipe (``IntentRecipe``, ``CtcRecipe``)."""
 
     @property
@@ -99,26 +99,31 @@ class TwoCycleSchedule(Protocol):
     @property
     def warmup_steps(self) -> int: ...
     @property
-    def restart_at(self) -> int: ...
+    def restarts(self) -> tuple[int, ...]: ...
     @property
     def restart_peak_lr(self) -> float: ...
     @property
     def restart_warmup_steps(self) -> int: ...
 
 
-def lr_two_cycles(schedule: TwoCycleSchedule, step: int) -> float:
-    """``lr_at`` up to ``restart_at``, then a warm restart: a second cycle to ``steps``.
+def lr_cycles(schedule: CyclicSchedule, step: int) -> float:
+    """Cosine cycles with warm restarts, the learning rate of ``step``.
 
-    With ``restart_at >= steps`` this is the single cycle ``lr_at(step, total=steps)``.
+    ``lr_at`` up to the first restart; then at each step of ``restarts`` a new cycle
+    (``restart_warmup_steps`` to ``restart_peak_lr``, cosine to 5%) that ends at the next
+    restart or at ``steps``.
+
+    Restarts at or past ``steps`` are ignored; with none left this is ``lr_at(step,
+    total=steps)``, and cutting ``steps`` at a restart leaves the cycles before it unchanged.
     """
     s = schedule
-    if step < s.restart_at or s.restart_at >= s.steps:
-        return lr_at(step, peak=s.peak_lr, warmup=s.warmup_steps, total=min(s.restart_at, s.steps))
+    bounds = [0, *sorted(r for r in s.restarts if 0 < r < s.steps), s.steps]
+    k = max(i for i in range(len(bounds) - 1) if bounds[i] <= step or i == 0)
+    start, end = bounds[k], bounds[k + 1]
+    if k == 0:
+        return lr_at(step, peak=s.peak_lr, warmup=s.warmup_steps, total=end)
     return lr_at(
-        step - s.restart_at,
-        peak=s.restart_peak_lr,
-        warmup=s.restart_warmup_steps,
-        total=s.steps - s.restart_at,
+        step - start, peak=s.restart_peak_lr, warmup=s.restart_warmup_steps, total=end - start
     )
 
 

@@ -39,8 +39,9 @@ class CtcRecipe:
     batch_size: int = 12
     peak_lr: float = 7e-4
     warmup_steps: int = 100
-    restart_at: int = 1200
-    """End of the first cosine cycle; a second one (warm restart) runs from here to ``steps``."""
+    restarts: tuple[int, ...] = (1200,)
+    """Steps where a cosine cycle ends and the next (a warm restart) begins; the last one runs
+    to ``steps``."""
     restart_peak_lr: float = 5e-4
     restart_warmup_steps: int = 100
     hidden_size: int = 192
@@ -210,7 +211,7 @@ def train(
         labels = np.full((len(batch), width), -100, dtype=np.int64)
         for i, lab in enumerate(labels_list):
             labels[i, : len(lab)] = lab
-        lr = loop.lr_two_cycles(recipe, step)
+        lr = loop.lr_cycles(recipe, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         values_t, mask_t = torch.from_numpy(values), torch.from_numpy(mask)

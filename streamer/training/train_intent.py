@@ -40,12 +40,13 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 class IntentRecipe:
     """Hyper-parameters of the intent run."""
 
-    steps: int = 5000
+    steps: int = 7000
     batch_size: int = 12
     peak_lr: float = 7e-4
     warmup_steps: int = 200
-    restart_at: int = 2800
-    """End of the first cosine cycle; a second one (warm restart) runs from here to ``steps``."""
+    restarts: tuple[int, ...] = (2800, 5000)
+    """Steps where a cosine cycle ends and the next (a warm restart) begins; the last one runs
+    to ``steps``."""
     restart_peak_lr: float = 5e-4
     restart_warmup_steps: int = 100
     hidden_size: int = 192
@@ -251,7 +252,7 @@ def train(
         values, mask, lengths = loop.pad_batch([u.audio for u in batch])
         intents = torch.tensor([intent_index[u.intent] for u in batch])
         rooms = torch.tensor([room_index[u.room] for u in batch])
-        lr = loop.lr_two_cycles(recipe, step)
+        lr = loop.lr_cycles(recipe, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         hidden, frames = model.encode(
