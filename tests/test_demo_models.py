@@ -7,16 +7,20 @@ and the runtime decoders. The expectations are ones the shipped models get right
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from live_server import collect, config, http_get, running, send_audio, speech, start_msg
+from websockets.asyncio.client import connect
 
 from streamer.config import EngineConfig
 from streamer.decoders import CtcGreedyDecoder, IntentDecoder, OutputDecoder
 from streamer.engine import Encoder
+from streamer.models import resolve_models
 
 REPO = Path(__file__).resolve().parents[1]
 EXPORTED = REPO / "exported"
@@ -115,3 +119,33 @@ def test_ctc_frames_and_text(ctc: tuple[Encoder, CtcGreedyDecoder]) -> None:
 def test_intent_real_digit_string(intent: tuple[Encoder, IntentDecoder], name: str) -> None:
     """Real digit strings (not FSDD: other speakers and channels) are the digits intent."""
     assert _classify(intent, AUDIO / f"{name}.wav") == ("digits", "none")
+
+
+async def test_daemon_serves_the_default_bundles_to_a_websocket_client() -> None:
+    """As `streamer serve` with no --model: a real client streams a real digit string; its
+    utterance carries the beam search's transcript (words the grammar knows) and the digits
+    intent, and /readyz names the search."""
+    models = resolve_models([], models_dir=EXPORTED)
+    assert set(models) == {"commands-ctc", "commands-intent"}
+    lm_words = {
+        line.split("\t")[1]
+        for line in (EXPORTED / "commands-ctc" / "lm.arpa").read_text().splitlines()
+        if line.count("\t") == 2
+    }
+    async with running(config(), models) as daemon:
+        status, _, body = await http_get(daemon.port, "/readyz")
+        assert status == 200
+        decoders = {m["name"]: m["decoder"] for m in json.loads(body)["models"]}
+        assert decoders["commands-ctc"].startswith("beam search with lm.arpa")
+        assert decoders["commands-intent"] is None
+        async with connect(f"{daemon.url}/v1/stream") as ws:
+            await ws.send(start_msg())
+            await send_audio(ws, speech("digits_tidigits_2934z.wav"))
+            await ws.send(json.dumps({"type": "end"}))
+            events = await collect(ws)
+    (utterance,) = [e for e in events if e["type"] == "utterance"]
+    words = utterance["transcript"]["text"].split()
+    assert words
+    assert set(words) <= lm_words
+    assert utterance["intent"]["name"] == "digits"
+    assert utterance["latency_ms"]["decode"] >= 0
