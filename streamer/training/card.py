@@ -93,9 +93,9 @@ def _lm_lines(tuning: dict[str, Any], chosen: str) -> list[str]:
         "## Language model",
         f"- `lm.arpa`: word {lm['order']}-gram model of {lm['sentences']:,} sentences drawn from"
         f" the command grammar (seed {lm['seed']}, intents balanced), interpolated absolute"
-        " discounting (D = 0.5), written by `streamer/training/lm.py`. It knows every word and"
-        " word sequence the grammar can say; a word outside it costs -10 (the unknown-word"
-        " offset), so transcripts are pulled towards grammar sentences.",
+        f" discounting (D = {lm.get('discount', 0.5)}), written by `streamer/training/lm.py`."
+        " It knows every word and word sequence the grammar can say; a word outside it costs"
+        " -10 (the unknown-word offset), so transcripts are pulled towards grammar sentences.",
         f"- Fusion weights chosen on a dev set of {dev['n']} new sentences spoken by the training"
         f" voices (seed {dev['seed']}), never on the held-out voices: alpha {best['alpha']}"
         f" (LM weight), beta {best['beta']} (per-word bonus); dev WER {_pct(best['wer'])}.",

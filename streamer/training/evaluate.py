@@ -7,7 +7,6 @@ recordings of the shared test audio.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,22 +87,22 @@ class Bundle:
     def __init__(self, bundle_dir: Path, *, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        self.manifest: dict[str, Any] = json.loads((bundle_dir / "manifest.json").read_text())
+        from streamer.decoders import CtcBeamDecoder, CtcGreedyDecoder
+        from streamer.manifest import load_manifest
+
+        self.manifest = load_manifest(bundle_dir)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(
             str(bundle_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
         )
-        self.min_samples = int(self.manifest["min_samples"])
-        from streamer.decoders import CtcBeamDecoder
-        from streamer.manifest import load_manifest
-
-        manifest = load_manifest(bundle_dir)
+        self.min_samples = self.manifest.min_samples
+        is_ctc = self.manifest.task == "ctc"
+        lm = self.manifest.lm
+        self.greedy = CtcGreedyDecoder(self.manifest) if is_ctc else None
         self.beam = (
-            CtcBeamDecoder(manifest, lm_path=bundle_dir / manifest.lm.file)
-            if manifest.lm is not None
-            else None
+            CtcBeamDecoder(self.manifest, lm_path=bundle_dir / lm.file) if lm is not None else None
         )
         self.beam_s: list[float] = []
         """Seconds of each beam search so far."""
@@ -120,8 +119,10 @@ class Bundle:
 
         The daemon's is beam search with the bundle's LM when it ships one, else greedy.
         """
+        if self.greedy is None:
+            raise ValueError(f"transcribe needs a ctc bundle, not {self.manifest.task}")
         logits = self.run(audio)[0][0]
-        greedy = self.greedy(logits)
+        greedy = self.greedy.decode(logits).text
         if self.beam is None:
             return greedy, greedy
         start = time.perf_counter()
@@ -129,25 +130,10 @@ class Bundle:
         self.beam_s.append(time.perf_counter() - start)
         return text, greedy
 
-    def greedy(self, logits: np.ndarray) -> str:
-        """Greedy CTC transcript of one utterance's logits."""
-        vocab = self.manifest["vocab"]
-        blank = int(self.manifest["blank_id"])
-        delim = self.manifest["word_delimiter"]
-        chars: list[str] = []
-        prev = -1
-        for i in logits.argmax(-1).tolist():
-            if i != prev and i != blank:
-                chars.append(vocab[i])
-            prev = i
-        text = "".join(c for c in chars if not (c.startswith("<") and c.endswith(">")))
-        return " ".join(text.replace(delim, " ").split())
-
     def classify(self, audio: np.ndarray) -> tuple[str, ...]:
         """Arg-max label per label set (classify bundles)."""
         outs = self.run(audio)
-        labels = self.manifest["labels"]
-        sets = labels if labels and isinstance(labels[0], list) else [labels]
+        sets = self.manifest.label_sets
         return tuple(names[int(out[0].argmax())] for names, out in zip(sets, outs, strict=False))
 
     def seconds_per_utterance(self, *, duration_s: float = 3.0, repeats: int = 10) -> float:

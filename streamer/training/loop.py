@@ -6,6 +6,7 @@ checkpoint sees exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -118,7 +119,7 @@ def lr_cycles(schedule: CyclicSchedule, step: int) -> float:
     """
     s = schedule
     bounds = [0, *sorted(r for r in s.restarts if 0 < r < s.steps), s.steps]
-    k = max(i for i in range(len(bounds) - 1) if bounds[i] <= step or i == 0)
+    k = max(0, bisect.bisect_right(bounds, step, hi=len(bounds) - 1) - 1)
     start, end = bounds[k], bounds[k + 1]
     if k == 0:
         return lr_at(step, peak=s.peak_lr, warmup=s.warmup_steps, total=end)

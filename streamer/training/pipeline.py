@@ -6,6 +6,7 @@ run one at a time and a training stage can resume from its last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -33,6 +34,7 @@ N_SYNTH_DEV = 240
 """New sentences in the *training* voices: what the LM fusion weights are tuned on."""
 SYNTH_DEV_SEED = 3
 LM_ORDER = 3
+LM_DISCOUNT = 0.5
 LM_SENTENCES = 100_000
 LM_SEED = 11
 LM_ALPHAS = (0.2, 0.3, 0.5, 0.8)
@@ -200,26 +202,33 @@ def stage_lm(paths: Paths) -> None:
     """
     from streamer.decoders import CtcBeamDecoder
     from streamer.export.exporter import LM_NAME, attach_lm
-    from streamer.manifest import load_manifest
+    from streamer.manifest import LanguageModel, load_manifest
     from streamer.training import lm
 
     sentences = lm.grammar_sentences(LM_SENTENCES, seed=LM_SEED)
-    arpa = lm.write_arpa(sentences, paths.work_dir / LM_NAME, order=LM_ORDER)
+    arpa = lm.write_arpa(sentences, paths.work_dir / LM_NAME, order=LM_ORDER, discount=LM_DISCOUNT)
     dev = data.Corpus.load(paths.synth_dev).items
     refs = [u.text for u in dev]
     tuning: dict[str, Any] = {
-        "lm": {"order": LM_ORDER, "sentences": LM_SENTENCES, "seed": LM_SEED},
+        "lm": {
+            "order": LM_ORDER,
+            "sentences": LM_SENTENCES,
+            "seed": LM_SEED,
+            "discount": LM_DISCOUNT,
+        },
         "dev": {"n": len(dev), "seed": SYNTH_DEV_SEED},
     }
     for variant in ("fp32", "int8"):
         bundle_dir = paths.work_dir / "bundles" / f"commands-ctc-{variant}"
         bundle = evaluate.Bundle(bundle_dir)
         logits = [bundle.run(u.audio)[0][0] for u in dev]
-        manifest = load_manifest(bundle_dir)
+        attached = attach_lm(bundle_dir, load_manifest(bundle_dir), arpa, alpha=0.0, beta=0.0)
         grid = []
         for alpha in LM_ALPHAS:
             for beta in LM_BETAS:
-                trial = attach_lm(bundle_dir, manifest, arpa, alpha=alpha, beta=beta)
+                trial = dataclasses.replace(
+                    attached, lm=LanguageModel(file=LM_NAME, alpha=alpha, beta=beta)
+                )
                 decoder = CtcBeamDecoder(trial, lm_path=bundle_dir / LM_NAME)
                 hyps = [decoder.decode(x).text for x in logits]
                 grid.append(
@@ -229,9 +238,8 @@ def stage_lm(paths: Paths) -> None:
                     "lm %s alpha %g beta %g: dev WER %.3f", variant, alpha, beta, grid[-1]["wer"]
                 )
         best = min(grid, key=lambda g: g["wer"])
-        attach_lm(bundle_dir, manifest, arpa, alpha=best["alpha"], beta=best["beta"]).write(
-            bundle_dir
-        )
+        lm_weights = LanguageModel(file=LM_NAME, alpha=best["alpha"], beta=best["beta"])
+        dataclasses.replace(attached, lm=lm_weights).write(bundle_dir)
         tuning[variant] = {"grid": grid, "chosen": best}
     (paths.work_dir / "lm_tuning.json").write_text(json.dumps(tuning, indent=1))
 
