@@ -25,7 +25,9 @@ _DATA = f"""## Data (all generated or read offline; split by voice / speaker, ne
   lucas is held out entirely.
 - **Augmentation** (on the fly, seeded): 8 kHz band limit (p=0.25, as FSDD is 8 kHz), synthetic
   room reverberation RT60 0.15-0.7 s (p=0.3), real background noise from the shared non-speech
-  recordings at 5-30 dB SNR (p=0.6), gain -18..+3 dB, 0-0.3 s of silence before and after.
+  recordings at 5-30 dB SNR (p=0.6), gain -18..+3 dB, 0-0.3 s of silence before and after;
+  FSDD items only: speed perturbation x{data.FSDD_SPEED_RANGE[0]:g}-{data.FSDD_SPEED_RANGE[1]:g}
+  (p={data.P_FSDD_SPEED:g}; tempo, pitch and formants together, a new virtual speaker each time).
 """
 
 _WHY_DISTIL = (

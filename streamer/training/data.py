@@ -28,6 +28,11 @@ SHORT_S = 1.5
 """Longest synthetic clip drawn during the short-utterance curriculum phase."""
 P_FSDD = 0.25
 """Share of training draws (both models) that are FSDD digit items; the rest are synthetic."""
+P_FSDD_SPEED = 0.7
+"""Share of FSDD training items played faster or slower (a new virtual speaker each time)."""
+FSDD_SPEED_RANGE = (0.85, 1.15)
+"""Speed-perturbation factors for FSDD items: two real training speakers are too few to
+generalise to a third, so each perturbed item is a speaker with pitch and formants shifted."""
 FSDD_TEST_INDICES = frozenset(range(4))
 """FSDD recording indices kept out of training for every speaker (they are the test copies)."""
 
@@ -201,7 +206,7 @@ class Mixture:
         """
         if digits:
             if self._fsdd and rng.random() < 0.5:
-                utt = concat_digits(self._fsdd, rng, n_digits=1)
+                utt = self._fsdd_item(rng, n_digits=1)
             else:
                 utt = self._digit_words[int(rng.integers(len(self._digit_words)))]
             clean = pad_silence(utt.audio, rng)
@@ -209,13 +214,20 @@ class Mixture:
             return Utterance(audio, utt.text, utt.intent, utt.room, utt.source)
         if self._fsdd and rng.random() < self._p_fsdd:
             n_digits = 1 if rng.random() < 0.4 else int(rng.integers(2, 3 if short else 5))
-            utt = concat_digits(self._fsdd, rng, n_digits=n_digits)
+            utt = self._fsdd_item(rng, n_digits=n_digits)
         else:
             pool = self._short if short else self._synthetic
             utt = pool[int(rng.integers(len(pool)))]
         clean = pad_silence(utt.audio, rng)
         audio = augment.augment(clean, self._noises, rng)
         return Utterance(audio, utt.text, utt.intent, utt.room, utt.source)
+
+    def _fsdd_item(self, rng: np.random.Generator, *, n_digits: int) -> Utterance:
+        """A string of FSDD digits of one speaker, speed-perturbed with ``P_FSDD_SPEED``."""
+        utt = concat_digits(self._fsdd, rng, n_digits=n_digits)
+        if rng.random() < P_FSDD_SPEED:
+            utt.audio = augment.speed(utt.audio, float(rng.uniform(*FSDD_SPEED_RANGE)))
+        return utt
 
 
 def noise_paths(audio_dir: Path) -> list[Path]:
