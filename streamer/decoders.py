@@ -13,10 +13,14 @@ are rounded to 1e-4.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import sys
+import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -167,6 +171,41 @@ _UNK_LABEL: Final = "\u2047"
 _SPECIAL_LABEL_RE: Final = re.compile(f"{_UNK_LABEL}[0-9]+")
 
 
+_KENLM_BANNER = re.compile(
+    r"Loading the LM will be faster if you build a binary file\.|Reading .*|-+5-+10-.*|\*+"
+)
+"""The lines KenLM writes (from C++, straight to file descriptor 2) while it reads an ARPA file."""
+
+
+@contextlib.contextmanager
+def _without_kenlm_banner() -> Iterator[None]:
+    """Keep KenLM's loading banner and progress bar out of stderr, logged at DEBUG instead.
+
+    The banner bypasses ``sys.stderr`` and logging, so file descriptor 2 is pointed at a temporary
+    file meanwhile; whatever else lands there (another thread's log line) is written back.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                capture.seek(0)
+                lines = capture.read().decode(errors="replace").splitlines()
+                banner = [ln for ln in lines if _KENLM_BANNER.fullmatch(ln.strip())]
+                other = [ln for ln in lines if ln.strip() and ln not in banner]
+                if banner:
+                    log.debug("KenLM: %s", " / ".join(ln.strip() for ln in banner))
+                if other:
+                    sys.stderr.write("\n".join(other) + "\n")
+    finally:
+        os.close(saved)
+
+
 class BeamSearchUnavailableError(ModelError):
     """The beam search library cannot be imported or loaded on this machine."""
 
@@ -225,13 +264,14 @@ class CtcBeamDecoder:
             if lm_path is None or lm is None:
                 self._search = ctc_beam_decoder.build_ctcdecoder(labels)
             else:
-                self._search = ctc_beam_decoder.build_ctcdecoder(
-                    labels,
-                    kenlm_model_path=str(lm_path),
-                    alpha=lm.alpha,
-                    beta=lm.beta,
-                    unk_score_offset=lm.unk_score_offset,
-                )
+                with _without_kenlm_banner():
+                    self._search = ctc_beam_decoder.build_ctcdecoder(
+                        labels,
+                        kenlm_model_path=str(lm_path),
+                        alpha=lm.alpha,
+                        beta=lm.beta,
+                        unk_score_offset=lm.unk_score_offset,
+                    )
         except (OSError, ValueError, RuntimeError) as exc:
             where = f" with {lm_path}" if lm_path is not None else ""
             raise ModelError(f"cannot build the CTC beam search{where}: {exc}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from streamer.decoders import (
     Decoded,
     IntentDecoder,
     OutputDecoder,
+    _without_kenlm_banner,
     decode_embedding,
     decode_value,
 )
@@ -390,6 +392,25 @@ def test_beam_search_with_lm_spells_words_the_lm_knows(lm_bundle: tuple[Manifest
     assert 1000.0 <= hi.start_ms < hi.end_ms <= there.start_ms < there.end_ms
     assert there.end_ms <= 1000.0 + len(HI_THERE) * MS_PER_FRAME
     assert all(0.0 < w.confidence <= 1.0 for w in found.words)
+
+
+def test_loading_the_lm_keeps_kenlm_banner_off_stderr(
+    lm_bundle: tuple[Manifest, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """KenLM's C++ banner and progress bar go to the debug log, not to the daemon's stderr."""
+    manifest, folder = lm_bundle
+    OutputDecoder(manifest, bundle_dir=folder)
+    err = capfd.readouterr().err
+    assert "binary file" not in err
+    assert "****" not in err
+
+
+def test_kenlm_banner_filter_passes_other_stderr_through(capfd: pytest.CaptureFixture[str]) -> None:
+    """Only banner lines are dropped: another writer's line in the same window still shows."""
+    with _without_kenlm_banner():
+        os.write(2, b"Reading /x/lm.arpa\n----5---10---15---100\n*****\nreal trouble\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "real trouble\nafter\n"
 
 
 def test_beam_search_without_lm_follows_the_model(lm_bundle: tuple[Manifest, Path]) -> None:
