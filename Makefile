@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[export,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[beam]' || echo "warning: the ctc-beam-decoder \
+	library has no wheel for this machine (Linux needs glibc 2.35+): ctc bundles will decode greedily"
 	touch $(STAMP)
 
 # Debian packages the tests and the microphone need; installed only when apt exists and one is missing.
