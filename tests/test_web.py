@@ -1,8 +1,10 @@
 """The live-captions page in real Chromium, its microphone fed from a real-speech WAV file.
 
-The daemon runs in this process over TLS with a token, on tiny bundles (their transcripts are
-nonsense), so the test asserts that the page shows exactly the utterances the server produced
-from what the browser captured, each with its intent and latency.
+The daemon runs in this process over TLS with a token, on the shipped default bundles, and the
+test asserts that the page shows exactly the utterances the server produced from what the
+browser captured, each with its intent and latency (not that the demo models heard right).
+``CAPTIONS_PNG=$PWD/docs/captions.png make pytest PYTEST_ARGS="-k captions_page"`` refreshes the
+README's screenshot.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
-from onnx_graphs import write_bundle
 
 from streamer import protocol as proto
 from streamer.app import build_services, server_info
@@ -32,6 +33,7 @@ from streamer.sources import read_audio_file
 from streamer.web_routes import read_page_file, routes
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+EXPORTED = Path(__file__).resolve().parents[1] / "exported"
 UNIT_S = 10.0 * float(os.environ.get("STREAMER_TEST_TIMEOUT_FACTOR", "1"))
 TOKEN = "captions-s3cret"
 STREAM = "captions-test"
@@ -98,14 +100,9 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bundles")
-    return {
-        "ctc": write_bundle(root / "ctc"),
-        "intent": write_bundle(
-            root / "intent", task="classify", labels=(("lights_on", "lights_off"),)
-        ),
-    }
+def models() -> dict[str, Path]:
+    """The shipped default bundles: the page shows what a user of `make run` sees."""
+    return {name: EXPORTED / f"commands-{name}" for name in ("ctc", "intent")}
 
 
 async def start_daemon(
@@ -190,6 +187,8 @@ async def test_captions_page_in_chromium(
             "() => document.body.dataset.state === 'idle'", timeout=UNIT_S * 1000
         )
         shown = await page.eval_on_selector_all("#captions li", CAPTIONS_JS)
+        # audio captured before the stream went live was kept and sent, not dropped
+        assert await page.evaluate("document.body.dataset.samplesDropped") == "0"
         await page.screenshot(path=str(tmp_path / "captions.png"))
     published, _ = sub.drain()
     sent = [proto.decode_event(text) for text in published]
@@ -206,12 +205,16 @@ async def test_captions_page_in_chromium(
         assert "listening" not in item["classes"]
         assert 0 <= int(item["latency"]) < 3 * UNIT_S * 1000
         assert float(item["server"]) == u.latency_ms.end_of_speech_to_emit
-        # the utterance is where the speech is: after 0.5 s of silence, within the 2.4 s file
-        assert 300 <= u.start_ms <= 1200
+        # the utterance is the speech (1.4 s of it), after 0.5 s of silence in the 2.4 s file;
+        # a loaded machine may start the fake mic's playback before the page captures, so the
+        # stream can begin a little into that silence
+        assert 0 <= u.start_ms <= 1200
         assert u.start_ms + 800 <= u.end_ms <= 3000
     assert sockets == [f"wss://127.0.0.1:{daemon.ports[0]}/v1/stream?token={TOKEN}"]
     assert errors == []  # no uncaught exception in the page's scripts
     assert (tmp_path / "captions.png").stat().st_size > 10_000
+    if docs_png := os.environ.get("CAPTIONS_PNG"):  # how docs/captions.png is made
+        shutil.copyfile(tmp_path / "captions.png", docs_png)
 
 
 async def test_page_and_scripts_need_the_token(daemon: StreamerServer) -> None:

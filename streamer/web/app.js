@@ -5,6 +5,8 @@
 const CHUNK_MS = 40; // audio per WebSocket frame
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000]; // reconnect delays, the last one repeats
 const MAX_BUFFERED_BYTES = 1 << 20; // a stalled socket drops audio rather than queue it forever
+const MAX_UNSENT_MS = 2000; // audio kept while not connected (the first words after Start, the
+// moments before a reconnect), sent as soon as the stream is live; anything older is dropped
 const MAX_CAPTIONS = 200;
 
 const params = new URLSearchParams(location.search);
@@ -25,6 +27,7 @@ const conn = {
   marks: [], // [samples sent so far, performance.now()] after each frame: when audio left
 };
 const totals = { sent: 0, dropped: 0, utterances: 0 };
+const unsent = { chunks: [], samples: 0 }; // captured while not connected, oldest first
 let running = false;
 
 function url(path, scheme) {
@@ -51,12 +54,13 @@ async function start() {
   ui.stop.disabled = false;
   showError("");
   try {
-    audio.stream = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
-    });
+    // the capture graph is ready before the microphone opens, so its first words are not missed
     audio.ctx = new AudioContext({ sampleRate: 16000 });
     audio.rate = audio.ctx.sampleRate; // 16000 unless the browser refused; the server resamples
     await audio.ctx.audioWorklet.addModule(url("worklet.js"));
+    audio.stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
+    });
     const source = audio.ctx.createMediaStreamSource(audio.stream);
     audio.node = new AudioWorkletNode(audio.ctx, "pcm-capture", { processorOptions: { chunkMs: CHUNK_MS } });
     audio.node.port.onmessage = (e) => onChunk(e.data);
@@ -91,6 +95,9 @@ function stop() {
   running = false;
   clearTimeout(conn.timer);
   stopAudio();
+  flushUnsent();
+  discardUnsent(); // never connected: nothing will carry it
+  showTotals();
   resetButtons();
   if (conn.ws && conn.live) {
     conn.ws.send(JSON.stringify({ type: "end" })); // the server sends what is pending, then closes
@@ -105,16 +112,51 @@ function onChunk({ pcm, peak }) {
   ui.level.value = peak;
   const n = pcm.byteLength / 2;
   const ws = conn.ws;
-  if (!conn.live || !ws || ws.readyState !== WebSocket.OPEN || ws.bufferedAmount > MAX_BUFFERED_BYTES) {
-    totals.dropped += n; // no live connection: captions are live, old audio is not replayed
+  if (!conn.live || !ws || ws.readyState !== WebSocket.OPEN) {
+    // not connected yet (or any more): keep the last MAX_UNSENT_MS, send them once live
+    unsent.chunks.push(pcm);
+    unsent.samples += n;
+    while (unsent.samples > (MAX_UNSENT_MS / 1000) * audio.rate) {
+      const old = unsent.chunks.shift().byteLength / 2;
+      unsent.samples -= old;
+      totals.dropped += old;
+    }
+  } else if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+    totals.dropped += n; // a stalled socket: captions are live, audio is not queued forever
   } else {
-    ws.send(pcm);
-    conn.sent += n;
-    totals.sent += n;
-    conn.marks.push([conn.sent, performance.now()]);
-    if (conn.marks.length > 3000) conn.marks.splice(0, 1000);
+    flushUnsent();
+    send(ws, pcm);
   }
+  showTotals();
+}
+
+function send(ws, pcm) {
+  const n = pcm.byteLength / 2;
+  ws.send(pcm);
+  conn.sent += n;
+  totals.sent += n;
+  conn.marks.push([conn.sent, performance.now()]);
+  if (conn.marks.length > 3000) conn.marks.splice(0, 1000);
+}
+
+/** Send the audio captured before the stream went live, oldest first. */
+function flushUnsent() {
+  const ws = conn.ws;
+  if (!conn.live || !ws || ws.readyState !== WebSocket.OPEN) return;
+  for (const pcm of unsent.chunks) send(ws, pcm);
+  unsent.chunks = [];
+  unsent.samples = 0;
+}
+
+function discardUnsent() {
+  totals.dropped += unsent.samples;
+  unsent.chunks = [];
+  unsent.samples = 0;
+}
+
+function showTotals() {
   document.body.dataset.samplesSent = String(totals.sent);
+  document.body.dataset.samplesDropped = String(totals.dropped);
   ui.stats.textContent =
     `stream ${streamName} · ${audio.rate} Hz · sent ${(totals.sent / audio.rate).toFixed(1)} s` +
     (totals.dropped ? ` · not sent ${(totals.dropped / audio.rate).toFixed(1)} s` : "") +
@@ -171,6 +213,7 @@ function onEvent(ev) {
       conn.live = true;
       conn.attempt = 0;
       setState("live");
+      flushUnsent();
       ui.info.textContent = ev.models.map((m) => m.name).join(" + ");
       break;
     case "speech_started":
