@@ -184,15 +184,21 @@ def _without_kenlm_banner() -> Iterator[None]:
     The banner bypasses ``sys.stderr`` and logging, so file descriptor 2 is pointed at a temporary
     file meanwhile; whatever else lands there (another thread's log line) is written back.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (a daemon that closed it): nothing to keep clean
+        yield
+        return
     try:
         with tempfile.TemporaryFile() as capture:
             os.dup2(capture.fileno(), 2)
             try:
                 yield
             finally:
-                sys.stderr.flush()
+                if sys.stderr is not None:
+                    sys.stderr.flush()
                 os.dup2(saved, 2)
                 capture.seek(0)
                 lines = capture.read().decode(errors="replace").splitlines()
@@ -201,7 +207,7 @@ def _without_kenlm_banner() -> Iterator[None]:
                 if banner:
                     log.debug("KenLM: %s", " / ".join(ln.strip() for ln in banner))
                 if other:
-                    sys.stderr.write("\n".join(other) + "\n")
+                    os.write(2, ("\n".join(other) + "\n").encode())
     finally:
         os.close(saved)
 
