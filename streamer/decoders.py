@@ -201,11 +201,15 @@ def _without_kenlm_banner() -> Iterator[None]:
                     sys.stderr.flush()
                 os.dup2(saved, 2)
                 capture.seek(0)
-                lines = capture.read().decode(errors="replace").splitlines()
-                banner = [ln for ln in lines if _KENLM_BANNER.fullmatch(ln.strip())]
-                other = [ln for ln in lines if ln.strip() and ln not in banner]
+                banner: list[str] = []
+                other: list[str] = []
+                for line in capture.read().decode(errors="replace").splitlines():
+                    if _KENLM_BANNER.fullmatch(line.strip()):
+                        banner.append(line.strip())
+                    elif line.strip():
+                        other.append(line)
                 if banner:
-                    log.debug("KenLM: %s", " / ".join(ln.strip() for ln in banner))
+                    log.debug("KenLM: %s", " / ".join(banner))
                 if other:
                     os.write(2, ("\n".join(other) + "\n").encode())
     finally:

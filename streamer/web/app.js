@@ -95,8 +95,10 @@ function stop() {
   running = false;
   clearTimeout(conn.timer);
   stopAudio();
-  flushUnsent();
-  discardUnsent(); // never connected: nothing will carry it
+  // a live stream sent it all when it started; audio still kept never reached a stream
+  totals.dropped += unsent.samples;
+  unsent.chunks = [];
+  unsent.samples = 0;
   showTotals();
   resetButtons();
   if (conn.ws && conn.live) {
@@ -111,9 +113,9 @@ function stop() {
 function onChunk({ pcm, peak }) {
   ui.level.value = peak;
   const n = pcm.byteLength / 2;
-  const ws = conn.ws;
-  if (!conn.live || !ws || ws.readyState !== WebSocket.OPEN) {
-    // not connected yet (or any more): keep the last MAX_UNSENT_MS, send them once live
+  const ws = liveSocket();
+  if (!ws) {
+    // not connected yet (or any more): keep the last MAX_UNSENT_MS, sent when "started" arrives
     unsent.chunks.push(pcm);
     unsent.samples += n;
     while (unsent.samples > (MAX_UNSENT_MS / 1000) * audio.rate) {
@@ -124,10 +126,15 @@ function onChunk({ pcm, peak }) {
   } else if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
     totals.dropped += n; // a stalled socket: captions are live, audio is not queued forever
   } else {
-    flushUnsent();
     send(ws, pcm);
   }
   showTotals();
+}
+
+/** The connection's socket while its stream is live and open, else null. */
+function liveSocket() {
+  const ws = conn.ws;
+  return conn.live && ws && ws.readyState === WebSocket.OPEN ? ws : null;
 }
 
 function send(ws, pcm) {
@@ -141,15 +148,9 @@ function send(ws, pcm) {
 
 /** Send the audio captured before the stream went live, oldest first. */
 function flushUnsent() {
-  const ws = conn.ws;
-  if (!conn.live || !ws || ws.readyState !== WebSocket.OPEN) return;
+  const ws = liveSocket();
+  if (!ws) return;
   for (const pcm of unsent.chunks) send(ws, pcm);
-  unsent.chunks = [];
-  unsent.samples = 0;
-}
-
-function discardUnsent() {
-  totals.dropped += unsent.samples;
   unsent.chunks = [];
   unsent.samples = 0;
 }
