@@ -35,11 +35,11 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 class CtcRecipe:
     """Hyper-parameters of the CTC run."""
 
-    steps: int = 2200
+    steps: int = 3600
     batch_size: int = 12
     peak_lr: float = 7e-4
     warmup_steps: int = 100
-    restarts: tuple[int, ...] = (1200,)
+    restarts: tuple[int, ...] = (1900,)
     """Steps where a cosine cycle ends and the next (a warm restart) begins; the last one runs
     to ``steps``."""
     restart_peak_lr: float = 5e-4
@@ -55,6 +55,11 @@ class CtcRecipe:
     short_steps: int = 300
     distill_weight: float = 1.0
     temperature: float = 2.0
+    dropout: float = 0.0
+    """Hidden, attention, activation and final dropout: none, the model underfits."""
+    bf16: bool = True
+    """Run the forward passes (student and teacher) under bfloat16 autocast; weights, optimizer
+    and the losses stay float32. About twice the steps per hour on a CPU with AVX-512 BF16."""
 
 
 def encode_text(text: str) -> list[int]:
@@ -94,10 +99,10 @@ def build_model(recipe: CtcRecipe) -> Any:
         num_conv_pos_embedding_groups=16,
         max_position_embeddings=512,
         position_buckets=64,
-        hidden_dropout=0.05,
-        attention_dropout=0.05,
-        activation_dropout=0.05,
-        final_dropout=0.05,
+        hidden_dropout=recipe.dropout,
+        attention_dropout=recipe.dropout,
+        activation_dropout=recipe.dropout,
+        final_dropout=recipe.dropout,
         mask_time_prob=0.05,
         mask_time_length=4,
         mask_time_min_masks=0,
@@ -215,12 +220,13 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         values_t, mask_t = torch.from_numpy(values), torch.from_numpy(mask)
-        out = model(values_t, attention_mask=mask_t, labels=torch.from_numpy(labels))
-        with torch.no_grad():
-            teacher_logits = teacher(values_t, mask_t, lengths)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+            out = model(values_t, attention_mask=mask_t, labels=torch.from_numpy(labels))
+            with torch.no_grad():
+                teacher_logits = teacher(values_t, mask_t, lengths)
         frames = torch.tensor([loop.conv_frames(int(n), CONV_KERNEL, CONV_STRIDE) for n in lengths])
         loss = out.loss + recipe.distill_weight * loop.frame_kl(
-            out.logits, teacher_logits, frames, recipe.temperature
+            out.logits.float(), teacher_logits.float(), frames, recipe.temperature
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

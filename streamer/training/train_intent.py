@@ -40,11 +40,11 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 class IntentRecipe:
     """Hyper-parameters of the intent run."""
 
-    steps: int = 7000
+    steps: int = 9600
     batch_size: int = 12
     peak_lr: float = 7e-4
     warmup_steps: int = 200
-    restarts: tuple[int, ...] = (2800, 5000)
+    restarts: tuple[int, ...] = (3800, 6800)
     """Steps where a cosine cycle ends and the next (a warm restart) begins; the last one runs
     to ``steps``."""
     restart_peak_lr: float = 5e-4
@@ -59,6 +59,11 @@ class IntentRecipe:
     digit_steps: int = 300
     short_steps: int = 1000
     ctc_weight: float = 1.0
+    dropout: float = 0.0
+    """Hidden, attention and activation dropout: none, the model underfits."""
+    bf16: bool = True
+    """Run the forward pass under bfloat16 autocast; weights, optimizer and the losses stay
+    float32. About 1.6 times the steps per hour on a CPU with AVX-512 BF16."""
 
 
 def encoder_config(recipe: IntentRecipe) -> dict[str, Any]:
@@ -79,9 +84,9 @@ def encoder_config(recipe: IntentRecipe) -> dict[str, Any]:
         do_stable_layer_norm=True,
         num_conv_pos_embeddings=32,
         num_conv_pos_embedding_groups=16,
-        hidden_dropout=0.05,
-        attention_dropout=0.05,
-        activation_dropout=0.05,
+        hidden_dropout=recipe.dropout,
+        attention_dropout=recipe.dropout,
+        activation_dropout=recipe.dropout,
         feat_proj_dropout=0.0,
         layerdrop=0.0,
         mask_time_prob=0.05,
@@ -255,13 +260,15 @@ def train(
         lr = loop.lr_cycles(recipe, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        hidden, frames = model.encode(
-            torch.from_numpy(values), torch.from_numpy(mask), lengths.tolist()
-        )
-        logits = model.pool_heads(hidden, frames)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+            hidden, frames = model.encode(
+                torch.from_numpy(values), torch.from_numpy(mask), lengths.tolist()
+            )
+            logits = [lg.float() for lg in model.pool_heads(hidden, frames)]
+            char_logits = model.ctc_head(hidden).float()
         loss = loss_fn(logits[0], intents) + loss_fn(logits[1], rooms)
         targets = [encode_text(u.text) for u in batch]
-        log_probs = model.ctc_head(hidden).log_softmax(-1).transpose(0, 1)
+        log_probs = char_logits.log_softmax(-1).transpose(0, 1)
         ctc = torch.nn.functional.ctc_loss(
             log_probs,
             torch.tensor([i for t in targets for i in t]),
