@@ -222,6 +222,13 @@ def write_card(
         " rest.",
         f"- Training time: {_train_time_s(curve) / 60:.0f} min of wall time on a 2-core x86-64 CPU,"
         " 2 torch threads (one per core, the default), SpecAugment-style time masking p=0.05.",
+        "- Precision and regularisation: "
+        + (
+            "forward passes under bfloat16 autocast (weights, AdamW state and losses in float32)"
+            if recipe.get("bf16")
+            else "float32 throughout"
+        )
+        + f"; dropout {recipe.get('dropout', 0.05)}.",
         f"- Why this order: {_WHY_DISTIL}",
         "",
         "## Targets (issue 7) and measured values",
