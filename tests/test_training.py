@@ -111,23 +111,23 @@ def test_frame_kl_is_zero_for_the_teacher_and_ignores_padding() -> None:
 def test_intent_schedule_restarts_twice_and_keeps_the_cycles_before_each_restart() -> None:
     """Three cosine cycles; cutting the run at a restart leaves the earlier cycles as they were."""
     recipe = train_intent.IntentRecipe()
-    assert (recipe.steps, recipe.restarts) == (7000, (2800, 5000))
+    assert (recipe.steps, recipe.restarts) == (9600, (3800, 6800))
+    r1, r2 = recipe.restarts
     first = [
-        loop.lr_at(s, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=2800)
-        for s in range(2800)
+        loop.lr_at(s, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=r1) for s in range(r1)
     ]
-    assert [loop.lr_cycles(recipe, s) for s in range(2800)] == first
-    assert loop.lr_cycles(recipe, 2799) == pytest.approx(0.05 * recipe.peak_lr, rel=1e-3)
-    for start, end in ((2800, 5000), (5000, 7000)):
+    assert [loop.lr_cycles(recipe, s) for s in range(r1)] == first
+    assert loop.lr_cycles(recipe, r1 - 1) == pytest.approx(0.05 * recipe.peak_lr, rel=1e-3)
+    for start, end in ((r1, r2), (r2, recipe.steps)):
         warm = start + recipe.restart_warmup_steps
         assert loop.lr_cycles(recipe, start) < loop.lr_cycles(recipe, warm - 1)
         assert loop.lr_cycles(recipe, warm) == pytest.approx(recipe.restart_peak_lr)
         assert loop.lr_cycles(recipe, end - 1) == pytest.approx(
             0.05 * recipe.restart_peak_lr, rel=1e-3
         )
-    two = train_intent.IntentRecipe(steps=5000)  # the previous recipe: two cycles
-    assert [loop.lr_cycles(two, s) for s in range(5000)] == [
-        loop.lr_cycles(recipe, s) for s in range(5000)
+    two = train_intent.IntentRecipe(steps=r2)  # cut at the second restart: two cycles
+    assert [loop.lr_cycles(two, s) for s in range(r2)] == [
+        loop.lr_cycles(recipe, s) for s in range(r2)
     ]
     single = train_intent.IntentRecipe(steps=1000)
     assert loop.lr_cycles(single, 999) == pytest.approx(0.05 * single.peak_lr, rel=1e-3)
