@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 
-from streamer.training import augment, grammar, loop, train_ctc, train_intent
+from streamer.training import augment, card, data, grammar, loop, train_ctc, train_intent
 
 
 def test_grammar_sentences_are_transcripts_with_known_labels() -> None:
@@ -131,3 +131,23 @@ def test_intent_schedule_restarts_twice_and_keeps_the_cycles_before_each_restart
     ]
     single = train_intent.IntentRecipe(steps=1000)
     assert loop.lr_cycles(single, 999) == pytest.approx(0.05 * single.peak_lr, rel=1e-3)
+
+
+def test_rotating_the_heldout_speaker_moves_every_split_and_the_card() -> None:
+    """``--heldout-speaker`` must take that speaker out of training and name it in the card."""
+    clips = [
+        data.FsddClip(digit, speaker, index, np.zeros(8, np.float32))
+        for speaker in data.FSDD_SPEAKERS
+        for index in (0, 3, 4, 49)
+        for digit in (0, 7)
+    ]
+    for heldout in data.FSDD_SPEAKERS:
+        train, test = data.fsdd_split(clips, heldout_speaker=heldout)
+        assert {c.speaker for c in test} == {heldout}
+        assert len(test) == 8  # all of its recordings, test indices included
+        assert {c.speaker for c in train} == set(data.FSDD_SPEAKERS) - {heldout}
+        assert all(c.index not in data.FSDD_TEST_INDICES for c in train)
+        others = " and ".join(s for s in data.FSDD_SPEAKERS if s != heldout)
+        text = card._data_text(heldout)
+        assert f"speakers {others}," in text
+        assert f"Speaker\n  {heldout} is held out entirely." in text

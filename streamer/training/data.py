@@ -26,8 +26,6 @@ SAMPLE_RATE_HZ = 16000
 FSDD_SPEAKERS: tuple[str, ...] = ("george", "jackson", "lucas")
 SHORT_S = 1.5
 """Longest synthetic clip drawn during the short-utterance curriculum phase."""
-P_FSDD = 0.25
-"""Share of training draws (both models) that are FSDD digit items; the rest are synthetic."""
 P_FSDD_SPEED = 0.7
 """Share of FSDD training items played faster or slower (a new virtual speaker each time)."""
 FSDD_SPEED_RANGE = (0.85, 1.15)

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED_AUDIO = REPO.parent / "shared" / "audio"
 FSDD_ROOT = REPO.parent / "shared" / "datasets" / "fsdd"
 HELDOUT_SPEAKER = "lucas"
+"""The FSDD speaker the shipped bundles never hear (``--heldout-speaker`` rotates it)."""
 N_SYNTH_TRAIN = 9000
 N_SYNTH_TEST = 480
 SYNTH_TRAIN_SEED = 1
@@ -43,11 +44,12 @@ LM_BETAS = (1.0, 2.0, 3.0)
 
 @dataclass(frozen=True)
 class Paths:
-    """Where each stage reads and writes."""
+    """Where each stage reads and writes, and the FSDD speaker the run holds out."""
 
     data_dir: Path
     work_dir: Path
     exported_dir: Path
+    heldout_speaker: str = HELDOUT_SPEAKER
 
     @property
     def synth_train(self) -> Path:
@@ -86,9 +88,9 @@ def stage_data(paths: Paths) -> None:
         corpus.save(path)
 
 
-def fsdd_sets() -> tuple[list[data.FsddClip], list[data.FsddClip]]:
+def fsdd_sets(heldout_speaker: str) -> tuple[list[data.FsddClip], list[data.FsddClip]]:
     """FSDD (train, held-out speaker) clips."""
-    return data.fsdd_split(data.load_fsdd(FSDD_ROOT), heldout_speaker=HELDOUT_SPEAKER)
+    return data.fsdd_split(data.load_fsdd(FSDD_ROOT), heldout_speaker=heldout_speaker)
 
 
 def fsdd_eval_items(test: list[data.FsddClip], *, every: int) -> list[data.Utterance]:
@@ -101,11 +103,11 @@ def fsdd_eval_items(test: list[data.FsddClip], *, every: int) -> list[data.Utter
     ]
 
 
-def mixture(paths: Paths) -> data.Mixture:
-    """The augmented training mixture."""
-    fsdd_train, _ = fsdd_sets()
+def mixture(paths: Paths, *, p_fsdd: float) -> data.Mixture:
+    """The augmented training mixture, ``p_fsdd`` of its draws FSDD digit items."""
+    fsdd_train, _ = fsdd_sets(paths.heldout_speaker)
     noises = augment.load_noises(data.noise_paths(SHARED_AUDIO))
-    return data.Mixture(data.Corpus.load(paths.synth_train), fsdd_train, noises, p_fsdd=data.P_FSDD)
+    return data.Mixture(data.Corpus.load(paths.synth_train), fsdd_train, noises, p_fsdd=p_fsdd)
 
 
 def stage_intent(paths: Paths, *, steps: int, resume: bool) -> Path:
@@ -115,7 +117,7 @@ def stage_intent(paths: Paths, *, steps: int, resume: bool) -> Path:
     evalset = data.Corpus.load(paths.synth_test).items[:96]
     recipe = train_intent.IntentRecipe(steps=steps)
     return train_intent.train(
-        mixture(paths),
+        mixture(paths, p_fsdd=recipe.p_fsdd),
         evalset,
         work_dir=paths.work_dir / "intent",
         recipe=recipe,
@@ -137,14 +139,14 @@ def stage_ctc(paths: Paths, *, steps: int, resume: bool) -> Path:
         logits: torch.Tensor = segue.ctc_head(hidden)
         return logits
 
-    _, fsdd_test = fsdd_sets()
+    _, fsdd_test = fsdd_sets(paths.heldout_speaker)
     evalsets = {
         "synth_heldout": data.Corpus.load(paths.synth_test).items[:64],
         "fsdd_heldout": fsdd_eval_items(fsdd_test, every=8),
     }
     recipe = train_ctc.CtcRecipe(steps=steps)
     return train_ctc.train(
-        mixture(paths),
+        mixture(paths, p_fsdd=recipe.p_fsdd),
         evalsets,
         work_dir=paths.work_dir / "ctc",
         recipe=recipe,
@@ -260,14 +262,14 @@ def _fsdd_strings(clips: list[data.FsddClip], *, n: int, seed: int) -> list[tupl
     return out
 
 
-def _eval_inputs() -> dict[str, Any]:
+def _eval_inputs(heldout_speaker: str) -> dict[str, Any]:
     from streamer.training.grammar import DIGIT_WORDS
 
-    _, test = fsdd_sets()
+    _, test = fsdd_sets(heldout_speaker)
     seen_unheard = [
         c
         for c in data.load_fsdd(FSDD_ROOT)
-        if c.speaker != HELDOUT_SPEAKER and c.index in data.FSDD_TEST_INDICES
+        if c.speaker != heldout_speaker and c.index in data.FSDD_TEST_INDICES
     ]
     shared_fsdd = sorted((SHARED_AUDIO / "fsdd").glob("*.wav"))
     return {
@@ -285,7 +287,7 @@ def _eval_inputs() -> dict[str, Any]:
 def stage_evaluate(paths: Paths) -> None:
     """Measure fp32 and int8 bundles, keep int8 unless it loses accuracy, copy to ``exported/``."""
     synth_test = data.Corpus.load(paths.synth_test).items
-    digit_sets = _eval_inputs()
+    digit_sets = _eval_inputs(paths.heldout_speaker)
     real = [(clip, evaluate.load_audio(SHARED_AUDIO / clip.file)) for clip in evaluate.REAL_CLIPS]
     ctc_sets = {"synth_heldout_voices": [(u.audio, u.text) for u in synth_test], **digit_sets}
     intent_sets = {
@@ -349,6 +351,7 @@ def stage_card(paths: Paths) -> None:
             curve=loop_curve(paths.work_dir / sub / "curve.json"),
             meta_dir=paths.work_dir / sub,
             bundle_dir=paths.exported_dir / name,
+            heldout_speaker=paths.heldout_speaker,
             lm_tuning=tuning,
         )
 

@@ -57,6 +57,8 @@ class CtcRecipe:
     temperature: float = 2.0
     dropout: float = 0.0
     """Hidden, attention, activation and final dropout: none, the model underfits."""
+    p_fsdd: float = 0.25
+    """Share of draws that are real FSDD digit items; the rest are synthetic commands."""
     bf16: bool = True
     """Run the forward passes (student and teacher) under bfloat16 autocast; weights, optimizer
     and the losses stay float32. About twice the steps per hour on a CPU with AVX-512 BF16."""

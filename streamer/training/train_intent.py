@@ -61,6 +61,8 @@ class IntentRecipe:
     ctc_weight: float = 1.0
     dropout: float = 0.0
     """Hidden, attention and activation dropout: none, the model underfits."""
+    p_fsdd: float = 0.25
+    """Share of draws that are real FSDD digit items; the rest are synthetic commands."""
     bf16: bool = True
     """Run the forward pass under bfloat16 autocast; weights, optimizer and the losses stay
     float32. About 1.6 times the steps per hour on a CPU with AVX-512 BF16."""
