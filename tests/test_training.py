@@ -151,3 +151,20 @@ def test_rotating_the_heldout_speaker_moves_every_split_and_the_card() -> None:
         text = card._data_text(heldout)
         assert f"speakers {others}," in text
         assert f"Speaker\n  {heldout} is held out entirely." in text
+
+
+def test_card_reports_each_rotation_run_against_the_target() -> None:
+    def result(fp32: float, int8: float) -> dict[str, object]:
+        return {
+            v: {"sets": {"fsdd_heldout_digits": {"exact": x}}}
+            for v, x in (("fp32", fp32), ("int8", int8))
+        }
+
+    assert "not measured" in card._rotation_lines({}, "int8")[0]
+    lines = card._rotation_lines(
+        {"jackson": result(0.9, 0.84), "george": result(0.8, 0.86)}, "int8"
+    )
+    assert lines[0].startswith("| Rotation: unseen FSDD speaker george")
+    assert lines[0].endswith("| 80.0% | 86.0% | yes |")  # the shipped variant decides
+    assert lines[1].endswith("| 90.0% | 84.0% | no |")
+    assert "intent model" in lines[-1]

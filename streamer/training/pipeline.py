@@ -336,8 +336,12 @@ def _choose(name: str, res: dict[str, Any]) -> str:
     return "int8"
 
 
-def stage_card(paths: Paths) -> None:
-    """Write ``exported/<name>/CARD.md`` for both bundles."""
+def stage_card(paths: Paths, *, rotations: dict[str, Path] | None = None) -> None:
+    """Write ``exported/<name>/CARD.md`` for both bundles.
+
+    ``rotations`` maps other held-out speakers to the work folders of runs that left them out;
+    their SEW-D results join the commands-ctc card's targets.
+    """
     from streamer.training import card
 
     results = json.loads((paths.work_dir / "eval.json").read_text())
@@ -353,6 +357,10 @@ def stage_card(paths: Paths) -> None:
             bundle_dir=paths.exported_dir / name,
             heldout_speaker=paths.heldout_speaker,
             lm_tuning=tuning,
+            rotations={
+                speaker: json.loads((work / "eval.json").read_text())["commands-ctc"]
+                for speaker, work in (rotations or {}).items()
+            },
         )
 
 
