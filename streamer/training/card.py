@@ -148,8 +148,8 @@ def _rotation_lines(rotations: dict[str, dict[str, Any]], chosen: str) -> list[s
         fp, q = (res[v]["sets"]["fsdd_heldout_digits"]["exact"] for v in ("fp32", "int8"))
         met = (q if chosen == "int8" else fp) >= 0.85
         rows.append(
-            f"| Rotation: unseen FSDD speaker {speaker} (SEW-D retrained without him): digit"
-            f" accuracy >= 85% | {_pct(fp)} | {_pct(q)} | {'yes' if met else 'no'} |"
+            f"| Rotation: unseen FSDD speaker {speaker} (SEW-D retrained without that speaker):"
+            f" digit accuracy >= 85% | {_pct(fp)} | {_pct(q)} | {'yes' if met else 'no'} |"
         )
     return [
         *rows,
@@ -255,6 +255,7 @@ def write_card(
         )
         + f"the first {recipe.get('short_steps', 0)} steps draw only clips up to 1.5 s (and FSDD"
         " strings of at most 2 digits).",
+        # runs from before the recipes had a p_fsdd field drew 25% FSDD items
         f"- Mixture: FSDD digit items {100 * recipe.get('p_fsdd', 0.25):.0f}% of draws,"
         " synthetic commands the rest.",
         f"- Training time: {_train_time_s(curve) / 60:.0f} min of wall time on a 2-core x86-64 CPU,"
