@@ -265,11 +265,10 @@ def _fsdd_strings(clips: list[data.FsddClip], *, n: int, seed: int) -> list[tupl
 def _eval_inputs(heldout_speaker: str) -> dict[str, Any]:
     from streamer.training.grammar import DIGIT_WORDS
 
-    _, test = fsdd_sets(heldout_speaker)
+    clips = data.load_fsdd(FSDD_ROOT)
+    _, test = data.fsdd_split(clips, heldout_speaker=heldout_speaker)
     seen_unheard = [
-        c
-        for c in data.load_fsdd(FSDD_ROOT)
-        if c.speaker != heldout_speaker and c.index in data.FSDD_TEST_INDICES
+        c for c in clips if c.speaker != heldout_speaker and c.index in data.FSDD_TEST_INDICES
     ]
     shared_fsdd = sorted((SHARED_AUDIO / "fsdd").glob("*.wav"))
     return {
@@ -347,6 +346,10 @@ def stage_card(paths: Paths, *, rotations: dict[str, Path] | None = None) -> Non
     results = json.loads((paths.work_dir / "eval.json").read_text())
     tuning_path = paths.work_dir / "lm_tuning.json"
     tuning = json.loads(tuning_path.read_text()) if tuning_path.exists() else None
+    rotated = {
+        speaker: json.loads((work / "eval.json").read_text())["commands-ctc"]
+        for speaker, work in (rotations or {}).items()
+    }
     for name in BUNDLE_NAMES:
         sub = "ctc" if name == "commands-ctc" else "intent"
         card.write_card(
@@ -357,10 +360,7 @@ def stage_card(paths: Paths, *, rotations: dict[str, Path] | None = None) -> Non
             bundle_dir=paths.exported_dir / name,
             heldout_speaker=paths.heldout_speaker,
             lm_tuning=tuning,
-            rotations={
-                speaker: json.loads((work / "eval.json").read_text())["commands-ctc"]
-                for speaker, work in (rotations or {}).items()
-            },
+            rotations=rotated,
         )
 
 
