@@ -18,7 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from streamer.training import augment, grammar, synth
+from streamer.training import augment, grammar, piper, synth
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ P_FSDD_SPEED = 0.7
 FSDD_SPEED_RANGE = (0.85, 1.15)
 """Speed-perturbation factors for FSDD items: two real training speakers are too few to
 generalise to a third, so each perturbed item is a speaker with pitch and formants shifted."""
+P_PIPER_SPEED = 0.7
+"""Share of Piper items played faster or slower: one voice, many virtual speakers."""
+PIPER_SPEED_RANGE = (0.85, 1.2)
 FSDD_TEST_INDICES = frozenset(range(4))
 """FSDD recording indices kept out of training for every speaker (they are the test copies)."""
 
@@ -113,6 +116,29 @@ def build_synthetic(
     return Corpus(items)
 
 
+def build_piper(
+    n: int,
+    *,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+) -> Corpus:
+    """Speak ``n`` grammar commands (intents balanced) with the Piper voice, random prosody.
+
+    Raises:
+        SynthError: the voice package or espeak-ng is missing.
+    """
+    voice = piper.PiperVoice.bundled()
+    rng = random.Random(seed)
+    items: list[Utterance] = []
+    for k in range(n):
+        cmd = grammar.sample_command(rng, intent=grammar.INTENTS[k % len(grammar.INTENTS)])
+        audio = voice.synthesize(cmd.text, piper.random_prosody(rng))
+        items.append(Utterance(audio, cmd.text, cmd.intent, cmd.room, piper.VOICE_NAME))
+        if progress is not None:
+            progress(k + 1)
+    return Corpus(items)
+
+
 @dataclass(frozen=True)
 class FsddClip:
     """One FSDD recording, resampled to 16 kHz."""
@@ -183,9 +209,18 @@ class Mixture:
         noises: Sequence[np.ndarray],
         *,
         p_fsdd: float,
+        piper_corpus: Corpus | None = None,
+        p_piper: float = 0.0,
         max_s: float = 3.5,
     ) -> None:
         self._synthetic = [u for u in synthetic.items if len(u.audio) <= max_s * SAMPLE_RATE_HZ]
+        self._piper = (
+            [u for u in piper_corpus.items if len(u.audio) <= max_s * SAMPLE_RATE_HZ]
+            if piper_corpus
+            else []
+        )
+        self._piper_short = [u for u in self._piper if len(u.audio) <= SHORT_S * SAMPLE_RATE_HZ]
+        self._p_piper = p_piper
         self._short = [u for u in self._synthetic if len(u.audio) <= SHORT_S * SAMPLE_RATE_HZ]
         self._digit_words = [
             u for u in self._synthetic if u.intent == "digits" and len(u.text.split()) <= 2
@@ -200,7 +235,9 @@ class Mixture:
         """Return one augmented utterance.
 
         Curriculum phases: ``digits`` draws only single digits (real or synthetic, at most two
-        words), ``short`` limits clips to about 1.5 s.
+        words), ``short`` limits clips to about 1.5 s. Outside the digit phase a share
+        ``p_fsdd`` of draws is FSDD digits and a share ``p_piper`` of the rest is the Piper voice
+        (when a Piper corpus is given; without one the draws are those of older runs).
         """
         if digits:
             if self._fsdd and rng.random() < 0.5:
@@ -213,6 +250,12 @@ class Mixture:
         if self._fsdd and rng.random() < self._p_fsdd:
             n_digits = 1 if rng.random() < 0.4 else int(rng.integers(2, 3 if short else 5))
             utt = self._fsdd_item(rng, n_digits=n_digits)
+        elif self._piper and rng.random() < self._p_piper:
+            pool = self._piper_short if short else self._piper
+            utt = pool[int(rng.integers(len(pool)))]
+            if rng.random() < P_PIPER_SPEED:
+                faster = augment.speed(utt.audio, float(rng.uniform(*PIPER_SPEED_RANGE)))
+                utt = Utterance(faster, utt.text, utt.intent, utt.room, utt.source)
         else:
             pool = self._short if short else self._synthetic
             utt = pool[int(rng.integers(len(pool)))]

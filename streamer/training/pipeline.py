@@ -34,6 +34,9 @@ SYNTH_TEST_SEED = 2
 N_SYNTH_DEV = 240
 """New sentences in the *training* voices: what the LM fusion weights are tuned on."""
 SYNTH_DEV_SEED = 3
+N_PIPER_TRAIN = 2000
+"""Commands spoken by the Piper voice (SEW-D training only)."""
+PIPER_TRAIN_SEED = 4
 LM_ORDER = 3
 LM_DISCOUNT = 0.5
 LM_SENTENCES = 100_000
@@ -66,9 +69,17 @@ class Paths:
         """New sentences in training voices, for tuning the decoder."""
         return self.data_dir / "synth_dev.npz"
 
+    @property
+    def piper_train(self) -> Path:
+        """Commands in the Piper voice."""
+        return self.data_dir / "piper_train.npz"
+
 
 def stage_data(paths: Paths) -> None:
-    """Synthesize the training and held-out-voice corpora (skipped when present)."""
+    """Synthesize the corpora: espeak-ng training, held-out voices, dev; the Piper voice's.
+
+    Each is skipped when present.
+    """
     for path, n, heldout, seed in (
         (paths.synth_train, N_SYNTH_TRAIN, False, SYNTH_TRAIN_SEED),
         (paths.synth_test, N_SYNTH_TEST, True, SYNTH_TEST_SEED),
@@ -86,6 +97,15 @@ def stage_data(paths: Paths) -> None:
 
         corpus = data.build_synthetic(n, heldout=heldout, seed=seed, progress=tick)
         corpus.save(path)
+    if paths.piper_train.exists():
+        log.info("%s exists, keeping it", paths.piper_train)
+        return
+    from streamer.training.loop import Progress
+
+    piper_bar = Progress(N_PIPER_TRAIN, label="synth piper_train", every=500)
+    data.build_piper(
+        N_PIPER_TRAIN, seed=PIPER_TRAIN_SEED, progress=lambda k: piper_bar.update(k, "")
+    ).save(paths.piper_train)
 
 
 def fsdd_sets(heldout_speaker: str) -> tuple[list[data.FsddClip], list[data.FsddClip]]:
@@ -103,11 +123,22 @@ def fsdd_eval_items(test: list[data.FsddClip], *, every: int) -> list[data.Utter
     ]
 
 
-def mixture(paths: Paths, *, p_fsdd: float) -> data.Mixture:
-    """The augmented training mixture, ``p_fsdd`` of its draws FSDD digit items."""
+def mixture(paths: Paths, *, p_fsdd: float, p_piper: float = 0.0) -> data.Mixture:
+    """The augmented training mixture: ``p_fsdd`` of its draws FSDD digits.
+
+    A share ``p_piper`` of the rest is the Piper voice (its corpus is read only when that share
+    is above zero).
+    """
     fsdd_train, _ = fsdd_sets(paths.heldout_speaker)
     noises = augment.load_noises(data.noise_paths(SHARED_AUDIO))
-    return data.Mixture(data.Corpus.load(paths.synth_train), fsdd_train, noises, p_fsdd=p_fsdd)
+    return data.Mixture(
+        data.Corpus.load(paths.synth_train),
+        fsdd_train,
+        noises,
+        p_fsdd=p_fsdd,
+        piper_corpus=data.Corpus.load(paths.piper_train) if p_piper > 0 else None,
+        p_piper=p_piper,
+    )
 
 
 def stage_intent(paths: Paths, *, steps: int, resume: bool) -> Path:
@@ -146,7 +177,7 @@ def stage_ctc(paths: Paths, *, steps: int, resume: bool) -> Path:
     }
     recipe = train_ctc.CtcRecipe(steps=steps)
     return train_ctc.train(
-        mixture(paths, p_fsdd=recipe.p_fsdd),
+        mixture(paths, p_fsdd=recipe.p_fsdd, p_piper=recipe.p_piper),
         evalsets,
         work_dir=paths.work_dir / "ctc",
         recipe=recipe,
