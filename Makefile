@@ -57,6 +57,7 @@ cov: install
 check: test cov
 
 demo-models: install
+	$(BIN)/python -m pip install --quiet -e '.[train]'
 	$(BIN)/python bin/train_demo
 
 clean:

@@ -12,7 +12,17 @@ import random
 import numpy as np
 import pytest
 
-from streamer.training import augment, card, data, grammar, loop, train_ctc, train_intent
+from streamer.training import (
+    augment,
+    card,
+    data,
+    grammar,
+    loop,
+    piper,
+    synth,
+    train_ctc,
+    train_intent,
+)
 
 
 def test_grammar_sentences_are_transcripts_with_known_labels() -> None:
@@ -168,3 +178,49 @@ def test_card_reports_each_rotation_run_against_the_target() -> None:
     assert lines[0].endswith("| 80.0% | 86.0% | yes |")  # the shipped variant decides
     assert lines[1].endswith("| 90.0% | 84.0% | no |")
     assert "intent model" in lines[-1]
+
+
+def test_piper_ids_follow_the_voice_map_with_pad_between_phonemes() -> None:
+    """BOS PAD (phoneme PAD)* EOS; accents split off (NFD); unknown codepoints dropped."""
+    id_map = {
+        "^": [1],
+        "$": [2],
+        "_": [0],
+        " ": [3],
+        "t": [32],
+        "u": [33],
+        "\u02d0": [122],
+        "e": [18],
+    }
+    id_map["\u0301"] = [140]  # combining acute accent
+    assert piper.phoneme_ids("tu\u02d0", id_map) == [1, 0, 32, 0, 33, 0, 122, 0, 2]
+    assert piper.phoneme_ids("é t", id_map) == [1, 0, 18, 0, 140, 0, 3, 0, 32, 0, 2]
+    assert piper.phoneme_ids("t?", id_map) == [1, 0, 32, 0, 2]
+
+
+def test_piper_phonemes_come_from_espeak_ipa() -> None:
+    if not synth.espeak_available():
+        pytest.fail("espeak-ng is missing: `make install` installs it")
+    ipa = piper.phonemize("two. nine", espeak_voice="en-us")  # two clauses, two lines
+    assert ipa.replace("\u02c8", "") == "tu\u02d0 na\u026an"  # stress marks aside
+
+
+def test_mixture_draws_the_piper_share_and_marks_its_items() -> None:
+    """A share p_piper of the non-FSDD draws is the Piper corpus; without it, none."""
+
+    def corpus(source: str, n: int) -> data.Corpus:
+        return data.Corpus(
+            [
+                data.Utterance(np.full(8000, 0.1, np.float32), "stop", "stop_music", "none", source)
+                for _ in range(n)
+            ]
+        )
+
+    espeak, voice = corpus("espeak:en-us+m1", 5), corpus(piper.VOICE_NAME, 5)
+    mix = data.Mixture(espeak, [], [], p_fsdd=0.0, piper_corpus=voice, p_piper=0.4)
+    rng = np.random.default_rng(0)
+    sources = [mix.draw(rng).source for _ in range(500)]
+    share = sources.count(piper.VOICE_NAME) / len(sources)
+    assert 0.33 < share < 0.47
+    plain = data.Mixture(espeak, [], [], p_fsdd=0.0)
+    assert {plain.draw(rng).source for _ in range(50)} == {"espeak:en-us+m1"}

