@@ -152,3 +152,11 @@ async def test_daemon_serves_the_default_bundles_to_a_websocket_client() -> None
     assert set(words) <= lm_words
     assert utterance["intent"]["name"] == "digits"
     assert utterance["latency_ms"]["decode"] >= 0
+
+
+@pytest.mark.parametrize("name", ["commands-ctc", "commands-intent"])
+def test_shipped_manifests_name_their_checkpoint_relative_to_the_repo(name: str) -> None:
+    """The demo bundles record where they came from without one machine's directory layout."""
+    source = json.loads((EXPORTED / name / "manifest.json").read_text())["source"]
+    assert not Path(source["path"]).is_absolute(), source["path"]
+    assert source["path"].startswith("runs/"), source["path"]

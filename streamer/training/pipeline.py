@@ -225,6 +225,20 @@ def stage_export(paths: Paths) -> None:
                 shutil.rmtree(out)
             out.parent.mkdir(parents=True, exist_ok=True)
             export(_relative(source), _relative(out), quantize=quantize)
+            record_source(out, source)
+
+
+def record_source(bundle_dir: Path, source: Path) -> None:
+    """Name the checkpoint in the manifest relative to the repository, not this machine's root.
+
+    The exporter records the absolute folder, which is right for a user's own export but would
+    put one machine's directory layout into the committed demo bundles.
+    """
+    from streamer.manifest import load_manifest
+
+    manifest = load_manifest(bundle_dir)
+    where = dataclasses.replace(manifest.source, path=_relative(source).as_posix())
+    dataclasses.replace(manifest, source=where).write(bundle_dir)
 
 
 def stage_lm(paths: Paths) -> None:
