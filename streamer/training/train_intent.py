@@ -40,11 +40,11 @@ CONV_STRIDE: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
 class IntentRecipe:
     """Hyper-parameters of the intent run."""
 
-    steps: int = 9600
+    steps: int = 10800
     batch_size: int = 12
     peak_lr: float = 7e-4
     warmup_steps: int = 200
-    restarts: tuple[int, ...] = (3800, 6800)
+    restarts: tuple[int, ...] = (3800, 6800, 9600)
     """Steps where a cosine cycle ends and the next (a warm restart) begins; the last one runs
     to ``steps``."""
     restart_peak_lr: float = 5e-4
@@ -63,6 +63,12 @@ class IntentRecipe:
     """Hidden, attention and activation dropout: none, the model underfits."""
     p_fsdd: float = 0.25
     """Share of draws that are real FSDD digit items; the rest are synthetic commands."""
+    piper_from: int = 9600
+    """First step that may draw the Piper voice (the last learning-rate cycle). The model as it
+    is at this step is kept as ``teacher.pt``: commands-ctc distils from it, so the SEW-D run
+    does not depend on this last cycle."""
+    p_piper: float = 0.25
+    """From ``piper_from`` on, the share of non-FSDD draws spoken by the Piper voice."""
     bf16: bool = True
     """Run the forward pass under bfloat16 autocast; weights, optimizer and the losses stay
     float32. About 1.6 times the steps per hour on a CPU with AVX-512 BF16."""
@@ -180,12 +186,31 @@ def _segue_key(key: str) -> str:
     return "classification_heads." + key[len("heads.") :] if key.startswith("heads.") else key
 
 
-def load_trained(work_dir: Path, recipe: IntentRecipe) -> tuple[Any, int]:
-    """The latest training checkpoint's model (auxiliary CTC head included, eval mode), step."""
+TEACHER = "teacher.pt"
+"""The checkpoint of the step ``IntentRecipe.piper_from``, which commands-ctc distils from."""
+
+
+def teacher_checkpoint(work_dir: Path) -> Path:
+    """The checkpoint commands-ctc distils from.
+
+    ``teacher.pt``, or for a run that stopped before ``piper_from`` (or predates it) the latest.
+    """
+    teacher = work_dir / TEACHER
+    return teacher if teacher.exists() else work_dir / "checkpoint.pt"
+
+
+def load_trained(
+    work_dir: Path, recipe: IntentRecipe, *, checkpoint: Path | None = None
+) -> tuple[Any, int]:
+    """A checkpoint's model (auxiliary CTC head included, eval mode) and its step.
+
+    ``checkpoint`` defaults to the latest training checkpoint.
+    """
     import torch
 
     model = build_model(recipe)
-    state = torch.load(work_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    path = checkpoint or work_dir / "checkpoint.pt"
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     model.eval()
     return model, int(state["step"])
@@ -250,7 +275,10 @@ def train(
         rng = np.random.default_rng([recipe.seed, step])
         batch = loop.draw_batch(
             functools.partial(
-                mixture.draw, digits=step < recipe.digit_steps, short=step < recipe.short_steps
+                mixture.draw,
+                digits=step < recipe.digit_steps,
+                short=step < recipe.short_steps,
+                piper=step >= recipe.piper_from,
             ),
             recipe.batch_size,
             rng,
@@ -321,4 +349,6 @@ def train(
         if step % recipe.checkpoint_every == 0 or step == recipe.steps:
             loop.save_checkpoint(ckpt, model=model, optimizer=optimizer, step=step)
             curve.save(curve_path)
+        if step == recipe.piper_from:
+            loop.save_checkpoint(work_dir / TEACHER, model=model, optimizer=optimizer, step=step)
     return save_from_checkpoint(work_dir, recipe)
