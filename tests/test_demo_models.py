@@ -124,6 +124,12 @@ def test_intent_real_digit_string(intent: tuple[Encoder, IntentDecoder]) -> None
     assert _classify(intent, AUDIO / "digits_tidigits_2934z.wav") == ("digits", "none")
 
 
+def test_intent_real_command(intent: tuple[Encoder, IntentDecoder]) -> None:
+    """The one real command recording inside the grammar: a human voice, not FSDD or a
+    synthesizer. The shipped model gets it with 0.85 and 0.98 through the daemon's path."""
+    assert _classify(intent, AUDIO / "cmd_living_room_light.wav") == ("lights_on", "living_room")
+
+
 async def test_daemon_serves_the_default_bundles_to_a_websocket_client() -> None:
     """As `streamer serve` with no --model: a real client streams a real digit string; its
     utterance carries the beam search's transcript (words the grammar knows) and the digits
