@@ -268,16 +268,9 @@ def test_intent_training_keeps_the_teacher_checkpoint(tmp_path: Path) -> None:
     drawn: list[tuple[bool, str]] = []
 
     class Recording(data.Mixture):
-        def draw(
-            self,
-            rng: np.random.Generator,
-            *,
-            short: bool = False,
-            digits: bool = False,
-            piper: bool = True,
-        ) -> data.Utterance:
-            utt = super().draw(rng, short=short, digits=digits, piper=piper)
-            drawn.append((piper, utt.source))
+        def draw(self, rng: np.random.Generator, **phase: bool) -> data.Utterance:
+            utt = super().draw(rng, **phase)
+            drawn.append((phase["piper"], utt.source))
             return utt
 
     mix = Recording(corpus("espeak:en-us"), [], [], p_fsdd=0.0, piper_corpus=voice, p_piper=1.0)
