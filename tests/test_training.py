@@ -302,3 +302,35 @@ def test_intent_training_keeps_the_teacher_checkpoint(tmp_path: Path) -> None:
     assert after == {piper.VOICE_NAME}
     (tmp_path / train_intent.TEACHER).unlink()
     assert train_intent.teacher_checkpoint(tmp_path) == tmp_path / "checkpoint.pt"
+
+
+def test_train_demo_reports_a_missing_tool_in_one_line(tmp_path: Path) -> None:
+    """No espeak-ng on PATH (or no Piper voice): one line naming what to install, exit 1, no
+    traceback and no half-written corpus."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(repo / "bin" / "train_demo"),
+            "--stage",
+            "data",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": str(tmp_path), "HOME": str(tmp_path)},
+        check=False,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("train_demo: "), proc.stderr
+    assert "espeak-ng" in lines[0] or "Piper voice" in lines[0], lines
+    assert not list(tmp_path.glob("data/*.npz"))

@@ -79,7 +79,14 @@ def stage_data(paths: Paths) -> None:
     """Synthesize the corpora: espeak-ng training, held-out voices, dev; the Piper voice's.
 
     Each is skipped when present.
+
+    Raises:
+        SynthError: espeak-ng or the Piper voice is missing (checked before any synthesis).
     """
+    if not paths.piper_train.exists():
+        from streamer.training import piper
+
+        piper.PiperVoice.bundled()  # fail now, not after minutes of espeak-ng
     for path, n, heldout, seed in (
         (paths.synth_train, N_SYNTH_TRAIN, False, SYNTH_TRAIN_SEED),
         (paths.synth_test, N_SYNTH_TEST, True, SYNTH_TEST_SEED),
