@@ -119,27 +119,29 @@ def test_frame_kl_is_zero_for_the_teacher_and_ignores_padding() -> None:
     assert float(loop.frame_kl(student, teacher, frames, 2.0)) > 0.01
 
 
-def test_intent_schedule_restarts_twice_and_keeps_the_cycles_before_each_restart() -> None:
-    """Three cosine cycles; cutting the run at a restart leaves the earlier cycles as they were."""
+def test_intent_schedule_restarts_three_times_and_keeps_the_cycles_before_each_restart() -> None:
+    """Four cosine cycles; cutting the run at a restart leaves the earlier cycles as they were
+    (so the teacher at ``piper_from`` is the model of a run that stopped there)."""
     recipe = train_intent.IntentRecipe()
-    assert (recipe.steps, recipe.restarts) == (9600, (3800, 6800))
-    r1, r2 = recipe.restarts
+    assert (recipe.steps, recipe.restarts) == (10800, (3800, 6800, 9600))
+    r1, r2, r3 = recipe.restarts
     first = [
         loop.lr_at(s, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=r1) for s in range(r1)
     ]
     assert [loop.lr_cycles(recipe, s) for s in range(r1)] == first
     assert loop.lr_cycles(recipe, r1 - 1) == pytest.approx(0.05 * recipe.peak_lr, rel=1e-3)
-    for start, end in ((r1, r2), (r2, recipe.steps)):
+    for start, end in ((r1, r2), (r2, r3), (r3, recipe.steps)):
         warm = start + recipe.restart_warmup_steps
         assert loop.lr_cycles(recipe, start) < loop.lr_cycles(recipe, warm - 1)
         assert loop.lr_cycles(recipe, warm) == pytest.approx(recipe.restart_peak_lr)
         assert loop.lr_cycles(recipe, end - 1) == pytest.approx(
             0.05 * recipe.restart_peak_lr, rel=1e-3
         )
-    two = train_intent.IntentRecipe(steps=r2)  # cut at the second restart: two cycles
-    assert [loop.lr_cycles(two, s) for s in range(r2)] == [
-        loop.lr_cycles(recipe, s) for s in range(r2)
-    ]
+    for cut in (r2, r3):
+        shorter = train_intent.IntentRecipe(steps=cut)
+        assert [loop.lr_cycles(shorter, s) for s in range(cut)] == [
+            loop.lr_cycles(recipe, s) for s in range(cut)
+        ]
     single = train_intent.IntentRecipe(steps=1000)
     assert loop.lr_cycles(single, 999) == pytest.approx(0.05 * single.peak_lr, rel=1e-3)
 
