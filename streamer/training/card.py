@@ -192,8 +192,9 @@ def _rotation_lines(rotations: dict[str, dict[str, Any]], chosen: str) -> list[s
         "Rotation runs (`bin/train_demo --heldout-speaker S --work-dir DIR --stage ctc --stage"
         " export --stage lm --stage evaluate`, DIR holding a copy of this run's `intent/`) retrain"
         " SEW-D and re-tune the LM weights with speaker S left out of its data, same recipe and"
-        " seed. They distil from this run's intent model, which did hear S's training recordings"
-        " (SEW-D never hears them): a full rotation would retrain the intent model as well.",
+        " seed. They distil from this run's teacher (the intent model's `teacher.pt`), which did"
+        " hear S's training recordings (SEW-D never hears them): a full rotation would retrain"
+        " the intent model as well.",
     ]
 
 
