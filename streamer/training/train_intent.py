@@ -346,9 +346,11 @@ def train(
             }
             curve.evals.append(row)
             log.info("eval %s", row)
+        if step == recipe.piper_from:
+            # before checkpoint.pt: a run stopped between the two resumes before this step and
+            # writes the teacher again, rather than past it with no teacher
+            loop.save_checkpoint(work_dir / TEACHER, model=model, optimizer=optimizer, step=step)
         if step % recipe.checkpoint_every == 0 or step == recipe.steps:
             loop.save_checkpoint(ckpt, model=model, optimizer=optimizer, step=step)
             curve.save(curve_path)
-        if step == recipe.piper_from:
-            loop.save_checkpoint(work_dir / TEACHER, model=model, optimizer=optimizer, step=step)
     return save_from_checkpoint(work_dir, recipe)
