@@ -60,6 +60,7 @@ def build_services(config: Config, models: dict[str, Path]) -> Services:
             ctc=cast(CtcKind, config.decoder.ctc),
             beam_width=config.decoder.beam_width,
             beam_token_min_logp=config.decoder.beam_token_min_logp,
+            grammars=config.decoder.grammars,
         )
         for name, enc in encoders.items()
     }

@@ -137,6 +137,9 @@ class DecoderConfig:
     """Hypotheses the CTC beam search keeps per frame."""
     beam_token_min_logp: float = -8.0
     """The beam search skips characters below this log-probability in a frame."""
+    grammars: bool = True
+    """Hold a ctc bundle's transcript to the word list it ships for the utterance's intent (as
+    said by a classify bundle served beside it); false: always the free search."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.abstain_below <= 1.0:

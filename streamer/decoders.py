@@ -31,6 +31,7 @@ import numpy.typing as npt
 from streamer.errors import ConfigError, ModelError
 from streamer.manifest import Manifest
 from streamer.protocol import Alternative, Intent, Transcript, Word
+from streamer.wordloop import WordLoop
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,28 @@ def _softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     e: npt.NDArray[np.float64] = np.exp(logits - logits.max(axis=-1, keepdims=True))
     probs: npt.NDArray[np.float64] = e / e.sum(axis=-1, keepdims=True)
     return probs
+
+
+def _word_loops(manifest: Manifest) -> dict[str, WordLoop]:
+    """A ctc bundle's grammars, by intent."""
+    if manifest.vocab is None or manifest.blank_id is None:
+        raise ModelError("CTC decoding needs a vocab and blank_id")
+    return {
+        g.intent: WordLoop(
+            g.words,
+            manifest.vocab,
+            blank_id=manifest.blank_id,
+            delimiter=manifest.word_delimiter or "",
+            word_penalty=g.word_penalty,
+        )
+        for g in manifest.grammars
+    }
+
+
+def _log_softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    out: npt.NDArray[np.float64] = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return out
 
 
 def _need_output(manifest: Manifest, name: str) -> int | str | None:
@@ -125,10 +148,24 @@ class CtcGreedyDecoder:
             ModelError: the shape, dtype or values are wrong.
         """
         x = _array(logits, "ctc logits", (None, self.n_vocab))
-        if not len(x):
+        return self.read_path(x, x.argmax(axis=1), offset_ms=offset_ms)
+
+    def read_path(
+        self,
+        logits: npt.NDArray[np.float64],
+        ids: npt.NDArray[np.int64],
+        *,
+        offset_ms: float = 0.0,
+    ) -> Transcript:
+        """Read the transcript of one token per frame (``ids``) out of checked ``logits``.
+
+        The greedy path is the arg-max; a constrained search (:mod:`streamer.wordloop`) passes
+        its own. A word's confidence is the mean softmax probability of the path's token over
+        its frames (the top probability, for the greedy path).
+        """
+        if not len(ids):
             return Transcript(text="")
-        ids = x.argmax(axis=1)
-        p_top = 1.0 / np.exp(x - x.max(axis=1, keepdims=True)).sum(axis=1)
+        p_top = _softmax(logits)[np.arange(len(ids)), ids]
         cuts = (np.flatnonzero(np.diff(ids)) + 1).tolist()
         words: list[Word] = []
         parts: list[str] = []
@@ -517,6 +554,7 @@ class OutputDecoder:
         ctc: CtcKind = "auto",
         beam_width: int = 64,
         beam_token_min_logp: float = -8.0,
+        grammars: bool = True,
     ) -> None:
         """Check the manifest and build the task's decoder.
 
@@ -525,7 +563,9 @@ class OutputDecoder:
         ``bundle_dir``) when it ships one, falling back to greedy with a logged reason when the
         beam search library cannot load here, else greedy; ``"beam"`` insists on beam search
         (with the LM if there is one); ``"greedy"`` never searches. :attr:`ctc_search` says
-        which one was built and why.
+        which one was built and why. With ``grammars`` a ctc bundle's grammars (manifest) are
+        built, and :meth:`decode` holds an utterance to the one for its intent; the searched
+        intents are named at the end of :attr:`ctc_search`.
 
         Raises:
             ModelError: the manifest's outputs do not fit its task, the bundle's LM file is
@@ -535,6 +575,8 @@ class OutputDecoder:
         self.task = manifest.task
         self.ctc: CtcGreedyDecoder | CtcBeamDecoder | None = None
         self.ctc_search = ""
+        self.grammars: dict[str, WordLoop] = {}
+        self._reader: CtcGreedyDecoder | None = None
         if manifest.task == "ctc":
             self.ctc, self.ctc_search = _ctc_decoder(
                 manifest,
@@ -543,6 +585,12 @@ class OutputDecoder:
                 beam_width=beam_width,
                 token_min_logp=beam_token_min_logp,
             )
+            self._reader = CtcGreedyDecoder(manifest)
+            self.grammars = _word_loops(manifest) if grammars else {}
+            if self.grammars:
+                self.ctc_search += (
+                    f"; held to a word list when the intent is {' or '.join(self.grammars)}"
+                )
         self.intent = (
             IntentDecoder(manifest, abstain_below=abstain_below, n_best=n_best)
             if manifest.task == "classify"
@@ -562,6 +610,7 @@ class OutputDecoder:
         *,
         offset_ms: float = 0.0,
         want_embedding: bool = False,
+        intent: Intent | None = None,
     ) -> Decoded:
         """Decode one utterance's outputs (see the module docstring for their shapes).
 
@@ -569,6 +618,8 @@ class OutputDecoder:
             outputs: output name -> array for this utterance.
             offset_ms: stream time of the utterance's first input sample (CTC word times).
             want_embedding: also return the embedding, if the bundle has one.
+            intent: what a classify bundle said about the same utterance; a ctc bundle with a
+                grammar for it (and the intent not abstained) searches only that grammar.
 
         Raises:
             ModelError: an output is missing or malformed.
@@ -576,7 +627,7 @@ class OutputDecoder:
         result = Decoded()
         if self.ctc is not None:
             result = Decoded(
-                transcript=self.ctc.decode(_get(outputs, "logits"), offset_ms=offset_ms)
+                transcript=self.transcribe(_get(outputs, "logits"), offset_ms, intent=intent)
             )
         elif self.intent is not None:
             found = self.intent.decode(outputs)
@@ -591,3 +642,27 @@ class OutputDecoder:
             )
             result = Decoded(result.transcript, result.intent, result.labels, result.value, vector)
         return result
+
+    def grammar_for(self, intent: Intent | None) -> str | None:
+        """The intent whose grammar decodes an utterance with ``intent``, or None (free search)."""
+        if intent is None or intent.abstain or intent.name not in self.grammars:
+            return None
+        return intent.name
+
+    def transcribe(
+        self, logits: npt.ArrayLike, offset_ms: float, *, intent: Intent | None = None
+    ) -> Transcript:
+        """A ctc bundle's transcript: the intent's grammar when it has one, else the free search.
+
+        Raises:
+            ModelError: this is not a ctc bundle, or ``logits`` is malformed.
+        """
+        if self.ctc is None or self._reader is None:
+            raise ModelError(f"a {self.task} bundle has no transcript")
+        name = self.grammar_for(intent)
+        if name is None:
+            return self.ctc.decode(logits, offset_ms=offset_ms)
+        x = _array(logits, "ctc logits", (None, self._reader.n_vocab))
+        path = self.grammars[name].best_path(_log_softmax(x))
+        found = self._reader.read_path(x, path, offset_ms=offset_ms)
+        return Transcript(text=found.text, words=found.words, grammar=name)

@@ -19,6 +19,11 @@ Schema (``format_version`` 1), see also README "Bundle manifest":
   beam search, ``{"file": name in the bundle folder (ARPA), "alpha": LM weight, "beta": word
   insertion bonus, "unk_score_offset": score of a word the LM does not know}``; ``null`` or
   absent when there is none (greedy decoding).
+- ``grammars``: ctc only, optional: word lists the transcript is held to when a classify bundle
+  served beside this one gives the utterance an intent, ``[{"intent": label, "words": [word,
+  ...], "word_penalty": log score subtracted per word}]``. An utterance whose intent (not
+  abstained) has a grammar is decoded as any sequence of its words (:mod:`streamer.wordloop`)
+  instead of by the free search. Absent or empty: no grammars.
 - ``labels``: classify only; a list of label names, or a list of such lists (multi-label: one
   per output, in output order).
 - ``embedding_dim``: size of the ``embedding`` output when the graph has one (embed task, SEGUE).
@@ -89,6 +94,15 @@ class LanguageModel:
 
 
 @dataclass(frozen=True)
+class IntentGrammar:
+    """The words an utterance with ``intent`` may contain (a word loop over them)."""
+
+    intent: str
+    words: tuple[str, ...]
+    word_penalty: float = 0.0
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated bundle manifest; see the module docstring for each field's meaning."""
 
@@ -107,6 +121,7 @@ class Manifest:
     blank_id: int | None = None
     word_delimiter: str | None = None
     lm: LanguageModel | None = None
+    grammars: tuple[IntentGrammar, ...] = ()
     labels: tuple[str, ...] | tuple[tuple[str, ...], ...] | None = None
     embedding_dim: int | None = None
     format_version: int = FORMAT_VERSION
@@ -138,6 +153,7 @@ class Manifest:
         d = {"format_version": d.pop("format_version"), **d}
         for key in ("inputs", "outputs"):
             d[key] = [{**t, "shape": list(t["shape"])} for t in d[key]]
+        d["grammars"] = [{**g, "words": list(g["words"])} for g in d["grammars"]]
         return d
 
     def write(self, bundle_dir: Path) -> Path:
@@ -169,6 +185,9 @@ class Manifest:
             parity = d.get("parity")
             vocab = d.get("vocab")
             lm = d.get("lm")
+            grammars = d.get("grammars") or []
+            if not isinstance(grammars, list):
+                raise ManifestError("grammars must be a list")
             return cls(
                 format_version=version,
                 arch=str(d["arch"]),
@@ -190,6 +209,14 @@ class Manifest:
                     alpha=float(lm["alpha"]),
                     beta=float(lm["beta"]),
                     unk_score_offset=float(lm.get("unk_score_offset", -10.0)),
+                ),
+                grammars=tuple(
+                    IntentGrammar(
+                        intent=str(g["intent"]),
+                        words=tuple(str(w) for w in g["words"]),
+                        word_penalty=float(g.get("word_penalty", 0.0)),
+                    )
+                    for g in grammars
                 ),
                 labels=labels,
                 embedding_dim=d.get("embedding_dim"),
@@ -282,6 +309,8 @@ def _validate(m: Manifest) -> None:
             raise ManifestError("lm.alpha, lm.beta and lm.unk_score_offset must be finite")
         if m.lm.alpha < 0:
             raise ManifestError(f"lm.alpha must be >= 0, got {m.lm.alpha}")
+    if m.grammars:
+        _validate_grammars(m)
     if m.task == "classify":
         if not m.labels:
             raise ManifestError("a classify bundle needs labels")
@@ -289,3 +318,26 @@ def _validate(m: Manifest) -> None:
             raise ManifestError("a multi-label bundle needs one output per label set")
     if m.embedding_dim is not None and m.embedding_dim <= 0:
         raise ManifestError("embedding_dim must be positive")
+
+
+def _validate_grammars(m: Manifest) -> None:
+    if m.task != "ctc":
+        raise ManifestError(f"only a ctc bundle can carry grammars, not a {m.task} bundle")
+    if not m.word_delimiter or m.vocab is None or m.word_delimiter not in m.vocab:
+        raise ManifestError("grammars need a word_delimiter that is in the vocab")
+    seen: set[str] = set()
+    for g in m.grammars:
+        if not g.intent or g.intent in seen:
+            raise ManifestError(f"grammar intent {g.intent!r} is empty or repeated")
+        seen.add(g.intent)
+        if not g.words:
+            raise ManifestError(f"the grammar of {g.intent!r} has no words")
+        for word in g.words:
+            missing = sorted({ch for ch in word if ch not in m.vocab})
+            if not word or missing:
+                raise ManifestError(
+                    f"grammar word {word!r} of {g.intent!r} cannot be spelled with the vocab"
+                    + (f" (no {', '.join(map(repr, missing))})" if missing else "")
+                )
+        if not math.isfinite(g.word_penalty):
+            raise ManifestError(f"the word_penalty of grammar {g.intent!r} must be finite")

@@ -228,14 +228,26 @@ class StreamPipeline:
         offset_ms = self._ms(utt.audio_start_sample)
 
         def decode_all() -> Decoded:
+            rows = {
+                name: {key: value[0] for key, value in result.outputs.items()}
+                for name, result in zip(self.models, results, strict=True)
+            }
+            # Classifiers first: a ctc bundle may hold its search to the grammar of the intent.
+            parts: dict[str, Decoded] = {}
+            for want_ctc in (False, True):
+                intent = next((p.intent for p in parts.values() if p.intent), None)
+                for name in self.models:
+                    decoder = self.services.decoders[name]
+                    if (decoder.ctc is not None) == want_ctc:
+                        parts[name] = decoder.decode(
+                            rows[name],
+                            offset_ms=offset_ms,
+                            want_embedding=self.want_embedding,
+                            intent=intent,
+                        )
             decoded = Decoded()
-            for name, result in zip(self.models, results, strict=True):
-                row = {key: value[0] for key, value in result.outputs.items()}
-                decoded = decoded.merge(
-                    self.services.decoders[name].decode(
-                        row, offset_ms=offset_ms, want_embedding=self.want_embedding
-                    )
-                )
+            for name in self.models:
+                decoded = decoded.merge(parts[name])
             return decoded
 
         decode_start = time.perf_counter()

@@ -245,10 +245,15 @@ class Word:
 
 @dataclass(frozen=True)
 class Transcript:
-    """A CTC transcript: lower-case text and its words."""
+    """A CTC transcript: lower-case text and its words.
+
+    ``grammar`` names the intent whose word list held the search (the bundle's grammar for the
+    utterance's intent); None when the search was free.
+    """
 
     text: str
     words: tuple[Word, ...] = ()
+    grammar: str | None = None
 
 
 class Alternative(typing.NamedTuple):

@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 EXPORTED = REPO / "exported"
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
 pytestmark = pytest.mark.skipif(not AUDIO.is_dir(), reason="shared test audio not present")
 
 
@@ -85,12 +87,11 @@ def test_ctc_beam_search_with_the_grammar_lm_reads_fsdd_digits(
     encoder, greedy = ctc
     beam = OutputDecoder(encoder.manifest, bundle_dir=EXPORTED / "commands-ctc")
     assert beam.ctc_search.startswith("beam search with lm.arpa")
-    digits = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
     files = sorted((AUDIO / "fsdd").glob("*.wav"))
     right = {"beam": 0, "greedy": 0}
     for path in files:
         logits = encoder.run(_load(path))["logits"][0]
-        want = digits[int(path.name.split("_")[0])]
+        want = DIGITS[int(path.name.split("_")[0])]
         found = beam.decode({"logits": logits}).transcript
         right["beam"] += found is not None and found.text == want
         right["greedy"] += greedy.decode(logits).text == want
@@ -131,11 +132,12 @@ def test_intent_real_command(intent: tuple[Encoder, IntentDecoder]) -> None:
 
 
 async def test_daemon_serves_the_default_bundles_to_a_websocket_client() -> None:
-    """As `streamer serve` with no --model: a real client streams a real digit string; its
-    utterance carries the beam search's transcript (words the grammar knows) and the digits
-    intent, and /readyz names the search."""
+    """As `streamer serve` with no --model: a real client streams a real digit string and a real
+    command; the digit string's transcript is held to the digits word list (the intent model
+    is decoded first, though listed second), the command's is the beam search's (words the LM
+    knows), and /readyz names the search."""
     models = resolve_models([], models_dir=EXPORTED)
-    assert set(models) == {"commands-ctc", "commands-intent"}
+    assert list(models) == ["commands-ctc", "commands-intent"]
     lm_words = {
         line.split("\t")[1]
         for line in (EXPORTED / "commands-ctc" / "lm.arpa").read_text().splitlines()
@@ -146,18 +148,45 @@ async def test_daemon_serves_the_default_bundles_to_a_websocket_client() -> None
         assert status == 200
         decoders = {m["name"]: m["decoder"] for m in json.loads(body)["models"]}
         assert decoders["commands-ctc"].startswith("beam search with lm.arpa")
+        assert decoders["commands-ctc"].endswith("held to a word list when the intent is digits")
         assert decoders["commands-intent"] is None
+        async with connect(f"{daemon.url}/v1/stream") as ws:
+            await ws.send(start_msg())
+            silence = np.zeros(16000, np.float32)
+            audio = [
+                speech("digits_tidigits_2934z.wav"),
+                silence,
+                speech("cmd_living_room_light.wav"),
+            ]
+            await send_audio(ws, np.concatenate(audio))
+            await ws.send(json.dumps({"type": "end"}))
+            events = await collect(ws)
+    digits, command = [e for e in events if e["type"] == "utterance"]
+    assert digits["intent"]["name"] == "digits"
+    assert digits["transcript"]["grammar"] == "digits"
+    assert digits["transcript"]["text"].split()
+    assert set(digits["transcript"]["text"].split()) <= {*DIGITS, "oh"}
+    assert digits["latency_ms"]["decode"] >= 0
+    assert command["intent"]["name"] == "lights_on"
+    assert "grammar" not in command["transcript"]
+    assert set(command["transcript"]["text"].split()) <= lm_words
+
+
+async def test_decoder_grammars_off_gives_the_free_search() -> None:
+    """`decoder.grammars = false`: the digit string's transcript is the free search's again."""
+    models = resolve_models([], models_dir=EXPORTED)
+    async with running(config(decoder={"grammars": False}), models) as daemon:
+        _, _, body = await http_get(daemon.port, "/readyz")
+        decoders = {m["name"]: m["decoder"] for m in json.loads(body)["models"]}
+        assert "word list" not in decoders["commands-ctc"]
         async with connect(f"{daemon.url}/v1/stream") as ws:
             await ws.send(start_msg())
             await send_audio(ws, speech("digits_tidigits_2934z.wav"))
             await ws.send(json.dumps({"type": "end"}))
             events = await collect(ws)
     (utterance,) = [e for e in events if e["type"] == "utterance"]
-    words = utterance["transcript"]["text"].split()
-    assert words
-    assert set(words) <= lm_words
     assert utterance["intent"]["name"] == "digits"
-    assert utterance["latency_ms"]["decode"] >= 0
+    assert "grammar" not in utterance["transcript"]
 
 
 @pytest.mark.parametrize("name", ["commands-ctc", "commands-intent"])

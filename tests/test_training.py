@@ -7,6 +7,7 @@ seed, the frame count formula matches the real conv stack, and the distillation 
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from streamer.training import (
     augment,
     card,
     data,
+    evaluate,
     grammar,
     loop,
     piper,
@@ -24,6 +26,8 @@ from streamer.training import (
     train_ctc,
     train_intent,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_grammar_sentences_are_transcripts_with_known_labels() -> None:
@@ -336,3 +340,29 @@ def test_train_demo_reports_a_missing_tool_in_one_line(tmp_path: Path) -> None:
     assert lines[0].startswith("train_demo: "), proc.stderr
     assert "espeak-ng" in lines[0] or "Piper voice" in lines[0], lines
     assert not list(tmp_path.glob("data/*.npz"))
+
+
+@pytest.mark.skipif(
+    not (REPO.parent / "shared" / "audio").is_dir(), reason="shared test audio not present"
+)
+def test_evaluation_holds_digits_to_the_word_list_as_the_daemon_does() -> None:
+    """Given the intent model's labels, the daemon's transcripts of the shipped commands-ctc are
+    held to its digits word list (digit words only); without labels they are the free search."""
+    bundle_dir = REPO / "exported" / "commands-ctc"
+    bundle = evaluate.Bundle(bundle_dir)
+    files = sorted((REPO.parent / "shared" / "audio" / "fsdd").glob("*_lucas_*.wav"))[:6]
+    items = [(evaluate.load_audio(f), grammar.DIGIT_WORDS[int(f.name[0])]) for f in files]
+    held = evaluate.evaluate_ctc(bundle, {"d": items}, [], {"d": ["digits"] * len(items)})
+    free = evaluate.evaluate_ctc(bundle, {"d": items}, [])
+    for example in held["sets"]["d"]["examples"]:
+        assert example["hyp"].split(), example
+        assert set(example["hyp"].split()) <= {*grammar.DIGIT_WORDS, "oh"}, example
+    assert [e["free"] for e in held["sets"]["d"]["examples"]] == [
+        e["hyp"] for e in free["sets"]["d"]["examples"]
+    ]
+    assert free["sets"]["d"]["changed_by_grammar"] == 0
+    assert card._grammar_lines({"grammars": []}, held) == []
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    lines = card._grammar_lines(manifest, held)
+    assert lines[0] == "## Word list for digits"
+    assert f"d {held['sets']['d']['changed_by_grammar']} of 6." in lines[-2]

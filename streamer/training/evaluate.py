@@ -81,13 +81,22 @@ def load_audio(path: Path) -> np.ndarray:
     return np.asarray(mono, dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class Transcripts:
+    """One utterance's transcripts: the daemon's, the free search's, greedy decoding's."""
+
+    daemon: str
+    free: str
+    greedy: str
+
+
 class Bundle:
     """An exported bundle run with onnxruntime on the CPU."""
 
     def __init__(self, bundle_dir: Path, *, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        from streamer.decoders import CtcBeamDecoder, CtcGreedyDecoder
+        from streamer.decoders import CtcBeamDecoder, CtcGreedyDecoder, OutputDecoder
         from streamer.manifest import load_manifest
 
         self.manifest = load_manifest(bundle_dir)
@@ -104,8 +113,14 @@ class Bundle:
         self.beam = (
             CtcBeamDecoder(self.manifest, lm_path=bundle_dir / lm.file) if lm is not None else None
         )
+        self.held = (
+            OutputDecoder(self.manifest, bundle_dir=bundle_dir, ctc="greedy") if is_ctc else None
+        )
+        """Reads the grammar-held transcripts (its free search is never used)."""
         self.beam_s: list[float] = []
         """Seconds of each beam search so far."""
+        self.loop_s: list[float] = []
+        """Seconds of each word-list search so far."""
 
     def run(self, audio: np.ndarray) -> list[np.ndarray]:
         """Run one utterance (padded with zeros up to ``min_samples``); return every output."""
@@ -114,21 +129,30 @@ class Bundle:
         out: list[np.ndarray] = self.session.run(None, {"input_values": audio[None, :]})
         return out
 
-    def transcribe(self, audio: np.ndarray) -> tuple[str, str]:
-        """CTC transcripts (ctc bundles): the daemon's, then the greedy one.
+    def transcribe(self, audio: np.ndarray, *, intent: str | None = None) -> Transcripts:
+        """CTC transcripts (ctc bundles) of one utterance whose intent is ``intent``.
 
-        The daemon's is beam search with the bundle's LM when it ships one, else greedy.
+        The free search is beam search with the bundle's LM when it ships one, else greedy.
+        The daemon's transcript is the free one unless the bundle has a grammar for ``intent``.
         """
-        if self.greedy is None:
+        from streamer.protocol import Intent
+
+        if self.greedy is None or self.held is None:
             raise ValueError(f"transcribe needs a ctc bundle, not {self.manifest.task}")
         logits = self.run(audio)[0][0]
         greedy = self.greedy.decode(logits).text
-        if self.beam is None:
-            return greedy, greedy
+        free = greedy
+        if self.beam is not None:
+            start = time.perf_counter()
+            free = self.beam.decode(logits).text
+            self.beam_s.append(time.perf_counter() - start)
+        label = None if intent is None else Intent(intent, 1.0)
+        if self.held.grammar_for(label) is None:
+            return Transcripts(free, free, greedy)
         start = time.perf_counter()
-        text = self.beam.decode(logits).text
-        self.beam_s.append(time.perf_counter() - start)
-        return text, greedy
+        held = self.held.transcribe(logits, 0.0, intent=label).text
+        self.loop_s.append(time.perf_counter() - start)
+        return Transcripts(held, free, greedy)
 
     def classify(self, audio: np.ndarray) -> tuple[str, ...]:
         """Arg-max label per label set (classify bundles)."""
@@ -165,41 +189,62 @@ def evaluate_ctc(
     bundle: Bundle,
     sets: dict[str, list[tuple[np.ndarray, str]]],
     real: list[tuple[str, np.ndarray, str]],
+    intents: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """WER / exact match per set, and each real recording's transcript."""
+    """WER / exact match per set, and each real recording's transcript.
+
+    ``intents`` holds the intent model's label for each item of each set (and, under
+    ``"real"``, of each recording), as the daemon would pass it: the daemon's transcript is held
+    to the bundle's grammar for that intent. ``wer_free``/``exact_free`` are the free search.
+    """
+    intents = intents or {}
     result: dict[str, Any] = {"sets": {}, "real": []}
     for name, items in sets.items():
         bundle.beam_s.clear()
-        both = [bundle.transcribe(a) for a, _ in items]
+        if name == "fsdd_heldout_strings":
+            bundle.loop_s.clear()
+        labels: list[str | None] = [*intents.get(name, [None] * len(items))]
+        found = [bundle.transcribe(a, intent=i) for (a, _), i in zip(items, labels, strict=True)]
         if name == "synth_heldout_voices" and bundle.beam is not None:
             result["beam_width"] = bundle.beam.beam_width
             result["synth_mean_s"] = float(np.mean([len(a) for a, _ in items])) / SAMPLE_RATE_HZ
             result["beam_ms_median"] = 1000 * float(np.median(bundle.beam_s))
             result["beam_ms_p95"] = 1000 * float(np.percentile(bundle.beam_s, 95))
-        hyps = [h for h, _ in both]
-        greedy = [g for _, g in both]
+        if name == "fsdd_heldout_strings" and bundle.loop_s:
+            result["word_list_ms_median"] = 1000 * float(np.median(bundle.loop_s))
+            result["word_list_ms_p95"] = 1000 * float(np.percentile(bundle.loop_s, 95))
+        hyps = [t.daemon for t in found]
+        free = [t.free for t in found]
+        greedy = [t.greedy for t in found]
         refs = [t for _, t in items]
         result["sets"][name] = {
             "n": len(items),
             "wer": word_error_rate(refs, hyps),
             "exact": _exact(refs, hyps),
+            "wer_free": word_error_rate(refs, free),
+            "exact_free": _exact(refs, free),
             "wer_greedy": word_error_rate(refs, greedy),
             "exact_greedy": _exact(refs, greedy),
+            "changed_by_grammar": sum(h != f for h, f in zip(hyps, free, strict=True)),
             "examples": [
-                {"ref": r, "hyp": h, "greedy": g}
-                for r, h, g in list(zip(refs, hyps, greedy, strict=True))[:6]
+                {"ref": r, "hyp": h, "free": f, "greedy": g}
+                for r, h, f, g in list(zip(refs, hyps, free, greedy, strict=True))[:6]
             ],
         }
-    for file, audio, ref in real:
-        hyp, greedy_hyp = bundle.transcribe(audio)
+    real_labels: list[str | None] = [*intents.get("real", [None] * len(real))]
+    for (file, audio, ref), label in zip(real, real_labels, strict=True):
+        t = bundle.transcribe(audio, intent=label)
         result["real"].append(
             {
                 "file": file,
                 "ref": ref,
-                "hyp": hyp,
-                "wer": word_error_rate([ref], [hyp]),
-                "greedy": greedy_hyp,
-                "wer_greedy": word_error_rate([ref], [greedy_hyp]),
+                "intent": label,
+                "hyp": t.daemon,
+                "wer": word_error_rate([ref], [t.daemon]),
+                "free": t.free,
+                "wer_free": word_error_rate([ref], [t.free]),
+                "greedy": t.greedy,
+                "wer_greedy": word_error_rate([ref], [t.greedy]),
             }
         )
     return result

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from streamer.manifest import IntentGrammar
 from streamer.training import augment, data, evaluate
 
 log = logging.getLogger(__name__)
@@ -297,9 +298,19 @@ def stage_lm(paths: Paths) -> None:
                 )
         best = min(grid, key=lambda g: g["wer"])
         lm_weights = LanguageModel(file=LM_NAME, alpha=best["alpha"], beta=best["beta"])
-        dataclasses.replace(attached, lm=lm_weights).write(bundle_dir)
+        dataclasses.replace(attached, lm=lm_weights, grammars=grammars()).write(bundle_dir)
         tuning[variant] = {"grid": grid, "chosen": best}
     (paths.work_dir / "lm_tuning.json").write_text(json.dumps(tuning, indent=1))
+
+
+def grammars() -> tuple[IntentGrammar, ...]:
+    """The ctc bundle's grammars: what the intent model calls ``digits`` is read as digit words.
+
+    "oh" included; a "the number is" before the digits is not kept.
+    """
+    from streamer.training.grammar import DIGIT_WORDS
+
+    return (IntentGrammar("digits", (*DIGIT_WORDS, "oh")),)
 
 
 def _relative(path: Path) -> Path:
@@ -350,13 +361,15 @@ def stage_evaluate(paths: Paths) -> None:
         **{k: [(a, "digits", "none") for a, _ in v] for k, v in digit_sets.items()},
     }
     results: dict[str, Any] = {}
-    for name in BUNDLE_NAMES:
+    intents: dict[str, list[str]] = {}
+    # The intent model first: the daemon holds a transcript to the grammar of its intent.
+    for name in sorted(BUNDLE_NAMES, key=lambda n: n == "commands-ctc"):
         results[name] = {}
         for variant in ("fp32", "int8"):
             bundle = evaluate.Bundle(paths.work_dir / "bundles" / f"{name}-{variant}")
             if name == "commands-ctc":
                 res = evaluate.evaluate_ctc(
-                    bundle, ctc_sets, [(c.file, a, c.transcript) for c, a in real]
+                    bundle, ctc_sets, [(c.file, a, c.transcript) for c, a in real], intents
                 )
             else:
                 res = evaluate.evaluate_intent(
@@ -373,6 +386,10 @@ def stage_evaluate(paths: Paths) -> None:
             log.info("%s %s: %s", name, variant, json.dumps(summary))
         results[name]["chosen"] = _choose(name, results[name])
         chosen_dir = paths.work_dir / "bundles" / f"{name}-{results[name]['chosen']}"
+        if name == "commands-intent":
+            chosen = evaluate.Bundle(chosen_dir)
+            intents = {k: [chosen.classify(a)[0] for a, _ in v] for k, v in ctc_sets.items()}
+            intents["real"] = [chosen.classify(a)[0] for _, a in real]
         dest = paths.exported_dir / name
         dest.mkdir(parents=True, exist_ok=True)
         for file in ("model.onnx", "manifest.json", "lm.arpa"):
