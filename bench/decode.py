@@ -1,12 +1,13 @@
-"""CTC decoding time of the shipped commands-ctc bundle: greedy against beam search with its LM.
+"""CTC decoding time of the shipped commands-ctc bundle: greedy, beam search with its LM, word list.
 
 Usage: ``.venv/bin/python bench/decode.py [--repeats 5] [--audio DIR]``
 
 Each clip of real speech (``../shared/audio``, plus that clip repeated to 30 s, the segmenter's
 longest utterance) runs through the encoder once; then the same logits are decoded by the
-daemon's own decoders (``streamer.decoders``): greedy, and the LM-fused beam search at the
-default width and at 16. Times are medians over ``--repeats``, in one process, one thread.
-Prints a Markdown table (time, and the transcripts beside the reference).
+daemon's own decoders (``streamer.decoders``): greedy, the LM-fused beam search at the default
+width and at 16, and the search held to the bundle's digits word list (what the daemon runs when
+the intent model says ``digits``). Times are medians over ``--repeats``, in one process, one
+thread. Prints a Markdown table (time, and the transcripts beside the reference).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streamer.config import EngineConfig  # noqa: E402
-from streamer.decoders import OutputDecoder  # noqa: E402
+from streamer.decoders import Decoded, OutputDecoder  # noqa: E402
 from streamer.engine import Encoder  # noqa: E402
+from streamer.protocol import Intent  # noqa: E402
 
 CLIPS = {
     "fsdd/7_lucas_0.wav": "seven",
@@ -64,10 +66,15 @@ def main() -> int:
     args = parser.parse_args()
     bundle = ROOT / "exported" / "commands-ctc"
     encoder = Encoder.load("ctc", bundle, config=EngineConfig(provider="cpu", intra_op_threads=1))
-    decoders = {
-        "greedy": OutputDecoder(encoder.manifest, bundle_dir=bundle, ctc="greedy"),
-        "beam 64 + LM": OutputDecoder(encoder.manifest, bundle_dir=bundle, beam_width=64),
-        "beam 16 + LM": OutputDecoder(encoder.manifest, bundle_dir=bundle, beam_width=16),
+    beam = OutputDecoder(encoder.manifest, bundle_dir=bundle, beam_width=64)
+    beam16 = OutputDecoder(encoder.manifest, bundle_dir=bundle, beam_width=16)
+    greedy = OutputDecoder(encoder.manifest, bundle_dir=bundle, ctc="greedy")
+    digits = Intent("digits", 1.0)
+    decoders: dict[str, Callable[[np.ndarray], Decoded]] = {
+        "greedy": lambda x: greedy.decode({"logits": x}),
+        "beam 64 + LM": lambda x: beam.decode({"logits": x}),
+        "beam 16 + LM": lambda x: beam16.decode({"logits": x}),
+        "digits word list": lambda x: beam.decode({"logits": x}, intent=digits),
     }
     print(f"| clip | audio s | {' | '.join(f'{name} ms' for name in decoders)} |")
     print("|---|---:|" + "---:|" * len(decoders))
@@ -83,11 +90,9 @@ def main() -> int:
             logits = encoder.run(audio)["logits"][0]
             row = {}
             for dec_name, dec in decoders.items():
-                row[dec_name] = _median_ms(
-                    lambda d=dec, x=logits: d.decode({"logits": x}), args.repeats
-                )
+                row[dec_name] = _median_ms(lambda d=dec, x=logits: d(x), args.repeats)
                 if audio is clip:
-                    found = dec.decode({"logits": logits}).transcript
+                    found = dec(logits).transcript
                     texts.append((name, dec_name, found.text if found else "", reference))
             seconds = len(audio) / encoder.manifest.sample_rate
             cells = " | ".join(f"{row[d]:.1f}" for d in decoders)
