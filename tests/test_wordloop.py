@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -15,7 +16,7 @@ from streamer.errors import ManifestError, ModelError
 from streamer.manifest import IntentGrammar, Manifest
 from streamer.protocol import Intent
 from streamer.wordloop import WordLoop
-from tests.test_decoders import VOCAB, _ctc, _frames, _manifest, _seq, _soft_frames
+from tests.test_decoders import VOCAB, _ctc, _frames, _seq, _soft_frames
 
 WORDS = ("ONE", "TWO", "THREE", "NINE")
 MS_PER_FRAME = 20.0
@@ -44,14 +45,7 @@ def _read(ids: npt.NDArray[np.int64]) -> str:
 
 def _grammar_manifest(**grammar: Any) -> Manifest:
     fields = {"intent": "digits", "words": WORDS, **grammar}
-    return _manifest(
-        "ctc",
-        {"logits": ("batch", "frames", len(VOCAB))},
-        vocab=VOCAB,
-        blank_id=0,
-        word_delimiter="|",
-        grammars=(IntentGrammar(**fields),),
-    )
+    return dataclasses.replace(_ctc(), grammars=(IntentGrammar(**fields),))
 
 
 # "TWE": the greedy path spells no word; the last frame's runner-up is "O".
