@@ -280,6 +280,31 @@ def test_lm_option_ships_the_lm_and_the_daemon_searches_with_it(
     assert found.text == " ".join(w.word for w in found.words)
 
 
+@export
+def test_word_list_option_ships_a_grammar_the_daemon_holds_the_intent_to(
+    tiny_ctc_checkpoint: Path, tmp_path: Path
+) -> None:
+    """--word-list writes the manifest's grammars; the runtime's decoder holds an utterance with
+    that intent to the words (even a random model's output), and any other to the free search."""
+    from streamer.decoders import OutputDecoder
+    from streamer.manifest import IntentGrammar
+    from streamer.protocol import Intent
+
+    out = exported(tiny_ctc_checkpoint, tmp_path / "b", "--word-list", "yesno=YES, NO")
+    m = load_manifest(out)
+    assert m.grammars == (IntentGrammar("yesno", ("YES", "NO")),)
+    decoder = OutputDecoder(m, bundle_dir=out)
+    (logits,) = run_ort(out, speechlike(16_000))
+    held = decoder.decode({"logits": logits[0]}, intent=Intent("yesno", 0.9)).transcript
+    assert held is not None
+    assert held.grammar == "yesno"
+    assert held.text.split()
+    assert set(held.text.split()) <= {"yes", "no"}
+    free = decoder.decode({"logits": logits[0]}, intent=Intent("other", 0.9)).transcript
+    assert free is not None
+    assert free.grammar is None
+
+
 # --- wav2vec 2.0 and SEW-D classification -----------------------------------------------------
 
 
@@ -487,6 +512,16 @@ BAD_INPUTS = {
     "lm on a classifier": (["{root}/classifier", "--lm", "{root}/lm.arpa"], "applies to ctc"),
     "lm not ARPA": (["{root}/ctc", "--lm", "{root}/a-file"], "not an ARPA file"),
     "lm missing": (["{root}/ctc", "--lm", "{root}/nowhere.arpa"], "cannot read it"),
+    "word list on a classifier": (
+        ["{root}/classifier", "--word-list", "digits=ONE"],
+        "--word-list applies to ctc exports",
+    ),
+    "word list malformed": (["{root}/ctc", "--word-list", "digits"], "expected INTENT=WORD"),
+    "word list unspellable": (["{root}/ctc", "--word-list", "digits=one"], "cannot be spelled"),
+    "word list intent twice": (
+        ["{root}/ctc", "--word-list", "d=ONE", "--word-list", "d=TWO"],
+        "names an intent twice",
+    ),
     "lm negative alpha": (
         ["{root}/ctc", "--lm", "{root}/lm.arpa", "--lm-alpha", "-1"],
         "--lm-alpha must be finite and >= 0",

@@ -19,7 +19,7 @@ from streamer.export.exporter import DEFAULT_OPSET, ExportOptions, export_bundle
 from streamer.export.labels import LABELS_HELP, parse_labels
 from streamer.export.progress import Progress
 from streamer.export.spec import SUPPORTED_CLASSES
-from streamer.manifest import MODEL_NAME, TASKS
+from streamer.manifest import MODEL_NAME, TASKS, IntentGrammar
 
 PROG = "export_onnx"
 
@@ -64,7 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lm-beta", type=float, default=1.5, help="bonus per word in the beam search (1.5)"
     )
+    parser.add_argument(
+        "--word-list",
+        action="append",
+        default=[],
+        metavar="INTENT=WORD,WORD,...",
+        help="ctc only, repeatable: when the intent model served beside it says INTENT, the"
+        " transcript is any sequence of these words (e.g. digits=zero,one,two)",
+    )
     return parser
+
+
+def parse_word_list(spec: str) -> IntentGrammar:
+    """``INTENT=WORD,WORD,...`` as a manifest grammar.
+
+    Raises:
+        ExportInputError: no ``=``, no intent name, or no words.
+    """
+    intent, sep, words = spec.partition("=")
+    listed = tuple(w.strip() for w in words.split(",") if w.strip())
+    if not sep or not intent.strip() or not listed:
+        raise ExportInputError(f"--word-list {spec!r}: expected INTENT=WORD,WORD,...")
+    return IntentGrammar(intent=intent.strip(), words=listed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lm=args.lm,
             lm_alpha=args.lm_alpha,
             lm_beta=args.lm_beta,
+            grammars=tuple(parse_word_list(spec) for spec in args.word_list),
         )
         manifest = export_bundle(options, progress=progress)
     except ExportInputError as exc:

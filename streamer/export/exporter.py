@@ -29,6 +29,7 @@ from streamer.export.spec import SEGUE, Plan, plan_export
 from streamer.manifest import (
     MANIFEST_NAME,
     MODEL_NAME,
+    IntentGrammar,
     LanguageModel,
     Manifest,
     Parity,
@@ -57,6 +58,7 @@ class ExportOptions:
     lm: Path | None = None
     lm_alpha: float = 0.5
     lm_beta: float = 1.5
+    grammars: tuple[IntentGrammar, ...] = ()
 
 
 LM_NAME = "lm.arpa"
@@ -87,6 +89,8 @@ def export_bundle(options: ExportOptions, *, progress: Progress) -> Manifest:
             manifest = attach_lm(
                 staging, manifest, options.lm, alpha=options.lm_alpha, beta=options.lm_beta
             )
+        if options.grammars:
+            manifest = dataclasses.replace(manifest, grammars=options.grammars)
         manifest.write(staging)
     return manifest
 
@@ -122,6 +126,8 @@ def prepare(options: ExportOptions, *, progress: Progress) -> _Prepared:
             progress.note("labels are generic LABEL_n names from config.json; --labels names them")
     if options.lm is not None:
         _check_lm(options.lm, options, task=plan.task)
+    if options.grammars:
+        _check_word_lists(options.grammars, vocab, task=plan.task)
     _check_out(options.out, force=options.force)
     return _Prepared(checkpoint, plan, vocab, labels)
 
@@ -150,6 +156,27 @@ def _check_lm(lm: Path, options: ExportOptions, *, task: str) -> None:
         raise ExportInputError(f"--lm-alpha must be finite and >= 0, got {options.lm_alpha}")
     if not math.isfinite(options.lm_beta):
         raise ExportInputError(f"--lm-beta must be finite, got {options.lm_beta}")
+
+
+def _check_word_lists(
+    grammars: tuple[IntentGrammar, ...], vocab: CtcVocab | None, *, task: str
+) -> None:
+    """Reject word lists for a non-ctc export, a repeated intent, or an unspellable word."""
+    if task != "ctc" or vocab is None:
+        raise ExportInputError(f"--word-list applies to ctc exports, not {task}")
+    if vocab.word_delimiter is None or vocab.word_delimiter not in vocab.tokens:
+        raise ExportInputError("--word-list needs a vocab with a word delimiter")
+    intents = [g.intent for g in grammars]
+    if len(set(intents)) != len(intents):
+        raise ExportInputError(f"--word-list names an intent twice: {', '.join(intents)}")
+    for g in grammars:
+        for word in g.words:
+            missing = sorted({ch for ch in word if ch not in vocab.tokens})
+            if missing:
+                raise ExportInputError(
+                    f"--word-list {g.intent}: {word!r} cannot be spelled with the checkpoint's"
+                    f" vocab (no {', '.join(map(repr, missing))})"
+                )
 
 
 def _build(
