@@ -366,3 +366,14 @@ def test_evaluation_holds_digits_to_the_word_list_as_the_daemon_does() -> None:
     lines = card._grammar_lines(manifest, held)
     assert lines[0] == "## Word list for digits"
     assert f"d {held['sets']['d']['changed_by_grammar']} of 6." in lines[-2]
+
+
+@pytest.mark.skipif(
+    not (REPO.parent / "shared" / "audio").is_dir(), reason="shared test audio not present"
+)
+def test_evaluation_passes_on_no_intent_where_the_daemon_abstains() -> None:
+    """The label handed to the ctc evaluation is the daemon's: none below the threshold."""
+    bundle = evaluate.Bundle(REPO / "exported" / "commands-intent")
+    audio = evaluate.load_audio(REPO.parent / "shared" / "audio" / "digits_tidigits_2934z.wav")
+    assert bundle.intent(audio, abstain_below=0.0) == "digits"
+    assert bundle.intent(audio, abstain_below=1.0) is None

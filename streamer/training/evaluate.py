@@ -160,6 +160,17 @@ class Bundle:
         sets = self.manifest.label_sets
         return tuple(names[int(out[0].argmax())] for names, out in zip(sets, outs, strict=False))
 
+    def intent(self, audio: np.ndarray, *, abstain_below: float) -> str | None:
+        """The intent the daemon passes to a ctc bundle (classify bundles): None if it abstains."""
+        from streamer.decoders import IntentDecoder
+
+        decoder = IntentDecoder(self.manifest, abstain_below=abstain_below)
+        outputs = {
+            o.name: v[0] for o, v in zip(self.manifest.outputs, self.run(audio), strict=True)
+        }
+        found = decoder.decode(outputs).intent
+        return None if found.abstain else found.name
+
     def seconds_per_utterance(self, *, duration_s: float = 3.0, repeats: int = 10) -> float:
         """Median wall time of one ``duration_s`` utterance through the graph."""
         rng = np.random.default_rng(0)
@@ -189,13 +200,14 @@ def evaluate_ctc(
     bundle: Bundle,
     sets: dict[str, list[tuple[np.ndarray, str]]],
     real: list[tuple[str, np.ndarray, str]],
-    intents: dict[str, list[str]] | None = None,
+    intents: dict[str, list[str | None]] | None = None,
 ) -> dict[str, Any]:
     """WER / exact match per set, and each real recording's transcript.
 
     ``intents`` holds the intent model's label for each item of each set (and, under
-    ``"real"``, of each recording), as the daemon would pass it: the daemon's transcript is held
-    to the bundle's grammar for that intent. ``wer_free``/``exact_free`` are the free search.
+    ``"real"``, of each recording), as the daemon would pass it (None: abstained); the daemon's
+    transcript is held to the bundle's grammar for that intent. ``wer_free``/``exact_free`` are
+    the free search.
     """
     intents = intents or {}
     result: dict[str, Any] = {"sets": {}, "real": []}

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from streamer.config import DecoderConfig
 from streamer.manifest import IntentGrammar
 from streamer.training import augment, data, evaluate
 
@@ -361,7 +362,7 @@ def stage_evaluate(paths: Paths) -> None:
         **{k: [(a, "digits", "none") for a, _ in v] for k, v in digit_sets.items()},
     }
     results: dict[str, Any] = {}
-    intents: dict[str, list[str]] = {}
+    intents: dict[str, list[str | None]] = {}
     # The intent model first: the daemon holds a transcript to the grammar of its intent.
     for name in sorted(BUNDLE_NAMES, key=lambda n: n == "commands-ctc"):
         results[name] = {}
@@ -388,8 +389,12 @@ def stage_evaluate(paths: Paths) -> None:
         chosen_dir = paths.work_dir / "bundles" / f"{name}-{results[name]['chosen']}"
         if name == "commands-intent":
             chosen = evaluate.Bundle(chosen_dir)
-            intents = {k: [chosen.classify(a)[0] for a, _ in v] for k, v in ctc_sets.items()}
-            intents["real"] = [chosen.classify(a)[0] for _, a in real]
+            threshold = DecoderConfig().abstain_below  # the daemon's default
+            intents = {
+                k: [chosen.intent(a, abstain_below=threshold) for a, _ in v]
+                for k, v in ctc_sets.items()
+            }
+            intents["real"] = [chosen.intent(a, abstain_below=threshold) for _, a in real]
         dest = paths.exported_dir / name
         dest.mkdir(parents=True, exist_ok=True)
         for file in ("model.onnx", "manifest.json", "lm.arpa"):
