@@ -21,12 +21,11 @@ from streamer.config import EngineConfig
 from streamer.decoders import CtcGreedyDecoder, IntentDecoder, OutputDecoder
 from streamer.engine import Encoder
 from streamer.models import resolve_models
+from streamer.training.grammar import DIGIT_WORDS
 
 REPO = Path(__file__).resolve().parents[1]
 EXPORTED = REPO / "exported"
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
-
-DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 pytestmark = pytest.mark.skipif(not AUDIO.is_dir(), reason="shared test audio not present")
 
@@ -91,7 +90,7 @@ def test_ctc_beam_search_with_the_grammar_lm_reads_fsdd_digits(
     right = {"beam": 0, "greedy": 0}
     for path in files:
         logits = encoder.run(_load(path))["logits"][0]
-        want = DIGITS[int(path.name.split("_")[0])]
+        want = DIGIT_WORDS[int(path.name.split("_")[0])]
         found = beam.decode({"logits": logits}).transcript
         right["beam"] += found is not None and found.text == want
         right["greedy"] += greedy.decode(logits).text == want
@@ -165,7 +164,7 @@ async def test_daemon_serves_the_default_bundles_to_a_websocket_client() -> None
     assert digits["intent"]["name"] == "digits"
     assert digits["transcript"]["grammar"] == "digits"
     assert digits["transcript"]["text"].split()
-    assert set(digits["transcript"]["text"].split()) <= {*DIGITS, "oh"}
+    assert set(digits["transcript"]["text"].split()) <= {*DIGIT_WORDS, "oh"}
     assert digits["latency_ms"]["decode"] >= 0
     assert command["intent"]["name"] == "lights_on"
     assert "grammar" not in command["transcript"]

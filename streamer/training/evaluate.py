@@ -11,11 +11,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+if TYPE_CHECKING:
+    from streamer.decoders import Classification
 
 SAMPLE_RATE_HZ = 16000
 
@@ -154,22 +157,15 @@ class Bundle:
         self.loop_s.append(time.perf_counter() - start)
         return Transcripts(held, free, greedy)
 
-    def classify(self, audio: np.ndarray) -> tuple[str, ...]:
-        """Arg-max label per label set (classify bundles)."""
-        outs = self.run(audio)
-        sets = self.manifest.label_sets
-        return tuple(names[int(out[0].argmax())] for names, out in zip(sets, outs, strict=False))
-
-    def intent(self, audio: np.ndarray, *, abstain_below: float) -> str | None:
-        """The intent the daemon passes to a ctc bundle (classify bundles): None if it abstains."""
+    def classify(self, audio: np.ndarray, *, abstain_below: float) -> Classification:
+        """Labels of every label set (classify bundles), decoded as the daemon decodes them."""
         from streamer.decoders import IntentDecoder
 
         decoder = IntentDecoder(self.manifest, abstain_below=abstain_below)
         outputs = {
             o.name: v[0] for o, v in zip(self.manifest.outputs, self.run(audio), strict=True)
         }
-        found = decoder.decode(outputs).intent
-        return None if found.abstain else found.name
+        return decoder.decode(outputs)
 
     def seconds_per_utterance(self, *, duration_s: float = 3.0, repeats: int = 10) -> float:
         """Median wall time of one ``duration_s`` utterance through the graph."""
@@ -266,11 +262,25 @@ def evaluate_intent(
     bundle: Bundle,
     sets: dict[str, list[tuple[np.ndarray, str, str]]],
     real: list[tuple[str, np.ndarray, str, str]],
+    *,
+    abstain_below: float,
 ) -> dict[str, Any]:
-    """Intent and room accuracy per set, and each real recording's labels."""
-    result: dict[str, Any] = {"sets": {}, "real": []}
+    """Intent and room accuracy per set, and each real recording's labels.
+
+    Under ``"daemon_intents"`` (set name, and ``"real"``): the intent the daemon passes on to a
+    ctc bundle for each item, None where it abstains (below ``abstain_below``).
+    """
+    result: dict[str, Any] = {"sets": {}, "real": [], "daemon_intents": {}}
+
+    def labels(audio: np.ndarray) -> tuple[tuple[str, ...], str | None]:
+        found = bundle.classify(audio, abstain_below=abstain_below)
+        names = (found.intent.name, *(label.name for label in found.labels))
+        return names, None if found.intent.abstain else found.intent.name
+
     for name, items in sets.items():
-        preds = [bundle.classify(a) for a, _, _ in items]
+        found = [labels(a) for a, _, _ in items]
+        preds = [names for names, _ in found]
+        result["daemon_intents"][name] = [daemon for _, daemon in found]
         result["sets"][name] = {
             "n": len(items),
             "intent_acc": float(
@@ -280,8 +290,10 @@ def evaluate_intent(
                 np.mean([p[1] == r for p, (_, _, r) in zip(preds, items, strict=True)])
             ),
         }
+    result["daemon_intents"]["real"] = []
     for file, audio, intent, room in real:
-        pred = bundle.classify(audio)
+        pred, daemon = labels(audio)
+        result["daemon_intents"]["real"].append(daemon)
         result["real"].append(
             {
                 "file": file,

@@ -216,7 +216,9 @@ def export(source: Path, out: Path, *, quantize: bool) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-BUNDLE_NAMES = ("commands-ctc", "commands-intent")
+BUNDLE_NAMES = ("commands-intent", "commands-ctc")
+"""The intent model first: the daemon holds a ctc transcript to the grammar of the intent, so
+commands-ctc is evaluated with the intents commands-intent gave."""
 
 
 def stage_export(paths: Paths) -> None:
@@ -362,20 +364,26 @@ def stage_evaluate(paths: Paths) -> None:
         **{k: [(a, "digits", "none") for a, _ in v] for k, v in digit_sets.items()},
     }
     results: dict[str, Any] = {}
-    intents: dict[str, list[str | None]] = {}
-    # The intent model first: the daemon holds a transcript to the grammar of its intent.
-    for name in sorted(BUNDLE_NAMES, key=lambda n: n == "commands-ctc"):
+    daemon_intents: dict[str, dict[str, list[str | None]]] = {}
+    for name in BUNDLE_NAMES:
         results[name] = {}
         for variant in ("fp32", "int8"):
             bundle = evaluate.Bundle(paths.work_dir / "bundles" / f"{name}-{variant}")
             if name == "commands-ctc":
                 res = evaluate.evaluate_ctc(
-                    bundle, ctc_sets, [(c.file, a, c.transcript) for c, a in real], intents
+                    bundle,
+                    ctc_sets,
+                    [(c.file, a, c.transcript) for c, a in real],
+                    daemon_intents[results["commands-intent"]["chosen"]],
                 )
             else:
                 res = evaluate.evaluate_intent(
-                    bundle, intent_sets, [(c.file, a, c.intent, c.room) for c, a in real]
+                    bundle,
+                    intent_sets,
+                    [(c.file, a, c.intent, c.room) for c, a in real],
+                    abstain_below=DecoderConfig().abstain_below,  # the daemon's default
                 )
+                daemon_intents[variant] = res.pop("daemon_intents")
             res["s_per_3s_utterance_1_thread"] = bundle.seconds_per_utterance()
             res["model_bytes"] = (
                 (paths.work_dir / "bundles" / f"{name}-{variant}" / "model.onnx").stat().st_size
@@ -387,14 +395,6 @@ def stage_evaluate(paths: Paths) -> None:
             log.info("%s %s: %s", name, variant, json.dumps(summary))
         results[name]["chosen"] = _choose(name, results[name])
         chosen_dir = paths.work_dir / "bundles" / f"{name}-{results[name]['chosen']}"
-        if name == "commands-intent":
-            chosen = evaluate.Bundle(chosen_dir)
-            threshold = DecoderConfig().abstain_below  # the daemon's default
-            intents = {
-                k: [chosen.intent(a, abstain_below=threshold) for a, _ in v]
-                for k, v in ctc_sets.items()
-            }
-            intents["real"] = [chosen.intent(a, abstain_below=threshold) for _, a in real]
         dest = paths.exported_dir / name
         dest.mkdir(parents=True, exist_ok=True)
         for file in ("model.onnx", "manifest.json", "lm.arpa"):
