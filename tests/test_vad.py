@@ -46,17 +46,34 @@ def test_noise_floor_follows_quieter_noise_at_once_and_louder_noise_after_a_wind
     floor = NoiseFloor(n_bands=2, smooth_frames=3, window_frames=10)
 
     def feed(value: list[float], times: int) -> list[float]:
-        level = None
+        level = np.zeros(0)
         for _ in range(times):
             level = floor.update(np.array(value))
-        assert level is not None
         return [float(v) for v in level]
 
-    assert floor.update(np.array([1.0, 1.0])) is None
     assert feed([1.0, 2.0], 20) == pytest.approx([1.0, 2.0])
     assert feed([0.1, 0.2], 3) == pytest.approx([0.1, 0.2])
     assert feed([5.0, 5.0], 9) == pytest.approx([0.1, 0.2])
     assert feed([5.0, 5.0], 3) == pytest.approx([5.0, 5.0])
+
+
+def test_noise_floor_starts_from_the_first_frames_of_the_stream() -> None:
+    """Before ``smooth_frames`` frames, the floor is the quietest average of the frames so far."""
+    floor = NoiseFloor(n_bands=1, smooth_frames=5, window_frames=50)
+    assert list(floor.update(np.array([1.0]))) == pytest.approx([1.0])
+    assert list(floor.update(np.array([3.0]))) == pytest.approx([1.0])  # mean 2.0 is louder
+    for _ in range(20):  # loud speech from the third frame on: the first frame stays the floor
+        level = floor.update(np.array([100.0]))
+    assert list(level) == pytest.approx([1.0])
+
+
+@pytest.mark.parametrize("name", ["fsdd/9_lucas_0.wav", "fsdd/2_lucas_1.wav"])
+def test_speech_a_few_frames_into_the_stream_scores_confident(name: str) -> None:
+    """A trimmed recording (speech after about 120 ms) has a floor at once: 150 ms confident."""
+    vad = WebRtcVad()
+    confident = scores(vad, speech(name)) >= vad.thresholds.start
+    runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[0], confident, [0]]))))[::2]
+    assert runs.max() * vad.frame_samples >= 0.15 * RATE
 
 
 def test_digital_silence_scores_zero() -> None:
