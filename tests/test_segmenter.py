@@ -163,6 +163,17 @@ def test_trimmed_recordings_give_their_one_utterance() -> None:
     assert sum(counts) >= 105, f"{counts.count(0)} trimmed recordings gave no utterance"
 
 
+@pytest.mark.parametrize(("db", "seconds"), [(-40, 0.3), (-25, 0.6), (-15, 1.0), (-25, 1.4)])
+def test_noise_that_starts_the_stream_and_stops_gives_no_utterance(
+    db: float, seconds: float
+) -> None:
+    """The floor starts on the first frame: loud noise there, then quiet, is still not speech."""
+    x = np.concatenate([noise(seconds, db, seed=5), noise(2.0, -70, seed=6)])
+    assert utterances(run(x)) == []
+    recorded = speech("nonspeech_leopard_empty.wav")[: round(seconds * RATE)]
+    assert utterances(run(np.concatenate([recorded, noise(2.0, -70, seed=6)]))) == []
+
+
 def test_clean_stream_gives_the_right_count_with_boundaries_within_200_ms() -> None:
     """stream_clean.wav: 14 utterances; all but at most two boundaries within 200 ms."""
     true = truth("stream_clean.wav")
