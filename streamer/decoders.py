@@ -585,7 +585,10 @@ class OutputDecoder:
                 beam_width=beam_width,
                 token_min_logp=beam_token_min_logp,
             )
-            self._reader = CtcGreedyDecoder(manifest)
+            # reads a word-list path: the free search itself when that is greedy
+            self._reader = (
+                self.ctc if isinstance(self.ctc, CtcGreedyDecoder) else CtcGreedyDecoder(manifest)
+            )
             self.grammars = _word_loops(manifest) if grammars else {}
             if self.grammars:
                 self.ctc_search += (

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from streamer.errors import ManifestError
+from streamer.wordloop import unspellable
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -333,7 +334,7 @@ def _validate_grammars(m: Manifest) -> None:
         if not g.words:
             raise ManifestError(f"the grammar of {g.intent!r} has no words")
         for word in g.words:
-            missing = sorted({ch for ch in word if ch not in m.vocab})
+            missing = unspellable(word, m.vocab)
             if not word or missing:
                 raise ManifestError(
                     f"grammar word {word!r} of {g.intent!r} cannot be spelled with the vocab"

@@ -16,12 +16,17 @@ Pure numpy; no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from streamer.errors import ModelError
+
+
+def unspellable(word: str, tokens: Collection[str]) -> list[str]:
+    """The characters of ``word`` that are no token of ``tokens``, sorted; empty if it spells."""
+    return sorted({ch for ch in word if ch not in tokens})
 
 
 class WordLoop:
@@ -58,7 +63,7 @@ class WordLoop:
         lasts: list[int] = []
         spelled: list[tuple[list[int], list[int], list[int]]] = []
         for word in self.words:
-            missing = sorted({ch for ch in word if ch not in index})
+            missing = unspellable(word, index)
             if not word or missing:
                 raise ModelError(f"word {word!r} cannot be spelled with the vocab {missing}")
             ids = [index[ch] for ch in word]

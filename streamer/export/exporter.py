@@ -36,6 +36,7 @@ from streamer.manifest import (
     Source,
     TensorSpec,
 )
+from streamer.wordloop import unspellable
 
 DEFAULT_OPSET = 17
 # The TorchScript exporter's range; 14 is the first with scaled-dot-product attention ops.
@@ -171,7 +172,7 @@ def _check_word_lists(
         raise ExportInputError(f"--word-list names an intent twice: {', '.join(intents)}")
     for g in grammars:
         for word in g.words:
-            missing = sorted({ch for ch in word if ch not in vocab.tokens})
+            missing = unspellable(word, vocab.tokens)
             if missing:
                 raise ExportInputError(
                     f"--word-list {g.intent}: {word!r} cannot be spelled with the checkpoint's"
