@@ -34,16 +34,16 @@ run: install
 	$(BIN)/streamer serve $(ARGS)
 
 lint: install
-	$(BIN)/ruff check streamer bin tests bench
-	$(BIN)/ruff format --check streamer bin tests bench
+	$(BIN)/ruff check streamer streamer_export streamer_training bin tests bench
+	$(BIN)/ruff format --check streamer streamer_export streamer_training bin tests bench
 	$(BIN)/python bin/render_readme --check
 
 types: install
-	$(BIN)/mypy --strict --scripts-are-modules streamer $(wildcard bin/*)
+	$(BIN)/mypy --strict --scripts-are-modules streamer streamer_export streamer_training $(wildcard bin/*)
 
 style: install
-	$(BIN)/ruff format streamer bin tests bench
-	$(BIN)/ruff check --fix streamer bin tests bench
+	$(BIN)/ruff format streamer streamer_export streamer_training bin tests bench
+	$(BIN)/ruff check --fix streamer streamer_export streamer_training bin tests bench
 
 pytest: install
 	PYTHONASYNCIODEBUG=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

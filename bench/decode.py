@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from streamer.config import EngineConfig  # noqa: E402
 from streamer.decoders import Decoded, OutputDecoder  # noqa: E402
-from streamer.engine import Encoder  # noqa: E402
+from streamer.engine.encoder import Encoder  # noqa: E402
 from streamer.protocol import Intent  # noqa: E402
 
 CLIPS = {

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from onnx_graphs import write_bundle  # noqa: E402
 
 from streamer.audio import float_to_pcm16  # noqa: E402
-from streamer.sources import read_audio_file  # noqa: E402
+from streamer.streams.sources import read_audio_file  # noqa: E402
 
 AUDIO = REPO.parent / "shared" / "audio"
 GOOD = "good-stream"

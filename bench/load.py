@@ -40,7 +40,7 @@ from onnx_graphs import write_bundle
 from streamer.audio import AudioFormat, float_to_pcm16, pcm_to_float
 from streamer.config import Config
 from streamer.segmenter import Segmenter, UtteranceReady
-from streamer.sources import read_audio_file
+from streamer.streams.sources import read_audio_file
 
 AUDIO = REPO.parent / "shared" / "audio"
 RECORDINGS = [

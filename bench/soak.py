@@ -25,7 +25,7 @@ from throughput import CACHE, ROOT, ensure_models, make_streams
 
 sys.path.insert(0, str(ROOT))
 
-from streamer import bench
+from streamer.tools import bench
 
 #: Seconds between RSS samples.
 SAMPLE_S = 10.0

@@ -44,14 +44,14 @@ RATE_HZ = 16000
 
 sys.path.insert(0, str(ROOT))
 
-from streamer import bench  # noqa: E402
-from streamer.baseline import compare, format_compare  # noqa: E402
-from streamer.batcher import stream_buckets  # noqa: E402
 from streamer.config import EngineConfig  # noqa: E402
 from streamer.decoders import OutputDecoder  # noqa: E402
-from streamer.engine import Encoder  # noqa: E402
+from streamer.engine.batcher import stream_buckets  # noqa: E402
+from streamer.engine.encoder import Encoder  # noqa: E402
 from streamer.segmenter import Segmenter, SegmenterConfig, UtteranceReady  # noqa: E402
-from streamer.sources import read_audio_file  # noqa: E402
+from streamer.streams.sources import read_audio_file  # noqa: E402
+from streamer.tools import bench  # noqa: E402
+from streamer.tools.baseline import compare, format_compare  # noqa: E402
 
 
 def speech_clips() -> list[Path]:

@@ -19,17 +19,17 @@ from typing import Any, TextIO, cast
 from streamer import protocol as proto
 from streamer.config import Config
 from streamer.decoders import CtcKind, OutputDecoder
-from streamer.engine import Encoder
+from streamer.engine.encoder import Encoder
+from streamer.engine.runner import Runner
 from streamer.errors import ModelError, StreamerError
-from streamer.journal import Journal
-from streamer.pipeline import Services, StreamPipeline, file_stream_name, sample_pipeline
-from streamer.progress import audio_progress
 from streamer.pubsub import Hub
-from streamer.runner import Runner
-from streamer.security import exposure_warning
-from streamer.server import StreamerServer
-from streamer.sources import DeviceError, MicSource, chunks, read_audio_file
-from streamer.web_routes import routes as http_routes
+from streamer.serve.journal import Journal
+from streamer.serve.routes import routes as http_routes
+from streamer.serve.security import exposure_warning
+from streamer.serve.websocket import StreamerServer
+from streamer.streams.pipeline import Services, StreamPipeline, file_stream_name, sample_pipeline
+from streamer.streams.sources import DeviceError, MicSource, chunks, read_audio_file
+from streamer.tools.progress import audio_progress
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ async def serve(
         services.journal = Journal.open(config.journal, services.hub)
     wyoming_server = None
     if wyoming is not None:  # first: a port in use stops startup before anything else runs
-        from streamer.wyoming_server import start_wyoming
+        from streamer.serve.wyoming import start_wyoming
 
         wyoming_server = await start_wyoming(services, wyoming)
     server = StreamerServer(services, info=server_info(services), routes=http_routes(services))

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamer import __version__, bench
+from streamer import __version__
 from streamer.config import Config, load_config
+from streamer.engine.bundles import resolve_models
 from streamer.errors import StreamerError
-from streamer.models import resolve_models
+from streamer.tools import bench
 
 log = logging.getLogger(__name__)
 
@@ -149,14 +150,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return bench.main(args)
 
     if args.command == "devices":
-        from streamer.sources import list_devices
+        from streamer.streams.sources import list_devices
 
         for dev in list_devices():
             print(json.dumps(dev))
         return 0
     config: Config = load_config(path=args.config, env=os.environ, overrides=_overrides(args))
     if args.command == "journal":
-        from streamer.journal import print_journal
+        from streamer.serve.journal import print_journal
 
         path = args.path or config.journal.path
         return print_journal(path, since=args.since, stream=args.stream, out=sys.stdout)
@@ -165,7 +166,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         mic = None if args.mic is None else (int(args.mic) if args.mic.isdigit() else args.mic)
         return asyncio.run(app.serve(config, models, mic=mic, wyoming=args.wyoming))
     if args.command == "inspect":
-        from streamer.inspect_plot import inspect_file
+        from streamer.tools.inspect import inspect_file
 
         return asyncio.run(inspect_file(config, models, args.file, png=args.png))
     return asyncio.run(app.transcribe(config, models, args.files, jsonl=args.jsonl))

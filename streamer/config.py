@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from streamer.errors import ConfigError
-from streamer.journal import JournalConfig
-from streamer.security import SecurityConfig
 from streamer.segmenter import SegmenterConfig
+from streamer.serve.journal import JournalConfig
+from streamer.serve.security import SecurityConfig
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class EngineConfig:
     """A result that waited this long (engine queue, earlier utterances) carries ``lag_ms``."""
     shed_unwatched_at: float = 0.5
     """Engine load (pending / max_pending_utterances) from which utterances nobody receives are
-    dropped unrun (see streamer/limits.py for the whole degradation order)."""
+    dropped unrun (see streamer/overload.py for the whole degradation order)."""
     refuse_streams_at: float = 0.75
     """Engine load from which a new stream's ``start`` is refused (``busy``, close 1013)."""
     max_batch: int = 8

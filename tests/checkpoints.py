@@ -107,7 +107,7 @@ def make_segue(
     """
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from streamer.export.spec import WAV2VEC2_BASE_960H
+    from streamer_export.spec import WAV2VEC2_BASE_960H
 
     encoder_config = WAV2VEC2_BASE_960H if base_size else SEGUE_ENCODER
     torch = _seeded(seed)

@@ -19,9 +19,9 @@ from websockets.http11 import Request, Response
 from streamer.app import build_services, server_info
 from streamer.audio import float_to_pcm16
 from streamer.config import Config, ServerConfig
-from streamer.pipeline import Services
-from streamer.server import StreamerServer
-from streamer.sources import read_audio_file
+from streamer.serve.websocket import StreamerServer
+from streamer.streams.pipeline import Services
+from streamer.streams.sources import read_audio_file
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 UNIT_S = 10.0 * float(os.environ.get("STREAMER_TEST_TIMEOUT_FACTOR", "1"))

@@ -15,16 +15,16 @@ import pytest
 from onnx_graphs import write_bundle
 
 from streamer.audio import AudioFormat
-from streamer.batcher import LengthBuckets, is_priority, stream_buckets
 from streamer.config import Config, EngineConfig
 from streamer.decoders import OutputDecoder
-from streamer.engine import Encoder
+from streamer.engine.batcher import LengthBuckets, is_priority, stream_buckets
+from streamer.engine.encoder import Encoder
+from streamer.engine.runner import Runner
 from streamer.errors import ConfigError, ModelError
-from streamer.pipeline import StreamPipeline, stream_segmenter_config
 from streamer.protocol import Utterance
-from streamer.runner import Runner
 from streamer.segmenter import UtteranceReady
-from streamer.sources import chunks, read_audio_file
+from streamer.streams.pipeline import StreamPipeline, stream_segmenter_config
+from streamer.streams.sources import chunks, read_audio_file
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 ATOL = 1e-4

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from onnx_graphs import write_bundle
 
-from streamer.bench import ProcessProbe, daemon_batches, format_table, percentiles, summarize
-from streamer.replay import StreamReport, _score
+from streamer.tools.bench import ProcessProbe, daemon_batches, format_table, percentiles, summarize
+from streamer.tools.replay import StreamReport, _score
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 FILES = [AUDIO / "cmd_goforward.wav", AUDIO / "sent_harvard_spk1_snt1.wav"]
@@ -135,7 +135,7 @@ def test_process_probe_reads_cpu_and_memory() -> None:
 def test_daemon_batch_line_is_parsed() -> None:
     """The engine's shutdown line gives the runs and batch counts."""
     line = (
-        "INFO streamer.runner: engine: 12 utterance runs in 5 batches "
+        "INFO streamer.engine.runner: engine: 12 utterance runs in 5 batches "
         "(mean 2.40, sizes {1: 2, 5: 2}), busy 1.25 s"
     )
     assert daemon_batches(line) == {

@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 
 from streamer import protocol as proto
 from streamer.audio import float_to_pcm16
-from streamer.sources import read_audio_file
+from streamer.streams.sources import read_audio_file
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 UNIT_S = 10.0 * float(os.environ.get("STREAMER_TEST_TIMEOUT_FACTOR", "1"))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from streamer.config import Config, EngineConfig, ServerConfig, load_config
+from streamer.engine.bundles import resolve_models
 from streamer.errors import ConfigError
-from streamer.models import resolve_models
 from streamer.protocol import ENDPOINTING_KNOBS
 from streamer.segmenter import SegmenterConfig
 

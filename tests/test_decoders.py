@@ -333,7 +333,7 @@ LM_SENTENCES = ["hello world", "hello there", "hi there", "hi world", "hello the
 @pytest.fixture(scope="module")
 def lm_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path]:
     """A ctc manifest naming ``lm.arpa`` (a bigram of LM_SENTENCES) and its bundle folder."""
-    from streamer.training.lm import write_arpa
+    from streamer_training.lm import write_arpa
 
     folder = tmp_path_factory.mktemp("lm-bundle")
     write_arpa(LM_SENTENCES, folder / "lm.arpa", order=2)

@@ -1,8 +1,9 @@
 """The shipped demo bundles (exported/commands-*) on real speech, through the runtime's own path.
 
-These run the committed ONNX graphs with onnxruntime (no torch) via ``streamer.engine.Encoder``
-and the runtime decoders. The expectations are ones the shipped models get right with a margin
-(see each bundle's CARD.md), so a failure means a broken bundle, export or runtime, not bad luck.
+These run the committed ONNX graphs with onnxruntime (no torch) via
+``streamer.engine.encoder.Encoder`` and the runtime decoders. The expectations are ones the
+shipped models get right with a margin (see each bundle's CARD.md), so a failure means a broken
+bundle, export or runtime, not bad luck.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from websockets.asyncio.client import connect
 
 from streamer.config import EngineConfig
 from streamer.decoders import CtcGreedyDecoder, IntentDecoder, OutputDecoder
-from streamer.engine import Encoder
-from streamer.models import resolve_models
-from streamer.training.grammar import DIGIT_WORDS
+from streamer.engine.bundles import resolve_models
+from streamer.engine.encoder import Encoder
+from streamer_training.grammar import DIGIT_WORDS
 
 REPO = Path(__file__).resolve().parents[1]
 EXPORTED = REPO / "exported"

@@ -10,7 +10,7 @@ import pytest
 from onnx_graphs import STRIDE, VOCAB, write_bundle
 
 from streamer.config import EngineConfig
-from streamer.engine import (
+from streamer.engine.encoder import (
     CPU,
     CUDA,
     Encoder,

@@ -22,10 +22,10 @@ from checkpoints import (
 )
 from conftest import EXPORT_ONNX, INTENT_LABELS, REPO, export_bundle, exported
 
-from streamer.export.errors import ExportInputError
-from streamer.export.labels import parse_labels
-from streamer.export.spec import ConvStack, plan_export
 from streamer.manifest import load_manifest
+from streamer_export.errors import ExportInputError
+from streamer_export.labels import parse_labels
+from streamer_export.spec import ConvStack, plan_export
 
 W2V2_CONV = ConvStack(kernels=(10, 3, 3, 3, 3, 2, 2), strides=(5, 2, 2, 2, 2, 2, 2))
 SEWD_CONV = ConvStack(
@@ -260,7 +260,7 @@ def test_lm_option_ships_the_lm_and_the_daemon_searches_with_it(
     """--lm copies the ARPA file into the bundle, the manifest names it with its weights, and
     the runtime's decoder for that bundle is the LM-fused beam search."""
     from streamer.decoders import OutputDecoder
-    from streamer.training.lm import write_arpa
+    from streamer_training.lm import write_arpa
 
     arpa = write_arpa(["turn on the light", "turn off the light"], tmp_path / "grammar.arpa")
     out = exported(

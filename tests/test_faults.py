@@ -29,14 +29,14 @@ from onnx import helper, numpy_helper
 from onnx_graphs import write_bundle
 from websockets.asyncio.client import ClientConnection, connect
 
-from streamer import limits, protocol as proto
+from streamer import overload, protocol as proto
 from streamer.app import build_services
 from streamer.audio import AudioFormat
 from streamer.config import Config, EngineConfig
 from streamer.errors import ConfigError, ModelError, ProtocolError
-from streamer.journal import Journal, read_journal
-from streamer.pipeline import StreamPipeline, stream_segmenter_config
-from streamer.server import Subscription
+from streamer.serve.journal import Journal, read_journal
+from streamer.serve.websocket import Subscription
+from streamer.streams.pipeline import StreamPipeline, stream_segmenter_config
 
 #: Utterances longer than this make the fragile model fail inside onnxruntime.
 FRAGILE_LIMIT_S = 2.5
@@ -280,8 +280,8 @@ async def test_engine_behind_refuses_new_streams_then_recovers(models: dict[str,
         async with connect(d.url + proto.INGEST_PATH) as late:
             await late.send(start_msg("late"))
             events = await collect(late)
-            assert late.close_code == limits.CLOSE_TRY_AGAIN_LATER
-        assert events[-1]["code"] == limits.BUSY
+            assert late.close_code == overload.CLOSE_TRY_AGAIN_LATER
+        assert events[-1]["code"] == overload.BUSY
         assert (await http_get(d.port, "/readyz"))[0] == 503
         await send_audio(early, speech(seconds=11))
         await early.send(json.dumps({"type": "end"}))
@@ -367,13 +367,13 @@ def test_with_lag_and_endpointing_ceiling() -> None:
         models=(),
         latency_ms=proto.Latency(end_of_speech_to_emit=900, queued=700, encode=150, decode=50),
     )
-    assert limits.with_lag(event, since_decision_ms=900, report_ms=700).lag_ms == 700
-    assert limits.with_lag(event, since_decision_ms=900, report_ms=701).lag_ms is None
+    assert overload.with_lag(event, since_decision_ms=900, report_ms=700).lag_ms == 700
+    assert overload.with_lag(event, since_decision_ms=900, report_ms=701).lag_ms is None
     base = Config().segmenter
-    limits.check_endpointing(base, {"max_utterance_s": base.max_utterance_s})
-    limits.check_endpointing(base, {"min_silence_ms": 500})
+    overload.check_endpointing(base, {"max_utterance_s": base.max_utterance_s})
+    overload.check_endpointing(base, {"min_silence_ms": 500})
     with pytest.raises(ProtocolError) as info:
-        limits.check_endpointing(base, {"max_utterance_s": base.max_utterance_s + 1})
+        overload.check_endpointing(base, {"max_utterance_s": base.max_utterance_s + 1})
     assert (info.value.code, info.value.close_code) == ("bad_field", 1007)
     with pytest.raises(ConfigError):
         EngineConfig(shed_unwatched_at=0.9, refuse_streams_at=0.5)

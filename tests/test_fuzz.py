@@ -21,11 +21,11 @@ from streamer import protocol as p
 from streamer.app import build_services
 from streamer.config import Config
 from streamer.errors import ConfigError, ProtocolError
-from streamer.journal import Record, parse_record, parse_since
-from streamer.pipeline import Services
-from streamer.security import Guard, SecurityConfig, parse_origins
 from streamer.segmenter import SegmenterConfig
-from streamer.server import _segmenter_config
+from streamer.serve.journal import Record, parse_record, parse_since
+from streamer.serve.security import Guard, SecurityConfig, parse_origins
+from streamer.serve.websocket import _segmenter_config
+from streamer.streams.pipeline import Services
 
 VALID_CLIENT = [
     p.Start(sample_rate=16000, encoding="pcm_s16le", channels=1, stream="kitchen").encode(),

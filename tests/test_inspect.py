@@ -15,9 +15,9 @@ from onnx_graphs import write_bundle
 
 from streamer.config import Config
 from streamer.errors import StreamerError
-from streamer.inspect_plot import Trace, inspect_file, trace_file
-from streamer.progress import audio_progress, wants_bar
-from streamer.sources import read_audio_file
+from streamer.streams.sources import read_audio_file
+from streamer.tools.inspect import Trace, inspect_file, trace_file
+from streamer.tools.progress import audio_progress, wants_bar
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 UNIT_S = 10.0 * float(os.environ.get("STREAMER_TEST_TIMEOUT_FACTOR", "1"))

@@ -19,7 +19,8 @@ from websockets.asyncio.client import connect
 
 from streamer import cli, protocol as proto
 from streamer.errors import ConfigError
-from streamer.journal import (
+from streamer.pubsub import Hub
+from streamer.serve.journal import (
     Journal,
     JournalConfig,
     journal_files,
@@ -27,7 +28,6 @@ from streamer.journal import (
     print_journal,
     read_journal,
 )
-from streamer.pubsub import Hub
 
 
 def event(i: int, stream: str = "s") -> str:
@@ -126,7 +126,7 @@ def test_a_failing_disk_costs_records_not_the_daemon(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A write error is logged once, records are counted as failed, and writing resumes."""
-    caplog.set_level(logging.INFO, "streamer.journal")
+    caplog.set_level(logging.INFO, "streamer.serve.journal")
     hub: Hub[str] = Hub()
     j = journal(tmp_path / "j.jsonl", hub, fsync="none")
     real = j._file

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.training import grammar, lm
+from streamer_training import grammar, lm
 
 SENTENCES = ["turn on the light", "turn off the light", "turn on the lamp", "kill the light"]
 

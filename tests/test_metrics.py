@@ -21,9 +21,9 @@ from streamer import protocol as proto
 from streamer.app import build_services, server_info
 from streamer.audio import float_to_pcm16
 from streamer.config import Config, ServerConfig
-from streamer.metrics import METRICS_PATH, metrics_route
-from streamer.server import StreamerServer
-from streamer.sources import read_audio_file
+from streamer.serve.metrics import METRICS_PATH, metrics_route
+from streamer.serve.websocket import StreamerServer
+from streamer.streams.sources import read_audio_file
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 UNIT_S = 10.0 * float(os.environ.get("STREAMER_TEST_TIMEOUT_FACTOR", "1"))

@@ -16,7 +16,7 @@ from onnx_graphs import write_bundle
 
 from streamer import app
 from streamer.config import Config
-from streamer.sources import DeviceError, MicSource, list_devices, read_audio_file
+from streamer.streams.sources import DeviceError, MicSource, list_devices, read_audio_file
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 

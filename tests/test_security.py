@@ -21,7 +21,7 @@ from websockets.http11 import Request, Response
 
 from streamer import protocol as proto
 from streamer.errors import ConfigError
-from streamer.security import (
+from streamer.serve.security import (
     Guard,
     SecurityConfig,
     exposure_warning,

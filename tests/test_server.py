@@ -28,7 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from streamer import protocol as proto
 from streamer.app import build_services, server_info
 from streamer.config import Config, ServerConfig
-from streamer.server import StreamerServer
+from streamer.serve.websocket import StreamerServer
 
 
 @pytest.fixture(scope="module")

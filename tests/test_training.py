@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.training import (
+from streamer_training import (
     augment,
     card,
     data,

@@ -27,10 +27,10 @@ import soundfile
 from streamer import protocol as proto
 from streamer.app import build_services, server_info
 from streamer.config import Config, ServerConfig
-from streamer.security import SecurityConfig
-from streamer.server import StreamerServer
-from streamer.sources import read_audio_file
-from streamer.web_routes import read_page_file, routes
+from streamer.serve.routes import read_page_file, routes
+from streamer.serve.security import SecurityConfig
+from streamer.serve.websocket import StreamerServer
+from streamer.streams.sources import read_audio_file
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 EXPORTED = Path(__file__).resolve().parents[1] / "exported"

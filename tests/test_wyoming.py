@@ -29,9 +29,9 @@ from streamer.app import build_services
 from streamer.audio import float_to_pcm16
 from streamer.config import Config, EngineConfig
 from streamer.errors import ConfigError
-from streamer.pipeline import Services
-from streamer.sources import read_audio_file
-from streamer.wyoming_server import WyomingServer, decode_pcm, parse_uri
+from streamer.serve.wyoming import WyomingServer, decode_pcm, parse_uri
+from streamer.streams.pipeline import Services
+from streamer.streams.sources import read_audio_file
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 UNIT_S = 10.0 * float(os.environ.get("STREAMER_TEST_TIMEOUT_FACTOR", "1"))

@@ -1,0 +1,1 @@
+"""The engine: bundle loading, onnxruntime sessions and provider choice, batching, the runner."""

@@ -1,0 +1,1 @@
+"""Serving: the WebSocket server, HTTP routes and page, Wyoming, security, journal, metrics."""

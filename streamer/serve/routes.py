@@ -1,0 +1,92 @@
+"""The daemon's plain-HTTP routes besides health: the live-captions page and ``/metrics``.
+
+The page is three static files shipped in ``streamer/web/`` (vanilla JavaScript, no build
+step): ``/`` (index.html), ``/app.js`` and ``/worklet.js``. When the server asks for a token
+(see :mod:`streamer.serve.security`) every request needs it, the page's own files included; the page
+is opened as ``/?token=T``, and the token is passed on to the script URLs here and to the
+WebSocket by the script. Responses forbid framing, sniffing and referrers (the token is in URLs).
+"""
+
+from __future__ import annotations
+
+import http
+import importlib.resources
+from collections.abc import Callable
+from typing import Final
+from urllib.parse import parse_qs, quote
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from streamer.serve.metrics import metrics_route
+from streamer.streams.pipeline import Services
+
+Handler = Callable[[Request], Response]
+
+#: URL path -> (file in streamer/web, Content-Type).
+PAGE_FILES: Final = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/worklet.js": ("worklet.js", "text/javascript; charset=utf-8"),
+}
+#: Placeholder in index.html replaced by the query string the page's script URL needs.
+ASSET_QUERY: Final = "__ASSET_QUERY__"
+_CSP: Final = (
+    "default-src 'self'; script-src 'self'; connect-src 'self' ws: wss:; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; media-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
+def read_page_file(name: str) -> bytes:
+    """Return one of the page's files as shipped in the package (``streamer/web/NAME``)."""
+    return importlib.resources.files("streamer.serve").joinpath("web", name).read_bytes()
+
+
+def page_routes() -> dict[str, Handler]:
+    """Routes serving the captions page (files read once, now)."""
+    files = {name: read_page_file(name) for name, _ in PAGE_FILES.values()}
+
+    def handler(path: str) -> Handler:
+        name, content_type = PAGE_FILES[path]
+        body = files[name]
+
+        def handle(request: Request) -> Response:
+            data = body
+            if name == "index.html":
+                data = body.replace(ASSET_QUERY.encode(), _asset_query(request).encode())
+            return _response(data, content_type)
+
+        return handle
+
+    return {path: handler(path) for path in PAGE_FILES}
+
+
+def routes(services: Services) -> dict[str, Handler]:
+    """Every extra route of the daemon: the captions page and ``/metrics``."""
+    return {**page_routes(), **metrics_route(services)}
+
+
+def _asset_query(request: Request) -> str:
+    """``?token=...`` (URL-encoded) when the page was opened with one, else empty."""
+    query = request.path.partition("?")[2]
+    try:
+        values = parse_qs(query, max_num_fields=32).get("token", [])
+    except ValueError:
+        return ""
+    return f"?token={quote(values[0], safe='')}" if len(values) == 1 else ""
+
+
+def _response(body: bytes, content_type: str) -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-cache"),
+            ("Content-Security-Policy", _CSP),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", "no-referrer"),
+        ]
+    )
+    return Response(http.HTTPStatus.OK.value, http.HTTPStatus.OK.phrase, headers, body)

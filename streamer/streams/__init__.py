@@ -1,0 +1,1 @@
+"""Streams: the per-stream pipeline, the stream registry, and audio sources."""

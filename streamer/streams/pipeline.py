@@ -1,0 +1,339 @@
+"""One stream's path, shared by every source: PCM → converter → segmenter → engine → decoders → out.
+
+WebSocket ingest, the microphone and ``streamer transcribe`` all build a :class:`StreamPipeline`
+and feed it; a bug fixed here is fixed for the three. Results leave through the :class:`Hub`
+(every matching subscriber) and through the pipeline's own ``emit`` callback (the ingesting
+connection, or stdout for ``transcribe``).
+
+Ordering: each utterance becomes a task; a task awaits its predecessor before it emits, so a
+stream's results leave in ``seq`` order even when a later utterance finishes inference first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from streamer import overload, protocol as proto
+from streamer.audio import AudioConverter, AudioFormat
+from streamer.config import Config, build_section
+from streamer.decoders import Decoded, OutputDecoder
+from streamer.engine.batcher import is_priority, stream_buckets
+from streamer.engine.runner import OverloadedError, Runner
+from streamer.errors import StreamerError
+from streamer.pubsub import Hub
+from streamer.segmenter import Segmenter, SegmenterConfig, SpeechStarted, UtteranceReady
+from streamer.serve.journal import Journal
+from streamer.serve.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[proto.ServerEvent], None]
+
+
+@dataclass
+class Services:
+    """What all streams share: configuration, the engine runner, decoders and the hub."""
+
+    config: Config
+    runner: Runner
+    decoders: dict[str, OutputDecoder]
+    hub: Hub[str]
+    streams: dict[str, StreamPipeline] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
+    journal: Journal | None = None
+
+
+class StreamPipeline:
+    """The per-stream pipeline; feed it audio, then :meth:`finish` it.
+
+    Call contract: :meth:`feed_pcm` (or :meth:`feed_samples`) and :meth:`flush` from the event
+    loop thread, in stream order; then ``await finish()`` once, which flushes and waits until
+    every utterance's result was emitted. Never raises for a failed utterance: that becomes an
+    ``error`` event for the utterance.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        stream: str,
+        fmt: AudioFormat,
+        models: Sequence[str],
+        segmenter: SegmenterConfig,
+        emit: Emit | None = None,
+        want: Sequence[str] = (),
+    ) -> None:
+        self.services = services
+        self.stream = stream
+        self.models = tuple(models)
+        self.emit = emit
+        self.want_embedding = "embedding" in want
+        rate = services.runner.encoders[self.models[0]].manifest.sample_rate
+        self.rate_hz = rate
+        self.converter = AudioConverter(fmt, target_rate_hz=rate)
+        self.segmenter = Segmenter(segmenter)
+        self.buckets = stream_buckets(services.config.engine, rate_hz=rate)
+        self.priority = is_priority(services.runner.encoders[m].manifest for m in self.models)
+        self.n_utterances = 0
+        self.n_errors = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last: asyncio.Task[None] | None = None
+        self._current_id: str | None = None
+        self._finished = False
+
+    def feed_pcm(self, data: bytes) -> None:
+        """Feed raw PCM bytes in the stream's format (already checked by the protocol)."""
+        if not self._finished:  # audio after finish() (a drained daemon) is ignored
+            self._segment(self.converter.convert(data))
+
+    def feed_samples(self, samples: npt.NDArray[np.float32]) -> None:
+        """Feed float32 mono samples at the stream's input rate (microphone, files)."""
+        if not self._finished:  # the resampler was flushed; feeding it again would fail
+            self._segment(self.converter.resample(samples))
+
+    def flush(self) -> None:
+        """End the current utterance now (client ``flush``)."""
+        self._handle(self.segmenter.flush())
+
+    async def finish(self) -> None:
+        """Flush the resampler and the segmenter, then wait for every pending result.
+
+        Idempotent: a second call only waits.
+        """
+        if not self._finished:
+            self._finished = True
+            self._segment(self.converter.finish())
+            self.flush()
+        await self.drain()
+
+    @property
+    def backlog(self) -> int:
+        """Utterances handed to the engine whose results have not been emitted yet."""
+        return len(self._tasks)
+
+    async def wait_backlog(self, limit: int) -> None:
+        """Wait until at most ``limit`` utterances are pending (backpressure for file sources)."""
+        while len(self._tasks) > limit:
+            await asyncio.wait(list(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+
+    async def drain(self) -> None:
+        """Wait until every utterance handed to the engine so far has been emitted."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _segment(self, samples: npt.NDArray[np.float32]) -> None:
+        if samples.size:
+            self._handle(self.segmenter.feed(samples))
+
+    def _handle(self, events: Sequence[object]) -> None:
+        for event in events:
+            if isinstance(event, SpeechStarted):
+                self._current_id = uuid.uuid4().hex[:12]
+                self.publish(
+                    proto.SpeechStarted(
+                        stream=self.stream,
+                        utterance_id=self._current_id,
+                        seq=self.n_utterances,
+                        start_ms=self._ms(event.start_sample),
+                    )
+                )
+            elif isinstance(event, UtteranceReady):
+                self._schedule(event)
+
+    def _schedule(self, utt: UtteranceReady) -> None:
+        utt = self.buckets.align(utt)  # equal lengths can share a run (streamer/engine/batcher.py)
+        utt_id = self._current_id or uuid.uuid4().hex[:12]
+        self._current_id = None
+        seq = self.n_utterances
+        self.n_utterances += 1
+        self.services.metrics.utterance_pending(self.stream, seq)
+        # Latency counts from the end of speech, not from the segmenter's decision: the audio
+        # heard since the speech ended (the hangover) is taken as having arrived in real time.
+        heard_after_s = max(0, self.segmenter.samples_seen - utt.speech_end_sample) / self.rate_hz
+        end_of_speech = time.perf_counter() - heard_after_s
+        task = asyncio.get_running_loop().create_task(
+            self._process(utt, utt_id, seq, end_of_speech, self._last),
+            name=f"utterance-{self.stream}-{seq}",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._last = task
+
+    async def _process(
+        self,
+        utt: UtteranceReady,
+        utt_id: str,
+        seq: int,
+        ready_at: float,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        decided_at = time.perf_counter()  # the segmenter's decision: what lag_ms counts from
+        try:
+            event: proto.ServerEvent = await self._infer(utt, utt_id, seq, ready_at)
+        except StreamerError as exc:
+            self.n_errors += 1
+            code = proto.OVERLOADED if isinstance(exc, OverloadedError) else proto.MODEL_FAILED
+            log.warning("stream %s utterance %d failed: %s", self.stream, seq, exc)
+            event = proto.Error(
+                code=code, message=str(exc), stream=self.stream, utterance_id=utt_id
+            )
+        except Exception:  # a bug must cost one utterance, not the stream
+            self.n_errors += 1
+            log.exception("stream %s utterance %d: unexpected failure", self.stream, seq)
+            event = proto.Error(
+                code=proto.INTERNAL,
+                message="internal error",
+                stream=self.stream,
+                utterance_id=utt_id,
+            )
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        if isinstance(event, proto.Utterance):
+            latency = event.latency_ms
+            emit_ms = (time.perf_counter() - ready_at) * 1000.0
+            event = _with_latency(event, emit_ms, latency)
+            event = overload.with_lag(
+                event,
+                since_decision_ms=(time.perf_counter() - decided_at) * 1000.0,
+                report_ms=self.services.config.engine.lag_report_ms,
+            )
+        self.services.metrics.utterance_done(self.stream, seq, event)
+        self.publish(event)
+
+    async def _infer(
+        self, utt: UtteranceReady, utt_id: str, seq: int, ready_at: float
+    ) -> proto.Utterance:
+        runner = self.services.runner
+        overload.admit_utterance(self.services, self.stream, live=self.emit is not None)
+        runner.reserve()
+        try:
+            results = [
+                await runner.infer(m, utt.audio, priority=self.priority) for m in self.models
+            ]
+        finally:
+            runner.release()
+        self.services.metrics.observe_runs(self.models, results)
+        offset_ms = self._ms(utt.audio_start_sample)
+
+        def decode_all() -> Decoded:
+            rows = {
+                name: {key: value[0] for key, value in result.outputs.items()}
+                for name, result in zip(self.models, results, strict=True)
+            }
+            # Classifiers first: a ctc bundle may hold its search to the grammar of the intent.
+            parts: dict[str, Decoded] = {}
+            for want_ctc in (False, True):
+                intent = next((p.intent for p in parts.values() if p.intent), None)
+                for name in self.models:
+                    decoder = self.services.decoders[name]
+                    if (decoder.ctc is not None) == want_ctc:
+                        parts[name] = decoder.decode(
+                            rows[name],
+                            offset_ms=offset_ms,
+                            want_embedding=self.want_embedding,
+                            intent=intent,
+                        )
+            decoded = Decoded()
+            for name in self.models:
+                decoded = decoded.merge(parts[name])
+            return decoded
+
+        decode_start = time.perf_counter()
+        # A CTC beam search takes milliseconds to tens of them: off the event loop, so other
+        # streams' audio keeps flowing meanwhile.
+        decoded = await asyncio.to_thread(decode_all)
+        decode_ms = (time.perf_counter() - decode_start) * 1000.0
+        return proto.Utterance(
+            stream=self.stream,
+            utterance_id=utt_id,
+            seq=seq,
+            start_ms=self._ms(utt.speech_start_sample),
+            end_ms=self._ms(utt.speech_end_sample),
+            models=self.models,
+            latency_ms=proto.Latency(
+                end_of_speech_to_emit=(time.perf_counter() - ready_at) * 1000.0,
+                queued=round(sum(r.queued_ms for r in results), 2),
+                encode=round(sum(r.encode_ms for r in results), 2),
+                decode=round(decode_ms, 2),
+            ),
+            transcript=decoded.transcript,
+            intent=decoded.intent,
+            labels=decoded.labels,
+            value=decoded.value,
+            embedding=decoded.embedding,
+        )
+
+    def publish(self, event: proto.ServerEvent) -> None:
+        """Send ``event`` to the hub (matching subscribers) and to this stream's ``emit``."""
+        self.services.hub.publish(event.type, self.stream, event.encode())
+        if self.emit is not None:
+            self.emit(event)
+
+    def _ms(self, n_samples: int) -> float:
+        return round(n_samples * 1000.0 / self.rate_hz, 1)
+
+
+def sample_pipeline(
+    services: Services,
+    *,
+    stream: str,
+    rate_hz: int,
+    models: Sequence[str] | None = None,
+    emit: Emit | None = None,
+) -> StreamPipeline:
+    """A pipeline fed float32 mono samples at ``rate_hz`` (microphone, files, Wyoming).
+
+    ``models``: None runs every loaded model. Endpointing is the server's, with the models'
+    minimum length.
+    """
+    names = tuple(services.runner.encoders) if models is None else tuple(models)
+    return StreamPipeline(
+        services,
+        stream=stream,
+        fmt=AudioFormat(rate_hz, "pcm_f32le", 1),
+        models=names,
+        segmenter=stream_segmenter_config(services, names, {}),
+        emit=emit,
+    )
+
+
+def file_stream_name(path: Path) -> str:
+    """A valid stream name for an audio file: its stem, other characters replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:64] or "file"
+
+
+def stream_segmenter_config(
+    services: Services, models: Iterable[str], overrides: Mapping[str, Any]
+) -> SegmenterConfig:
+    """A stream's segmenter settings: server defaults, then overrides, then the models' minimum.
+
+    Raises:
+        ConfigError: an override is unknown or out of range.
+    """
+    base = services.config.segmenter
+    min_samples = max(services.runner.encoders[m].manifest.min_samples for m in models)
+    values = {**overrides, "min_utterance_samples": max(base.min_utterance_samples, min_samples)}
+    seg: SegmenterConfig = build_section(SegmenterConfig, values, base=base)
+    return seg
+
+
+def _with_latency(
+    event: proto.Utterance, emit_ms: float, latency: proto.Latency
+) -> proto.Utterance:
+    """Return ``event`` with end-of-speech-to-emit measured at the moment it leaves."""
+    return dataclasses.replace(
+        event,
+        latency_ms=dataclasses.replace(latency, end_of_speech_to_emit=round(emit_ms, 2)),
+    )

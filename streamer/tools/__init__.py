@@ -1,0 +1,1 @@
+"""Tools around the daemon: bench, replay, baselines, inspect, progress bars."""
