@@ -50,9 +50,12 @@ pytest: install
 
 test: lint types pytest
 
+# Branch coverage of the whole suite, then each part of streamer against its floor
+# (bin/coverage_floor holds the floors: core, engine/, streams/, serve/, tools/, app and cli).
 cov: install
 	PYTHONASYNCIODEBUG=1 $(BIN)/coverage run -m pytest $(PYTEST_ARGS)
 	$(BIN)/coverage report --skip-covered
+	$(BIN)/python bin/coverage_floor
 
 check: test cov
 

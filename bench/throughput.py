@@ -44,9 +44,9 @@ RATE_HZ = 16000
 
 sys.path.insert(0, str(ROOT))
 
+from streamer.buckets import stream_buckets  # noqa: E402
 from streamer.config import EngineConfig  # noqa: E402
-from streamer.decoders import OutputDecoder  # noqa: E402
-from streamer.engine.batcher import stream_buckets  # noqa: E402
+from streamer.decoding import OutputDecoder  # noqa: E402
 from streamer.engine.encoder import Encoder  # noqa: E402
 from streamer.segmenter import Segmenter, SegmenterConfig, UtteranceReady  # noqa: E402
 from streamer.streams.sources import read_audio_file  # noqa: E402

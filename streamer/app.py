@@ -3,31 +3,42 @@
 Shutdown follows one order on SIGINT and SIGTERM: stop accepting connections, finish the
 in-flight utterances of every stream, deliver their results, close every connection with 1001,
 exit 0; bounded by ``server.shutdown_timeout_s``.
+
+The microphone (``--mic``) is stream ``mic``, admitted by the stream registry like any client's
+stream. The daemon claims the name before it accepts any connection, so a client asking for
+``mic`` meanwhile is refused with ``stream_in_use``; once the device fails the name is free
+again. A microphone asked to start while a client's stream holds the name is not started: it
+logs one clear error and the daemon serves on, as for a failing device. Files
+(``streamer transcribe``) and the microphone run through one loop,
+:func:`streamer.streams.feed.run_source`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, Final, TextIO, cast
 
 from streamer import protocol as proto
 from streamer.config import Config
-from streamer.decoders import CtcKind, OutputDecoder
+from streamer.ctc import CtcKind
+from streamer.decoding import OutputDecoder
 from streamer.engine.encoder import Encoder
 from streamer.engine.runner import Runner
-from streamer.errors import ModelError, StreamerError
+from streamer.errors import ModelError, ProtocolError, StreamerError
 from streamer.pubsub import Hub
 from streamer.serve.journal import Journal
 from streamer.serve.routes import routes as http_routes
 from streamer.serve.security import exposure_warning
 from streamer.serve.websocket import StreamerServer
-from streamer.streams.pipeline import Services, StreamPipeline, file_stream_name, sample_pipeline
+from streamer.streams.feed import ChunkSource, run_source
+from streamer.streams.pipeline import file_stream_name
+from streamer.streams.registry import StreamClaim
+from streamer.streams.services import Services
 from streamer.streams.sources import DeviceError, MicSource, chunks, read_audio_file
 from streamer.tools.progress import audio_progress
 
@@ -37,6 +48,8 @@ log = logging.getLogger(__name__)
 FILE_CHUNK_MS = 100
 #: Utterances of one file allowed in flight before reading more of it (backpressure).
 FILE_BACKLOG = 4
+#: The microphone's stream name.
+MIC_STREAM: Final = "mic"
 
 
 def build_services(config: Config, models: dict[str, Path]) -> Services:
@@ -110,9 +123,11 @@ async def serve(
     services = build_services(config, models)
     if config.journal.path is not None:
         services.journal = Journal.open(config.journal, services.hub)
+    # before any connection: no client can take the microphone's stream name
+    mic_claim = services.streams.admit(MIC_STREAM) if mic is not None else None
     wyoming_server = None
     if wyoming is not None:  # first: a port in use stops startup before anything else runs
-        from streamer.serve.wyoming import start_wyoming
+        from streamer.serve.wyoming_server import start_wyoming
 
         wyoming_server = await start_wyoming(services, wyoming)
     server = StreamerServer(services, info=server_info(services), routes=http_routes(services))
@@ -135,7 +150,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     mic_task = None
     if mic is not None:
-        mic_task = asyncio.create_task(_run_mic(services, mic), name="microphone")
+        mic_task = asyncio.create_task(_run_mic(services, mic, mic_claim), name="microphone")
     try:
         await stop.wait()
     finally:
@@ -155,23 +170,21 @@ async def serve(
     return 0
 
 
-async def _run_mic(services: Services, device: str | int) -> None:
-    """Stream a microphone as stream ``mic``; a failing device is logged, the daemon goes on."""
-    source = MicSource(None if device == "default" else device)
-    pipeline: StreamPipeline | None = None
+async def _run_mic(services: Services, device: str | int, claim: StreamClaim | None = None) -> None:
+    """Stream a microphone as stream ``mic``; a failing device is logged, the daemon goes on.
+
+    ``claim``: the name, admitted already (``serve`` does so before accepting connections);
+    None admits it now. A stream ``mic`` already live (a client's) is logged as an error and
+    the device is not opened.
+    """
     try:
-        async for chunk in source.stream():
-            if pipeline is None:
-                pipeline = sample_pipeline(services, stream="mic", rate_hz=source.rate_hz)
-                services.streams["mic"] = pipeline
-            pipeline.feed_samples(chunk)
+        if claim is None:
+            claim = services.streams.admit(MIC_STREAM)
+        await run_source(services, MicSource(None if device == "default" else device), claim)
+    except ProtocolError as exc:
+        log.error("microphone not started: %s; serving the other streams on", exc)  # noqa: TRY400
     except DeviceError as exc:
         log.error("microphone: %s; serving the other streams on", exc)  # noqa: TRY400
-    finally:
-        if pipeline is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await pipeline.finish()
-            services.streams.pop("mic", None)
 
 
 async def transcribe(
@@ -203,14 +216,17 @@ async def transcribe(
                 status = 2
                 continue
             name = file_stream_name(path)
-            pipeline = sample_pipeline(services, stream=name, rate_hz=audio.rate_hz, emit=emit)
             pieces = chunks(audio.samples, audio.rate_hz * FILE_CHUNK_MS // 1000)
             total_s = len(audio.samples) / audio.rate_hz
-            for chunk in audio_progress(pieces, rate_hz=audio.rate_hz, total_s=total_s, desc=name):
-                pipeline.feed_samples(chunk)
-                await pipeline.wait_backlog(FILE_BACKLOG)
-            await pipeline.finish()
-            if pipeline.n_errors and status == 0:
+            shown = audio_progress(pieces, rate_hz=audio.rate_hz, total_s=total_s, desc=name)
+            pipeline = await run_source(
+                services,
+                ChunkSource(shown, rate_hz=audio.rate_hz),
+                services.streams.admit(name),
+                emit=emit,
+                backlog=FILE_BACKLOG,
+            )
+            if pipeline is not None and pipeline.n_errors and status == 0:
                 status = 1
     finally:
         services.runner.close()

@@ -1,14 +1,25 @@
-"""Audio formats: PCM bytes to float32 mono, and streaming resampling to the model rate.
+"""Audio formats: one table of PCM encodings and limits, one decoder, streaming resampling.
 
-Pure (no I/O): every source (microphone, WebSocket, file) turns its bytes or arrays into float32
-mono samples at the model rate through :class:`AudioConverter`, so a format bug fixed here is fixed
-for all of them.
+Pure (no I/O). Every endpoint describes the audio it receives with one :class:`AudioFormat`
+and every source (microphone, WebSocket, Wyoming, file) turns its bytes or arrays into float32
+mono samples through :func:`pcm_to_float` / :func:`downmix` and :class:`AudioConverter`, so a
+format bug fixed here is fixed for all of them.
+
+The rules are the same for every endpoint:
+
+- rate: :data:`MIN_RATE_HZ` to :data:`MAX_RATE_HZ` (8-192 kHz), resampled to the model rate;
+- encoding: any of :data:`ENCODINGS`, interleaved little-endian PCM. The WebSocket ``start``
+  message names the encoding; Wyoming gives a sample width in bytes, read as the signed integer
+  encoding of that width (:meth:`AudioFormat.from_width`, the ``audioop`` convention);
+- channels: :data:`CHANNELS` (1 or 2), averaged to mono. Wyoming used to take up to 32; it now
+  follows the WebSocket rule, since every Wyoming client sends mono and a single limit cannot
+  drift between endpoints.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -16,42 +27,130 @@ import soxr
 
 from streamer.errors import AudioFormatError
 
-ENCODINGS: Final = ("pcm_s16le", "pcm_f32le")
-_WIDTH: Final = {"pcm_s16le": 2, "pcm_f32le": 4}
-MIN_RATE_HZ: Final = 8_000
-MAX_RATE_HZ: Final = 192_000
-MAX_CHANNELS: Final = 2
-
 F32Array = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
+class Encoding:
+    """One PCM sample encoding.
+
+    Attributes:
+        width: bytes per sample (of one channel).
+        dtype: the numpy dtype of one sample; None for 24-bit, which numpy has no type for.
+        is_float: IEEE float samples in [-1, 1] rather than signed integers.
+    """
+
+    width: int
+    dtype: str | None
+    is_float: bool = False
+
+
+#: Every sample encoding streamer reads, by wire name.
+ENCODINGS: Final[dict[str, Encoding]] = {
+    "pcm_s8": Encoding(1, "i1"),
+    "pcm_s16le": Encoding(2, "<i2"),
+    "pcm_s24le": Encoding(3, None),
+    "pcm_s32le": Encoding(4, "<i4"),
+    "pcm_f32le": Encoding(4, "<f4", is_float=True),
+}
+#: The signed integer encoding of each sample width in bytes (Wyoming's ``width``).
+INT_ENCODINGS: Final[dict[int, str]] = {
+    enc.width: name for name, enc in ENCODINGS.items() if not enc.is_float
+}
+MIN_RATE_HZ: Final = 8_000
+MAX_RATE_HZ: Final = 192_000
+#: Interleaved channel counts accepted (all are averaged to mono).
+CHANNELS: Final = (1, 2)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _quote(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass(frozen=True)
 class AudioFormat:
-    """The format of incoming PCM: rate, sample encoding and interleaved channel count."""
+    """The format of incoming PCM: rate, sample encoding and interleaved channel count.
+
+    Raises:
+        AudioFormatError: a field is of the wrong type or outside the limits of this module.
+    """
 
     rate_hz: int
     encoding: str = "pcm_s16le"
     channels: int = 1
 
     def __post_init__(self) -> None:
-        if self.encoding not in ENCODINGS:
+        if not isinstance(self.encoding, str) or self.encoding not in ENCODINGS:
             raise AudioFormatError(
-                f"unsupported encoding {self.encoding!r} (supported: {', '.join(ENCODINGS)})"
+                f"unsupported encoding {_quote(self.encoding)} (supported: {', '.join(ENCODINGS)})"
             )
-        if not MIN_RATE_HZ <= self.rate_hz <= MAX_RATE_HZ:
+        if not (_is_int(self.rate_hz) and MIN_RATE_HZ <= self.rate_hz <= MAX_RATE_HZ):
             raise AudioFormatError(
-                f"unsupported sample rate {self.rate_hz} Hz "
+                f"unsupported sample rate {_quote(self.rate_hz)} Hz "
                 f"(supported: {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz)"
             )
-        if not 1 <= self.channels <= MAX_CHANNELS:
+        if not (_is_int(self.channels) and self.channels in CHANNELS):
             raise AudioFormatError(
-                f"unsupported channel count {self.channels} (supported: 1-{MAX_CHANNELS})"
+                f"unsupported channel count {_quote(self.channels)} "
+                f"(supported: {CHANNELS[0]}-{CHANNELS[-1]})"
             )
+
+    @classmethod
+    def from_width(cls, rate_hz: object, width: object, channels: object) -> AudioFormat:
+        """Return the format of signed little-endian integer PCM of ``width`` bytes a sample.
+
+        Arguments are checked at run time, so unvalidated wire values may be passed.
+
+        Raises:
+            AudioFormatError: the width is not 1-4 bytes, or the rate or channels are refused.
+        """
+        encoding = INT_ENCODINGS.get(cast(int, width)) if _is_int(width) else None
+        if encoding is None:
+            raise AudioFormatError(
+                f"unsupported sample width {_quote(width)} bytes "
+                f"(supported: {min(INT_ENCODINGS)}-{max(INT_ENCODINGS)})"
+            )
+        return cls(cast(int, rate_hz), encoding, cast(int, channels))
+
+    @property
+    def width(self) -> int:
+        """Bytes per sample of one channel."""
+        return ENCODINGS[self.encoding].width
 
     @property
     def frame_bytes(self) -> int:
         """Bytes per multi-channel sample frame; every chunk must be a multiple of this."""
-        return _WIDTH[self.encoding] * self.channels
+        return self.width * self.channels
+
+
+def downmix(frames: npt.NDArray[np.floating]) -> F32Array:
+    """Average the channels of ``(n_frames, n_channels)`` samples into a new float32 mono array."""
+    mono: F32Array = frames.mean(axis=1, dtype=np.float32)
+    return mono
+
+
+def _decode_samples(data: bytes, encoding: Encoding) -> F32Array:
+    """Read interleaved samples of one encoding as float32 in [-1, 1]."""
+    if encoding.is_float:
+        floats = np.frombuffer(data, dtype=encoding.dtype).astype(np.float32)
+        floats = np.nan_to_num(floats, nan=0.0, posinf=1.0, neginf=-1.0)
+        np.clip(floats, -1.0, 1.0, out=floats)
+        return floats
+    scale = float(1 << (8 * encoding.width - 1))
+    if encoding.dtype is not None:
+        ints: F32Array = np.frombuffer(data, dtype=encoding.dtype).astype(np.float32)
+        return ints / scale
+    # 24-bit: place each sample in the top bytes of an int32, which sign-extends it.
+    raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, encoding.width)
+    wide = np.zeros((raw.shape[0], 4), dtype=np.uint8)
+    wide[:, 4 - encoding.width :] = raw
+    shifted: F32Array = wide.view("<i4")[:, 0].astype(np.float32)
+    return shifted / float(1 << 31)
 
 
 def pcm_to_float(data: bytes, fmt: AudioFormat) -> F32Array:
@@ -68,14 +167,9 @@ def pcm_to_float(data: bytes, fmt: AudioFormat) -> F32Array:
             f"{len(data)} bytes is not a whole number of {fmt.frame_bytes}-byte sample frames "
             f"({fmt.encoding}, {fmt.channels} channel(s))"
         )
-    if fmt.encoding == "pcm_s16le":
-        samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-    else:
-        samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
-        samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
-        np.clip(samples, -1.0, 1.0, out=samples)
+    samples = _decode_samples(data, ENCODINGS[fmt.encoding])
     if fmt.channels > 1:
-        samples = samples.reshape(-1, fmt.channels).mean(axis=1, dtype=np.float32)
+        samples = downmix(samples.reshape(-1, fmt.channels))
     return samples
 
 

@@ -24,30 +24,68 @@ from streamer.tools import bench
 log = logging.getLogger(__name__)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamer", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=f"streamer {__version__}")
-    p.add_argument(
+_MODELS_AFTER_COMMAND = "models_after_command"
+
+
+class _SubCommands:
+    """The sub-parsers action, giving every sub-command the global flags as a parent parser."""
+
+    def __init__(self, action: Any, parent: argparse.ArgumentParser) -> None:
+        self._action = action
+        self._parent = parent
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """Add the sub-command ``name`` (``argparse`` keywords), global flags included."""
+        parser: argparse.ArgumentParser = self._action.add_parser(
+            name, parents=[self._parent], **kwargs
+        )
+        return parser
+
+
+def _global_flags(parser: argparse.ArgumentParser, *, after_command: bool) -> None:
+    """Add ``--log-level``, ``--config``, ``--model``, ``--provider`` to ``parser``.
+
+    Before the sub-command they carry the defaults. After it their defaults are SUPPRESS, so a
+    sub-parser leaves a flag given before the sub-command as it was; ``--model`` given after it
+    goes to its own list, appended to the one before by :func:`_parse`.
+    """
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if after_command else value
+
+    flags = parser.add_argument_group("global options (before or after the sub-command)")
+    flags.add_argument(
         "--log-level",
-        default=os.environ.get("STREAMER_LOG_LEVEL", "info"),
+        default=default(os.environ.get("STREAMER_LOG_LEVEL", "info")),
         choices=["debug", "info", "warning", "error"],
         help="default: info",
     )
-    p.add_argument(
+    flags.add_argument(
         "--config",
         type=Path,
-        default=os.environ.get("STREAMER_CONFIG"),
+        default=default(os.environ.get("STREAMER_CONFIG")),
         help="TOML file with [server], [engine], [decoder], [segmenter] tables",
     )
-    p.add_argument(
+    flags.add_argument(
         "--model",
         action="append",
-        default=[],
+        dest=_MODELS_AFTER_COMMAND if after_command else "model",
+        default=default([]),
         metavar="[NAME=]BUNDLE",
         help="bundle folder to serve (repeatable); default: every bundle in exported/",
     )
-    p.add_argument("--provider", choices=["auto", "cuda", "cpu"], help="default: auto")
-    sub = p.add_subparsers(dest="command", required=True)
+    flags.add_argument(
+        "--provider", choices=["auto", "cuda", "cpu"], default=default(None), help="default: auto"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamer", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"streamer {__version__}")
+    _global_flags(p, after_command=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, after_command=True)
+    sub = _SubCommands(p.add_subparsers(dest="command", required=True), common)
 
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
@@ -89,6 +127,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a ``streamer`` command line; global flags may come before or after the sub-command.
+
+    Raises:
+        SystemExit: bad usage (argparse has printed why), ``--help`` or ``--version``.
+    """
+    args = _parser().parse_args(argv)
+    args.model = [*args.model, *vars(args).pop(_MODELS_AFTER_COMMAND, [])]
+    return args
+
+
 def _security_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--token",
@@ -128,7 +177,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``streamer`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,

@@ -9,18 +9,22 @@ daemon enforces is a field here, so it has a name, a unit and a default.
 from __future__ import annotations
 
 import dataclasses
+import string
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 from streamer.errors import ConfigError
 from streamer.segmenter import SegmenterConfig
-from streamer.serve.journal import JournalConfig
-from streamer.serve.security import SecurityConfig
+
+#: Journal durability policies (``journal.fsync``).
+FSYNC_POLICIES: Final = ("none", "interval", "always")
+_TOKEN_CHARS: Final = frozenset(string.ascii_letters + string.digits + string.punctuation)
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,82 @@ class DecoderConfig:
             raise ConfigError(f"decoder.ctc must be auto, beam or greedy, got {self.ctc!r}")
         if not self.beam_token_min_logp < 0:
             raise ConfigError("decoder.beam_token_min_logp must be negative")
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Access control and transport security (the ``[security]`` config section)."""
+
+    token: str | None = None
+    """Bearer token every endpoint requires; None: no token is asked for."""
+    token_file: str | None = None
+    """File whose first line is the token (keeps it out of ``ps`` and shell history)."""
+    origins: str = ""
+    """Comma-separated Origins browsers may connect from (``https://app.example``); empty: any.
+
+    Requests without an Origin header (non-browser clients) are not affected."""
+    public_healthz: bool = True
+    """``/healthz`` answers without the token, for liveness probes (it only says ``ok``)."""
+    certfile: str | None = None
+    """PEM certificate chain; with ``keyfile``, the server speaks TLS (``wss://``)."""
+    keyfile: str | None = None
+    """PEM private key of ``certfile`` (None: the key is inside ``certfile``)."""
+
+    def __post_init__(self) -> None:
+        if self.token is not None and self.token_file is not None:
+            raise ConfigError("security.token and security.token_file exclude each other")
+        if self.token is not None:
+            check_token(self.token, "security.token")
+        for origin in parse_origins(self.origins):
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+                raise ConfigError(
+                    f"security.origins: {origin!r} is not an origin like https://host[:port]"
+                )
+        if self.keyfile is not None and self.certfile is None:
+            raise ConfigError("security.keyfile needs security.certfile")
+
+
+def check_token(token: str, what: str) -> None:
+    """Refuse a token that is empty or not printable ASCII without spaces.
+
+    Raises:
+        ConfigError: the token cannot be sent in a header or a query parameter as is.
+    """
+    if not token or not set(token) <= _TOKEN_CHARS:
+        raise ConfigError(f"{what} must be printable ASCII without spaces, and not empty")
+
+
+def parse_origins(text: str) -> tuple[str, ...]:
+    """Split a comma-separated origin list into normalised origins (lower case, no slash)."""
+    return tuple(o.strip().lower().rstrip("/") for o in text.split(",") if o.strip())
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """The event journal (the ``[journal]`` config section)."""
+
+    path: str | None = None
+    """JSONL file every emitted event is appended to; None: no journal."""
+    fsync: str = "interval"
+    """``none``, ``interval`` (every ``fsync_interval_s``) or ``always`` (after every batch)."""
+    fsync_interval_s: float = 1.0
+    """With ``fsync = "interval"``: seconds between fsyncs at most."""
+    max_bytes: int = 64 << 20
+    """A file reaching this size is rotated to ``PATH.1``."""
+    keep_files: int = 4
+    """Rotated files kept (``PATH.1`` .. ``PATH.N``); older ones are deleted."""
+    queue_len: int = 10_000
+    """Events waiting for the writer thread at most; past it the oldest are lost (and counted)."""
+
+    def __post_init__(self) -> None:
+        if self.fsync not in FSYNC_POLICIES:
+            raise ConfigError(f"journal.fsync must be none, interval or always, got {self.fsync!r}")
+        for name in ("fsync_interval_s", "max_bytes", "queue_len"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"journal.{name} must be positive, got {getattr(self, name)}")
+        if self.keep_files < 0:
+            raise ConfigError(f"journal.keep_files must be >= 0, got {self.keep_files}")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ class ModelError(StreamerError):
     """A model bundle cannot be loaded or a run of it failed."""
 
 
+class OverloadedError(StreamerError):
+    """The engine is too far behind to run an utterance (see :mod:`streamer.overload`)."""
+
+
 class AudioFormatError(StreamerError):
     """Audio bytes or a requested audio format cannot be handled."""
 

@@ -1,8 +1,10 @@
 """The bundle manifest: the contract between the exporter (writes it) and the runtime (reads it).
 
 A bundle is a folder holding ``model.onnx`` and ``manifest.json``. The exporter builds a
-:class:`Manifest` and calls :meth:`Manifest.write`; the daemon calls :func:`load_manifest`, which
-validates every field and raises :class:`~streamer.errors.ManifestError` with a one-line reason.
+:class:`Manifest` and calls :meth:`Manifest.write`; the daemon reads the file with
+:func:`streamer.engine.bundles.load_manifest`, which hands the parsed JSON to
+:meth:`Manifest.from_dict`: every field is validated here, and a bad one raises
+:class:`~streamer.errors.ManifestError` with a one-line reason.
 
 Schema (``format_version`` 1), see also README "Bundle manifest":
 
@@ -39,7 +41,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from streamer.errors import ManifestError
 from streamer.wordloop import unspellable
@@ -48,8 +50,6 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 MODEL_NAME = "model.onnx"
 
-Arch = Literal["sew-d", "wav2vec2", "segue"]
-Task = Literal["ctc", "classify", "regress", "embed"]
 ARCHS: tuple[str, ...] = ("sew-d", "wav2vec2", "segue")
 TASKS: tuple[str, ...] = ("ctc", "classify", "regress", "embed")
 QUANTIZATIONS: tuple[str | None, ...] = (None, "int8", "fp16")
@@ -236,29 +236,6 @@ class Manifest:
             raise ManifestError(f"manifest lacks required field {exc.args[0]!r}") from None
         except (TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"manifest field has the wrong type: {exc}") from None
-
-
-def load_manifest(bundle_dir: Path) -> Manifest:
-    """Read and validate ``bundle_dir/manifest.json``.
-
-    Raises:
-        ManifestError: the file is missing, is not JSON, or fails validation.
-    """
-    path = bundle_dir / MANIFEST_NAME
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: no manifest.json (not a bundle folder?)") from None
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    try:
-        return Manifest.from_dict(raw)
-    except ManifestError as exc:
-        raise ManifestError(f"{path}: {exc}") from None
 
 
 def _int(value: object, name: str) -> int:

@@ -18,21 +18,23 @@ keeping everything the previous one kept:
    (``Runner.reserve``); its stream goes on.
 
 Queues stay bounded throughout: nothing here waits for the engine to catch up.
+
+This module holds the rules only, as functions over plain numbers and the hub;
+:mod:`streamer.streams.services` applies them to the live daemon.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from streamer import protocol as proto
-from streamer.engine.runner import OverloadedError
-from streamer.errors import ProtocolError
+from streamer.errors import OverloadedError, ProtocolError
 
 if TYPE_CHECKING:
+    from streamer.pubsub import Hub, Subscriber
     from streamer.segmenter import SegmenterConfig
-    from streamer.streams.pipeline import Services
 
 #: Error code of a ``start`` refused because the engine is behind.
 BUSY: Final = "busy"
@@ -42,23 +44,23 @@ CLOSE_TRY_AGAIN_LATER: Final = 1013
 STREAMS_PER_CONNECTION: Final = 1
 
 
-def load(services: Services) -> float:
-    """The engine's load: pending utterances over ``engine.max_pending_utterances``."""
-    return services.runner.pending / services.config.engine.max_pending_utterances
+def load_fraction(pending: int, max_pending: int) -> float:
+    """The engine's load: ``pending`` utterances over the ``max_pending`` allowed (0 to 1)."""
+    return pending / max_pending
 
 
-def accepting_streams(services: Services) -> bool:
-    """Whether a new stream would be admitted now (step 3 of the contract)."""
-    return load(services) < services.config.engine.refuse_streams_at
+def accepting_streams(load: float, *, refuse_at: float) -> bool:
+    """Whether a new stream is admitted at ``load`` (step 3 of the contract)."""
+    return load < refuse_at
 
 
-def admit_stream(services: Services) -> None:
-    """Check that a new stream may start now.
+def check_new_stream(load: float, *, refuse_at: float) -> None:
+    """Check that a new stream may start at ``load`` (step 3 of the contract).
 
     Raises:
-        ProtocolError: code ``busy``, close code 1013, when the engine is too far behind.
+        ProtocolError: code ``busy``, close code 1013, when ``load`` reached ``refuse_at``.
     """
-    if not accepting_streams(services):
+    if not accepting_streams(load, refuse_at=refuse_at):
         raise ProtocolError(
             BUSY,
             "the engine is behind; new streams are refused for now, try again later",
@@ -66,28 +68,25 @@ def admit_stream(services: Services) -> None:
         )
 
 
-def watched(services: Services, stream: str) -> bool:
-    """Whether any subscriber (other than the journal) would receive ``stream``'s results."""
-    journal = services.journal.subscriber if services.journal is not None else None
-    # The hub's subscriber tuple is copied on write, so reading it here is safe.
-    subscribers = services.hub._subscribers
-    return any(s is not journal and s.matches("utterance", stream) for s in subscribers)
+def watched(hub: Hub[Any], stream: str, *, exclude: Subscriber[Any] | None = None) -> bool:
+    """Whether any subscriber but ``exclude`` (the journal) takes ``stream``'s results."""
+    return hub.any_subscriber(lambda s: s is not exclude and s.matches("utterance", stream))
 
 
-def admit_utterance(services: Services, stream: str, *, live: bool) -> None:
-    """Check that an utterance of ``stream`` is worth running now (step 2 of the contract).
+def check_utterance(load: float, *, shed_at: float, stream: str, live: bool, watched: bool) -> None:
+    """Check that an utterance of ``stream`` is worth running at ``load`` (step 2).
 
     Args:
-        services: the shared services.
-        stream: the utterance's stream.
+        load: the engine's load (:func:`load_fraction`).
+        shed_at: the load from which unwatched utterances are shed.
+        stream: the utterance's stream (for the message).
         live: whether the stream's own client (its ingest connection) still receives results.
+        watched: whether a subscriber takes the stream's results (:func:`watched`).
 
     Raises:
         OverloadedError: the engine is behind and nobody would receive the result.
     """
-    if live or load(services) < services.config.engine.shed_unwatched_at:
-        return
-    if not watched(services, stream):
+    if load >= shed_at and not live and not watched:
         raise OverloadedError(
             f"engine behind: utterance of stream {stream!r} dropped, nobody receives it"
         )

@@ -158,6 +158,13 @@ class Hub(Generic[T]):
                 n += 1
         return n
 
+    def any_subscriber(self, predicate: Callable[[Subscriber[T]], bool]) -> bool:
+        """Whether ``predicate`` holds for at least one current subscriber; never blocks.
+
+        Safe from any thread: the subscriber tuple is replaced, never changed, on (un)subscribe.
+        """
+        return any(predicate(sub) for sub in self._subscribers)
+
     def __len__(self) -> int:
         """Number of subscribers."""
         return len(self._subscribers)

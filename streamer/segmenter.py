@@ -18,6 +18,24 @@ hysteresis:
   webrtcvad firing cannot hold an utterance open;
 * it is **cut** at ``max_utterance_s``; if speech goes on, the next utterance starts at the
   cut sample, so no audio is lost or duplicated.
+
+**Start of a stream.** Until the detector has learnt its noise floor it scores the first
+frames against a floor made of themselves, which assumes the stream starts in noise or
+silence. When the detector later revises those scores (``Vad.revised_start_scores``, once the
+floor has dropped: a pause after speech that opened the stream), the segmenter decides the
+frames again from the first one, as long as no utterance has started yet. What each path
+assumes:
+
+* live stream: only frames already heard are used, so a stream that starts inside speech
+  reports that utterance once the first pause has taught the floor (up to ``noise_window_ms``
+  late), with its true start sample; its start is clamped to the oldest frame still held
+  (``pre_roll_ms + edge_extension_ms + min_speech_ms`` back), so memory stays bounded;
+* file (``streamer transcribe``, a client that sends a recording and ``end``): the same code,
+  and the file's end (:meth:`flush`) comes after the pause that ends a trimmed clip, so a clip
+  whose first sample is speech yields its word when the floor drops at least
+  ``revise_drop_db`` (3 dB) after it.
+* the revision needs one frame the first scoring already called confident: noise that opens
+  a stream and then stops is not turned into speech by the quieter floor found after it.
 """
 
 from __future__ import annotations
@@ -54,7 +72,8 @@ class SegmenterConfig:
     post_roll_ms: int = 200
     """Audio kept after the speech end (ms, whole frames; at most what has been heard)."""
     min_speech_ms: int = 150
-    """Consecutive confident speech needed to start an utterance (ms); knocks are shorter."""
+    """Consecutive confident (voiced) speech needed to start an utterance (ms); knocks and
+    chirps are shorter."""
     min_silence_ms: int = 250
     """Hangover: non-speech that ends an utterance (ms), shorter than a pause between commands."""
     extra_silence_ms: int = 300
@@ -220,6 +239,9 @@ class Segmenter:
         self._first = 0  # frame index of self._frames[0]
         self._n_frames = 0
         self._speaking = False
+        self._opened = (
+            False  # whether any utterance has started (ends the start-of-stream revision)
+        )
         self._confident_run = 0
         self._edge_run_start: int | None = None
         self._start = self._last_keep = self._last_confident = self._edge_end = 0
@@ -269,10 +291,29 @@ class Segmenter:
         if self.on_frame is not None:
             self.on_frame(i * self.frame_samples, score)
         self._frames.append(frame)
+        if not self._speaking and not self._opened:
+            revised = self.vad.revised_start_scores()
+            if revised is not None and len(revised) == i + 1:
+                self._replay(revised, events)
+                return
         if self._speaking:
             self._step_speaking(i, score, events)
         else:
             self._step_idle(i, score, events)
+
+    def _replay(self, scores: list[float], events: list[SegmenterEvent]) -> None:
+        """Decide the stream's frames so far again, with the detector's revised scores.
+
+        Frames older than the idle history are gone: a revised start is clamped to the oldest
+        frame still held, so the memory bound holds during the revision too.
+        """
+        self._confident_run = 0
+        self._edge_run_start = None
+        for j, score in enumerate(scores):
+            if self._speaking:
+                self._step_speaking(j, score, events)
+            else:
+                self._step_idle(j, score, events)
 
     def _step_idle(self, i: int, score: float, events: list[SegmenterEvent]) -> None:
         if score >= self.thresholds.edge:
@@ -285,16 +326,14 @@ class Segmenter:
             self._open(i, events)
             return
         # Idle: keep only what a start could still reach back to (pre-roll + onset lookback).
-        while len(self._frames) > self._pre_roll + self._edge_ext + self._min_speech:
-            self._frames.popleft()
-            self._first += 1
+        self._drop_before(i + 1 - self._pre_roll - self._edge_ext - self._min_speech)
 
     def _open(self, i: int, events: list[SegmenterEvent]) -> None:
         trigger = i - self._min_speech + 1
         weak_start = trigger if self._edge_run_start is None else self._edge_run_start
         start = max(weak_start, trigger - self._edge_ext, self._first, i + 1 - self._max_frames)
         self._drop_before(max(self._first, start - self._pre_roll))
-        self._speaking = True
+        self._speaking = self._opened = True
         self._start = start
         self._last_keep = self._last_confident = i
         self._edge_end = i + 1
@@ -367,7 +406,7 @@ class Segmenter:
     def _take_until(self, frame: int) -> npt.NDArray[np.float32]:
         """Remove and return the buffered audio before frame index ``frame``."""
         taken = [self._frames.popleft() for _ in range(frame - self._first)]
-        self._first = frame
+        self._first = max(self._first, frame)
         if not taken:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(taken)

@@ -82,6 +82,13 @@ class Vad(Protocol):
         """Return the speech score of the next frame, in [0, 1]."""
         ...
 
+    def revised_start_scores(self) -> list[float] | None:
+        """New scores for every frame scored so far, once the detector knows them better.
+
+        Only at the start of a stream (see :class:`WebRtcVad`); None when nothing changed.
+        """
+        ...
+
 
 class NoiseFloor:
     """Minimum-statistics noise floor of a vector of band energies.
@@ -108,22 +115,42 @@ class NoiseFloor:
         self._n += 1
         seen = min(self._n, n_smooth)
         self._smoothed[(self._n - 1) % len(self._smoothed)] = self._recent.sum(axis=0) / seen
+        return self.floor
+
+    @property
+    def floor(self) -> npt.NDArray[np.float64]:
+        """The current floor (the quietest smoothed energies in the window)."""
         floor: npt.NDArray[np.float64] = self._smoothed.min(axis=0)
         return floor
 
 
 class WebRtcVad:
-    """webrtcvad gated by band SNR over an adaptive noise floor, with a thump veto.
+    """webrtcvad gated by band SNR over an adaptive noise floor and by voicing, with a thump veto.
 
     Score = clip(band SNR smoothed over 90 ms / ``full_scale_snr_db``, 0, 1), times
-    ``non_speech_weight`` when webrtcvad calls the frame non-speech, and 0 for a thump. Read
-    with the default thresholds (``full_scale_snr_db`` 7, weight 0.08):
+    ``non_speech_weight`` when webrtcvad calls the frame non-speech, at most ``unvoiced_cap``
+    (just under start) when the frame has no pitch (normalised autocorrelation below
+    ``voicing_threshold`` at every lag of 2.5-16 ms, i.e. 62-400 Hz), and 0 for a thump. Read with
+    the default thresholds:
 
-    * start (0.5): webrtcvad speech at >= 3.5 dB;
-    * keep (0.1): webrtcvad speech at >= 0.7 dB. A frame webrtcvad rejects scores at most
-      0.08, so it can neither start an utterance nor keep one open;
-    * edge (0.05): webrtcvad speech at >= 0.35 dB, or >= 4.4 dB without it: soft onsets and
-      trailing fricatives, which webrtcvad often misses, still widen the utterance.
+    * start (0.5): webrtcvad speech, voiced, at >= ``full_scale_snr_db / 2`` dB. The noises that
+      fool webrtcvad and the floor (running water, dishes, fans, a noise that just changed)
+      are rarely periodic, so an utterance can only start on a vowel;
+    * keep (0.1): webrtcvad speech at a few dB, voiced or not (fricatives keep it open);
+    * edge (0.05): weaker frames right before or after speech widen the utterance.
+
+    **Start of a stream.** The floor is unknown there: the first frames are scored against a
+    floor made of themselves (the floor starts on the first frame), which is right when the
+    stream starts in noise or silence and wrong when it starts inside speech. So the band
+    energies, webrtcvad verdicts and voicing of the first ``noise_window_ms`` are kept, and each
+    time the floor learnt since drops ``revise_drop_db`` below the one they were scored with,
+    :meth:`revised_start_scores` re-scores them all against it: speech that opened the stream
+    scores as it would have with a known floor. The revision uses only frames already heard, so
+    a live stream and a file (``streamer transcribe``) see the same decisions; the file's
+    first utterance may simply be reported later than it would have been with a quiet lead-in,
+    at most ``noise_window_ms`` after the stream began. Noise that opens a stream and then
+    stops is scored against the quieter floor too, but stays below start because it is not
+    voiced (or webrtcvad rejects it).
     """
 
     def __init__(
@@ -133,10 +160,13 @@ class WebRtcVad:
         mode: int = 3,
         full_scale_snr_db: float = 7.0,
         non_speech_weight: float = 0.08,
+        unvoiced_cap: float = 0.45,
+        voicing_threshold: float = 0.35,
         thump_ratio_db: float = 10.0,
         noise_window_ms: int = 1500,
         noise_smoothing_ms: int = 150,
         score_smoothing_ms: int = 90,
+        revise_drop_db: float = 3.0,
     ) -> None:
         """Create a detector; raises ConfigError for a frame size or mode webrtcvad lacks."""
         if frame_ms not in (10, 20, 30):
@@ -147,21 +177,40 @@ class WebRtcVad:
         self._frame_samples = SAMPLE_RATE_HZ * frame_ms // 1000
         self._full_scale_db = full_scale_snr_db
         self._non_speech_weight = non_speech_weight
+        self._unvoiced_cap = unvoiced_cap
+        self._voicing_threshold = voicing_threshold
         self._thump_ratio = 10.0 ** (thump_ratio_db / 10.0)
-        n_fft = 1 << (ANALYSIS_SAMPLES - 1).bit_length()
+        self._revise_drop_db = revise_drop_db
+        # Twice the window: the autocorrelation from the power spectrum is then not circular.
+        n_fft = 2 << (ANALYSIS_SAMPLES - 1).bit_length()
         self._n_fft = n_fft
         self._window = np.hanning(ANALYSIS_SAMPLES)
+        # The window's own autocorrelation, to undo its taper at long lags.
+        window_ac = np.fft.irfft(np.abs(np.fft.rfft(self._window, n_fft)) ** 2, n_fft)
+        self._lags = slice(SAMPLE_RATE_HZ // 400, SAMPLE_RATE_HZ * 16 // 1000 + 1)
+        self._window_ac = window_ac[self._lags] / window_ac[0]
         self._recent = np.zeros(ANALYSIS_SAMPLES, dtype=np.float64)
-        freqs = np.fft.rfftfreq(n_fft, 1.0 / SAMPLE_RATE_HZ)
+        # Bands read every other bin: exactly the spectrum of the window padded to n_fft / 2.
+        freqs = np.fft.rfftfreq(n_fft // 2, 1.0 / SAMPLE_RATE_HZ)
         edges = (LOW_BAND_HZ[0], *SPEECH_BAND_EDGES_HZ)
         # Bin index where each band starts; reduceat sums [edge_i, edge_i+1). Band 0 = low band.
         self._band_starts = np.searchsorted(freqs, edges).astype(np.intp)
+        window_frames = max(1, noise_window_ms // frame_ms)
         self._floor = NoiseFloor(
             n_bands=len(edges) - 1,
             smooth_frames=max(1, noise_smoothing_ms // frame_ms),
-            window_frames=max(1, noise_window_ms // frame_ms),
+            window_frames=window_frames,
         )
-        self._snr_history: deque[float] = deque(maxlen=max(1, score_smoothing_ms // frame_ms))
+        self._smooth_frames = max(1, score_smoothing_ms // frame_ms)
+        self._snr_history: deque[float] = deque(maxlen=self._smooth_frames)
+        # Start of stream: what each early frame was (energies, webrtcvad, voiced).
+        self._start_frames = window_frames
+        self._early_energies: list[npt.NDArray[np.float64]] = []
+        self._early_gates: list[float] = []
+        self._early_caps: list[float] = []
+        self._scored_floor_db = np.inf
+        self._revisable = False
+        self._heard_confident = False
 
     @property
     def frame_samples(self) -> int:
@@ -170,23 +219,66 @@ class WebRtcVad:
 
     @property
     def thresholds(self) -> VadThresholds:
-        """Defaults tuned on the project's noisy test streams (see bench/segmentation.py)."""
+        """Defaults chosen on the tuning part of bench/segmentation.py."""
         return VadThresholds(start=0.5, keep=0.1, edge=0.05)
 
     def score(self, frame: npt.NDArray[np.float32]) -> float:
         """Return the next frame's speech score in [0, 1]."""
         pcm = np.clip(frame * 32768.0, -32768.0, 32767.0).astype(np.int16).tobytes()
         is_speech = self._webrtc.is_speech(pcm, SAMPLE_RATE_HZ)
-        snr_db, thump = self._measure(frame)
+        energies, voiced = self._measure(frame)
+        floor = self._floor.update(energies)
+        gate = 1.0 if is_speech else self._non_speech_weight
+        cap = 1.0 if voiced else self._unvoiced_cap
+        if len(self._early_gates) < self._start_frames:
+            self._early_energies.append(energies)
+            self._early_gates.append(gate)
+            self._early_caps.append(cap)
+            floor_db = float(np.log10(floor[1:]).mean() * 10.0)
+            if len(self._early_gates) == 1:
+                self._scored_floor_db = floor_db
+            self._revisable = floor_db < self._scored_floor_db - self._revise_drop_db
+        else:
+            self._revisable = False
+        snr_db, thump = self._snr(energies, floor)
         self._snr_history.append(snr_db)
-        if thump:
-            return 0.0
         smoothed = sum(self._snr_history) / len(self._snr_history)
-        level = min(1.0, max(0.0, smoothed / self._full_scale_db))
-        return level if is_speech else level * self._non_speech_weight
+        score = (
+            0.0 if thump else min(cap, min(1.0, max(0.0, smoothed / self._full_scale_db)) * gate)
+        )
+        self._heard_confident |= score >= self.thresholds.start
+        self._revisable &= self._heard_confident
+        return score
 
-    def _measure(self, frame: npt.NDArray[np.float32]) -> tuple[float, bool]:
-        """Band SNR (dB, mean over speech bands) and the thump verdict of one frame."""
+    def revised_start_scores(self) -> list[float] | None:
+        """Scores of every frame so far against the floor learnt since, at the stream's start.
+
+        Not None only within the first ``noise_window_ms``, right after a frame that lowered
+        the floor ``revise_drop_db`` below the one the early frames were scored with.
+        """
+        if not self._revisable:
+            return None
+        self._revisable = False
+        energies = np.array(self._early_energies)
+        floor = self._floor.floor
+        self._scored_floor_db = float(np.log10(floor[1:]).mean() * 10.0)
+        snr = np.sort(np.clip(10.0 * np.log10(energies[:, 1:] / floor[1:]), 0.0, 20.0), axis=1)
+        level_db = snr[:, :-1].mean(axis=1)
+        excess = energies - floor
+        thump = excess[:, 0] > self._thump_ratio * np.maximum(excess[:, 1:], 0.0).sum(axis=1)
+        k = self._smooth_frames
+        sums = np.cumsum(np.concatenate(([0.0], level_db)))
+        idx = np.arange(1, level_db.size + 1)
+        smoothed = (sums[idx] - sums[np.maximum(0, idx - k)]) / np.minimum(idx, k)
+        self._snr_history = deque(level_db[-k:].tolist(), maxlen=k)
+        scores = np.minimum(
+            np.array(self._early_caps),
+            np.clip(smoothed / self._full_scale_db, 0.0, 1.0) * np.array(self._early_gates),
+        )
+        return [float(v) for v in np.where(thump, 0.0, scores)]
+
+    def _measure(self, frame: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float64], bool]:
+        """Band energies of the last 30 ms, and whether they are voiced (periodic)."""
         n = frame.size
         if n >= ANALYSIS_SAMPLES:
             self._recent = frame[-ANALYSIS_SAMPLES:].astype(np.float64)
@@ -194,8 +286,15 @@ class WebRtcVad:
             self._recent = np.concatenate((self._recent[n:], frame))
         spectrum = np.fft.rfft(self._recent * self._window, self._n_fft)
         power = spectrum.real**2 + spectrum.imag**2
-        energies = np.add.reduceat(power, self._band_starts)[:-1] + _TINY
-        floor = self._floor.update(energies)
+        energies = np.add.reduceat(power[::2], self._band_starts)[:-1] + _TINY
+        autocorr = np.fft.irfft(power, self._n_fft)
+        periodicity = (autocorr[self._lags] / self._window_ac).max() / (autocorr[0] + _TINY)
+        return energies, bool(periodicity >= self._voicing_threshold)
+
+    def _snr(
+        self, energies: npt.NDArray[np.float64], floor: npt.NDArray[np.float64]
+    ) -> tuple[float, bool]:
+        """Band SNR (dB, mean over speech bands) and the thump verdict of one frame."""
         # Per-band SNR clipped to [0, 20] dB; the loudest band is left out of the mean, so a
         # tone or hum (one band) cannot make a frame look like speech (many bands).
         snr_db = np.sort(np.clip(10.0 * np.log10(energies[1:] / floor[1:]), 0.0, 20.0))
@@ -251,3 +350,7 @@ class SileroVad:
             self._pending = self._pending[self.CHUNK_SAMPLES :]
             self._last = float(self._model.process_samples(chunk.tolist()))
         return self._last
+
+    def revised_start_scores(self) -> list[float] | None:
+        """Always None: silero needs no noise floor, so its first scores stand."""
+        return None

@@ -8,8 +8,9 @@ intent allows removes every spelling that is no word of the list.
 The search is Viterbi over the CTC topology of the loop ``word (| word)*``: each word is its
 characters, with optional blanks between them (required between a repeated character), and
 consecutive words are joined by the word delimiter. The best path is returned as per-frame
-token ids, which read back like a greedy path (:meth:`CtcGreedyDecoder.read_path`), so words,
-times and confidences mean exactly what they mean for the free search.
+token ids, which read back like a greedy path
+(:meth:`streamer.ctc.CtcGreedyDecoder.read_path`), so words, times and confidences mean
+exactly what they mean for the free search.
 
 Pure numpy; no I/O.
 """

@@ -122,9 +122,9 @@ def prepare(options: ExportOptions, *, progress: Progress) -> _Prepared:
         raise ExportInputError(f"--labels applies to classify exports, not {plan.task}")
     if plan.task == "classify":
         is_segue = plan.spec is SEGUE
-        labels, generic = resolve_labels(checkpoint.config, segue=is_segue, override=options.labels)
-        if generic:
-            progress.note("labels are generic LABEL_n names from config.json; --labels names them")
+        labels, warning = resolve_labels(checkpoint.config, segue=is_segue, override=options.labels)
+        if warning is not None:
+            progress.note(f"warning: {warning}")
     if options.lm is not None:
         _check_lm(options.lm, options, task=plan.task)
     if options.grammars:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from streamer_export.errors import ExportInputError
 
 Labels = tuple[str, ...] | tuple[tuple[str, ...], ...]
-_GENERIC = re.compile(r"^LABEL_\d+$")
+_HF_NUM_LABELS = 2
+"""Classes of a transformers classifier whose config says nothing about them."""
 
 LABELS_HELP = (
-    "class names for a classify export, overriding config.json's id2label: a JSON list "
+    "class names for a classify export, overriding config.json's id2label (without either, "
+    "classes are named 0..k-1 with a warning): a JSON list "
     '(\'["yes","no"]\') or list of lists for multi-label heads (\'[["a","b"],["x","y","z"]]\'), '
     "or the short form 'yes,no' with ';' between label sets ('a,b;x,y,z')"
 )
@@ -43,8 +44,11 @@ def parse_labels(text: str) -> Labels:
 def head_sizes(config: Mapping[str, Any], *, segue: bool) -> tuple[list[int], bool]:
     """Return the class count of each classification head and whether the model is multi-label.
 
+    A transformers config without ``id2label`` or ``num_labels`` has two classes, as
+    transformers itself reads it (its classifiers with two labels were saved that way).
+
     Raises:
-        ExportInputError: the config does not say how many classes the heads have.
+        ExportInputError: a SEGUE config does not say how many classes the heads have.
     """
     if segue:
         n_classes = config.get("n_classes")
@@ -54,34 +58,45 @@ def head_sizes(config: Mapping[str, Any], *, segue: bool) -> tuple[list[int], bo
             return list(n_classes), True
         raise ExportInputError("SEGUE config.json needs n_classes (an int or a list of ints)")
     id2label = config.get("id2label")
-    n = len(id2label) if isinstance(id2label, dict) else config.get("num_labels")
-    if not isinstance(n, int) or n <= 0:
-        raise ExportInputError("config.json says nothing about the number of classes (id2label)")
+    n = len(id2label) if isinstance(id2label, dict) else config.get("num_labels", _HF_NUM_LABELS)
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise ExportInputError(f"config.json: num_labels must be a positive int, got {n!r}")
     return [n], False
 
 
 def resolve_labels(
     config: Mapping[str, Any], *, segue: bool, override: Labels | None
-) -> tuple[Labels, bool]:
-    """Return the labels for the manifest, and whether they are generic ``LABEL_n`` names.
+) -> tuple[Labels, str | None]:
+    """Return the labels for the manifest, and a warning when the config names no classes.
+
+    Without ``--labels``, classes come from ``id2label``; where it is absent or holds only
+    transformers' placeholders (``LABEL_0``, ``LABEL_1``, ...), each head's classes are named by
+    their index, ``"0"`` to ``"k-1"``, and the warning says so.
 
     Raises:
-        ExportInputError: no labels anywhere, or their counts do not match the heads.
+        ExportInputError: the label counts do not match the heads.
     """
     sizes, multi = head_sizes(config, segue=segue)
     if override is not None:
         if not multi and len(override) == 1 and not isinstance(override[0], str):
             override = override[0]
         _check(override, sizes, multi, where="--labels")
-        return override, False
+        return override, None
     labels = _from_id2label(config.get("id2label"), multi=multi)
-    if labels is None:
-        raise ExportInputError(
-            "config.json has no id2label for this classifier; name the classes with --labels"
-        )
-    _check(labels, sizes, multi, where="config.json id2label")
-    flat = [x for x in labels if isinstance(x, str)] or [y for s in labels for y in s]
-    return labels, all(_GENERIC.match(name) for name in flat)
+    if labels is not None and not _placeholders(labels):
+        _check(labels, sizes, multi, where="config.json id2label")
+        return labels, None
+    by_index = [tuple(str(i) for i in range(n)) for n in sizes]
+    why = "has no id2label" if labels is None else "names its classes LABEL_0, LABEL_1, ..."
+    spans = "; ".join(f"0..{n - 1}" for n in sizes)
+    warning = f"config.json {why}: classes are named by index ({spans}); --labels gives them names"
+    return (tuple(by_index) if multi else by_index[0]), warning
+
+
+def _placeholders(labels: Labels) -> bool:
+    """Every label set is transformers' default naming, ``LABEL_<index>``."""
+    sets = [labels] if all(isinstance(x, str) for x in labels) else list(labels)
+    return all(list(names) == [f"LABEL_{i}" for i in range(len(names))] for names in sets if names)
 
 
 def _names(items: list[Any]) -> tuple[str, ...]:

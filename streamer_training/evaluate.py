@@ -18,7 +18,7 @@ import soundfile as sf
 import soxr
 
 if TYPE_CHECKING:
-    from streamer.decoders import Classification
+    from streamer.heads import Classification
 
 SAMPLE_RATE_HZ = 16000
 
@@ -99,8 +99,9 @@ class Bundle:
     def __init__(self, bundle_dir: Path, *, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        from streamer.decoders import CtcBeamDecoder, CtcGreedyDecoder, OutputDecoder
-        from streamer.manifest import load_manifest
+        from streamer.ctc import CtcBeamDecoder, CtcGreedyDecoder
+        from streamer.decoding import OutputDecoder
+        from streamer.engine.bundles import load_manifest
 
         self.manifest = load_manifest(bundle_dir)
         opts = ort.SessionOptions()
@@ -159,7 +160,7 @@ class Bundle:
 
     def classify(self, audio: np.ndarray, *, abstain_below: float) -> Classification:
         """Labels of every label set (classify bundles), decoded as the daemon decodes them."""
-        from streamer.decoders import IntentDecoder
+        from streamer.heads import IntentDecoder
 
         decoder = IntentDecoder(self.manifest, abstain_below=abstain_below)
         outputs = {

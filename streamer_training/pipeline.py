@@ -1,5 +1,8 @@
 """The demo-model pipeline behind ``bin/train_demo``: data → train both → export → evaluate → cards.
 
+The ``lm`` stage is :func:`streamer_training.lm_tuning.stage_lm`; paths and corpus sizes are in
+:mod:`streamer_training.workspace`.
+
 Every stage reads what the previous one wrote under ``data_dir`` / ``work_dir``, so stages can be
 run one at a time and a training stage can resume from its last checkpoint.
 """
@@ -12,69 +15,31 @@ import logging
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from streamer.config import DecoderConfig
-from streamer.manifest import IntentGrammar
-from streamer_training import augment, data, evaluate
+from streamer_training import augment, card, data, evaluate
+from streamer_training.workspace import (
+    BUNDLE_NAMES,
+    FSDD_ROOT,
+    N_PIPER_TRAIN,
+    N_SYNTH_DEV,
+    N_SYNTH_TEST,
+    N_SYNTH_TRAIN,
+    PIPER_TRAIN_SEED,
+    REPO,
+    SHARED_AUDIO,
+    SYNTH_DEV_SEED,
+    SYNTH_TEST_SEED,
+    SYNTH_TRAIN_SEED,
+    Paths,
+    relative,
+)
 
 log = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parents[2]
-SHARED_AUDIO = REPO.parent / "shared" / "audio"
-FSDD_ROOT = REPO.parent / "shared" / "datasets" / "fsdd"
-HELDOUT_SPEAKER = "lucas"
-"""The FSDD speaker the shipped bundles never hear (``--heldout-speaker`` rotates it)."""
-N_SYNTH_TRAIN = 9000
-N_SYNTH_TEST = 480
-SYNTH_TRAIN_SEED = 1
-SYNTH_TEST_SEED = 2
-N_SYNTH_DEV = 240
-"""New sentences in the *training* voices: what the LM fusion weights are tuned on."""
-SYNTH_DEV_SEED = 3
-N_PIPER_TRAIN = 2000
-"""Commands spoken by the Piper voice (SEW-D training only)."""
-PIPER_TRAIN_SEED = 4
-LM_ORDER = 3
-LM_DISCOUNT = 0.5
-LM_SENTENCES = 100_000
-LM_SEED = 11
-LM_ALPHAS = (0.2, 0.3, 0.5, 0.8)
-LM_BETAS = (1.0, 2.0, 3.0)
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Where each stage reads and writes, and the FSDD speaker the run holds out."""
-
-    data_dir: Path
-    work_dir: Path
-    exported_dir: Path
-    heldout_speaker: str = HELDOUT_SPEAKER
-
-    @property
-    def synth_train(self) -> Path:
-        """Synthetic training corpus."""
-        return self.data_dir / "synth_train.npz"
-
-    @property
-    def synth_test(self) -> Path:
-        """Synthetic held-out-voice corpus."""
-        return self.data_dir / "synth_test.npz"
-
-    @property
-    def synth_dev(self) -> Path:
-        """New sentences in training voices, for tuning the decoder."""
-        return self.data_dir / "synth_dev.npz"
-
-    @property
-    def piper_train(self) -> Path:
-        """Commands in the Piper voice."""
-        return self.data_dir / "piper_train.npz"
 
 
 def stage_data(paths: Paths) -> None:
@@ -216,11 +181,6 @@ def export(source: Path, out: Path, *, quantize: bool) -> None:
     subprocess.run(cmd, check=True, cwd=REPO)
 
 
-BUNDLE_NAMES = ("commands-intent", "commands-ctc")
-"""The intent model first: the daemon holds a ctc transcript to the grammar of the intent, so
-commands-ctc is evaluated with the intents commands-intent gave."""
-
-
 def stage_export(paths: Paths) -> None:
     """Write both checkpoint folders from the last training checkpoints, export fp32 and int8."""
     from streamer_training import train_ctc, train_intent
@@ -239,7 +199,7 @@ def stage_export(paths: Paths) -> None:
             if out.exists():
                 shutil.rmtree(out)
             out.parent.mkdir(parents=True, exist_ok=True)
-            export(_relative(source), _relative(out), quantize=quantize)
+            export(relative(source), relative(out), quantize=quantize)
             record_source(out, source)
 
 
@@ -249,78 +209,11 @@ def record_source(bundle_dir: Path, source: Path) -> None:
     The exporter records the absolute folder, which is right for a user's own export but would
     put one machine's directory layout into the committed demo bundles.
     """
-    from streamer.manifest import load_manifest
+    from streamer.engine.bundles import load_manifest
 
     manifest = load_manifest(bundle_dir)
-    where = dataclasses.replace(manifest.source, path=_relative(source).as_posix())
+    where = dataclasses.replace(manifest.source, path=relative(source).as_posix())
     dataclasses.replace(manifest, source=where).write(bundle_dir)
-
-
-def stage_lm(paths: Paths) -> None:
-    """Write the grammar's word n-gram LM, tune its fusion weights, attach it to the ctc bundles.
-
-    The weights are chosen per graph (fp32, int8) on the dev corpus (new sentences, training
-    voices), never on the held-out voices; the whole grid goes to ``lm_tuning.json``.
-    """
-    from streamer.decoders import CtcBeamDecoder
-    from streamer.manifest import LanguageModel, load_manifest
-    from streamer_export.exporter import LM_NAME, attach_lm
-    from streamer_training import lm
-
-    sentences = lm.grammar_sentences(LM_SENTENCES, seed=LM_SEED)
-    arpa = lm.write_arpa(sentences, paths.work_dir / LM_NAME, order=LM_ORDER, discount=LM_DISCOUNT)
-    dev = data.Corpus.load(paths.synth_dev).items
-    refs = [u.text for u in dev]
-    tuning: dict[str, Any] = {
-        "lm": {
-            "order": LM_ORDER,
-            "sentences": LM_SENTENCES,
-            "seed": LM_SEED,
-            "discount": LM_DISCOUNT,
-        },
-        "dev": {"n": len(dev), "seed": SYNTH_DEV_SEED},
-    }
-    for variant in ("fp32", "int8"):
-        bundle_dir = paths.work_dir / "bundles" / f"commands-ctc-{variant}"
-        bundle = evaluate.Bundle(bundle_dir)
-        logits = [bundle.run(u.audio)[0][0] for u in dev]
-        attached = attach_lm(bundle_dir, load_manifest(bundle_dir), arpa, alpha=0.0, beta=0.0)
-        grid = []
-        for alpha in LM_ALPHAS:
-            for beta in LM_BETAS:
-                trial = dataclasses.replace(
-                    attached, lm=LanguageModel(file=LM_NAME, alpha=alpha, beta=beta)
-                )
-                decoder = CtcBeamDecoder(trial, lm_path=bundle_dir / LM_NAME)
-                hyps = [decoder.decode(x).text for x in logits]
-                grid.append(
-                    {"alpha": alpha, "beta": beta, "wer": evaluate.word_error_rate(refs, hyps)}
-                )
-                log.info(
-                    "lm %s alpha %g beta %g: dev WER %.3f", variant, alpha, beta, grid[-1]["wer"]
-                )
-        best = min(grid, key=lambda g: g["wer"])
-        lm_weights = LanguageModel(file=LM_NAME, alpha=best["alpha"], beta=best["beta"])
-        dataclasses.replace(attached, lm=lm_weights, grammars=grammars()).write(bundle_dir)
-        tuning[variant] = {"grid": grid, "chosen": best}
-    (paths.work_dir / "lm_tuning.json").write_text(json.dumps(tuning, indent=1))
-
-
-def grammars() -> tuple[IntentGrammar, ...]:
-    """The ctc bundle's grammars: what the intent model calls ``digits`` is read as digit words.
-
-    "oh" included; a "the number is" before the digits is not kept.
-    """
-    from streamer_training.grammar import DIGIT_WORDS
-
-    return (IntentGrammar("digits", (*DIGIT_WORDS, "oh")),)
-
-
-def _relative(path: Path) -> Path:
-    try:
-        return path.resolve().relative_to(Path.cwd())
-    except ValueError:
-        return path
 
 
 def _fsdd_strings(clips: list[data.FsddClip], *, n: int, seed: int) -> list[tuple[np.ndarray, str]]:
@@ -419,8 +312,6 @@ def stage_card(paths: Paths, *, rotations: dict[str, Path] | None = None) -> Non
     ``rotations`` maps other held-out speakers to the work folders of runs that left them out;
     their SEW-D results join the commands-ctc card's targets.
     """
-    from streamer_training import card
-
     results = json.loads((paths.work_dir / "eval.json").read_text())
     tuning_path = paths.work_dir / "lm_tuning.json"
     tuning = json.loads(tuning_path.read_text()) if tuning_path.exists() else None

@@ -54,18 +54,23 @@ def make_sewd_ctc(folder: Path, *, seed: int = 0, config: dict[str, Any] | None 
 
 
 def make_sewd_classify(
-    folder: Path, *, labels: tuple[str, ...] = ("yes", "no", "stop"), seed: int = 1
+    folder: Path, *, labels: tuple[str, ...] | None = ("yes", "no", "stop"), seed: int = 1
 ) -> Path:
-    """Write a tiny random SEWDForSequenceClassification checkpoint with id2label ``labels``."""
+    """Write a tiny random SEWDForSequenceClassification checkpoint with id2label ``labels``.
+
+    ``labels=None`` leaves the classes unnamed as transformers does: two classes, and a
+    config.json without ``id2label``.
+    """
     from transformers import SEWDConfig, SEWDForSequenceClassification
 
     torch = _seeded(seed)
-    config = SEWDConfig(
-        **SEWD_TINY,
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-        classifier_proj_size=16,
-    )
+    names: dict[str, Any] = {}
+    if labels is not None:
+        names = {
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+        }
+    config = SEWDConfig(**SEWD_TINY, **names, classifier_proj_size=16)
     with torch.no_grad():
         model = SEWDForSequenceClassification(config)
     model.save_pretrained(folder)

@@ -19,7 +19,8 @@ settings.load_profile("streamer")
 
 REPO = Path(__file__).resolve().parents[1]
 #: Real speech the tests read; it lives beside the repository (see README "Development").
-SHARED_AUDIO = REPO.parent / "shared" / "audio"
+#: ``STREAMER_SHARED_AUDIO`` names another folder (the suite's own test of this file uses it).
+SHARED_AUDIO = Path(os.environ.get("STREAMER_SHARED_AUDIO") or REPO.parent / "shared" / "audio")
 EXPORT_ONNX = REPO / "bin" / "export_onnx"
 #: Generous: a tiny export takes ~10 s on 2 cores. Scale with STREAMER_TEST_TIMEOUT_FACTOR.
 EXPORT_TIMEOUT_S = 300 * float(os.environ.get("STREAMER_TEST_TIMEOUT_FACTOR", "1"))
@@ -89,16 +90,34 @@ def tiny_intent_bundle(
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Without the shared recordings, skip (with one reason) every test of a module reading them.
 
-        Such a module names the folder ``AUDIO`` or uses a helper module that does
-    (``live_server.speech``); the rest of the suite still runs.
+    Such a module names the folder ``AUDIO`` or uses a helper module that does
+    (``live_server.speech``); the rest of the suite still runs. In CI (``CI=true``) a missing
+    folder is a setup error instead: the run stops with one line naming it, never a silent skip.
+
+    Raises:
+        pytest.UsageError: in CI, a collected test needs the recordings and they are absent.
     """
     if SHARED_AUDIO.is_dir():
         return
+    needing = [
+        item
+        for item in items
+        if (module := getattr(item, "module", None)) is not None and _reads_shared_audio(module)
+    ]
+    if needing and running_in_ci():
+        raise pytest.UsageError(
+            f"the shared speech recordings are missing: {SHARED_AUDIO} is not a folder, and "
+            f"{len(needing)} collected tests read them (CI never skips them; see README "
+            '"Development")'
+        )
     skip = pytest.mark.skip(reason=f"needs the shared speech recordings, absent: {SHARED_AUDIO}")
-    for item in items:
-        module = getattr(item, "module", None)
-        if module is not None and _reads_shared_audio(module):
-            item.add_marker(skip)
+    for item in needing:
+        item.add_marker(skip)
+
+
+def running_in_ci() -> bool:
+    """The ``CI`` environment variable is set to a true value, as CI services set it."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
 def _reads_shared_audio(module: ModuleType) -> bool:

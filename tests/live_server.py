@@ -20,7 +20,7 @@ from streamer.app import build_services, server_info
 from streamer.audio import float_to_pcm16
 from streamer.config import Config, ServerConfig
 from streamer.serve.websocket import StreamerServer
-from streamer.streams.pipeline import Services
+from streamer.streams.services import Services
 from streamer.streams.sources import read_audio_file
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"

@@ -1,4 +1,4 @@
-"""Audio formats: PCM decoding, validation and chunking-invariant resampling."""
+"""Audio formats: the one format table, PCM decoding, validation and resampling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from streamer.audio import AudioConverter, AudioFormat, float_to_pcm16, pcm_to_float
+from streamer.audio import (
+    ENCODINGS,
+    INT_ENCODINGS,
+    AudioConverter,
+    AudioFormat,
+    downmix,
+    float_to_pcm16,
+    pcm_to_float,
+)
 from streamer.errors import AudioFormatError
 
 
@@ -40,6 +48,11 @@ def test_odd_byte_count_is_rejected() -> None:
         ({"rate_hz": 100}, "sample rate"),
         ({"rate_hz": 16000, "encoding": "mp3"}, "encoding"),
         ({"rate_hz": 16000, "channels": 3}, "channel"),
+        ({"rate_hz": 16000, "channels": 0}, "channel"),
+        ({"rate_hz": 16000.0}, "sample rate"),
+        ({"rate_hz": True}, "sample rate"),
+        ({"rate_hz": 16000, "channels": "2"}, "channel"),
+        ({"rate_hz": 16000, "encoding": ["pcm_s16le"]}, "encoding"),
     ],
 )
 def test_bad_formats_are_refused(kwargs: dict[str, object], message: str) -> None:
@@ -64,3 +77,67 @@ def test_resampling_does_not_depend_on_chunking(cuts: list[int]) -> None:
     got = np.concatenate([*parts, conv.finish()])
     np.testing.assert_array_equal(got, expected)
     assert abs(len(got) - round(len(x) * 16000 / 44100)) <= 1
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+def test_integer_widths_decode_to_the_same_floats(width: int, channels: int) -> None:
+    """Signed little-endian PCM of 1-4 bytes decodes exactly; channels are averaged."""
+    values = np.array([0.0, 0.5, -0.5, -1.0])
+    ints = (values * 2 ** (8 * width - 1)).astype(np.int64)
+    raw = b"".join(int(v).to_bytes(width, "little", signed=True) for v in ints)
+    fmt = AudioFormat.from_width(16000, width, channels)
+    assert fmt.encoding == INT_ENCODINGS[width]
+    assert (fmt.width, fmt.frame_bytes) == (width, width * channels)
+    expected = values if channels == 1 else values.reshape(-1, 2).mean(axis=1)
+    got = pcm_to_float(raw, fmt)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_24_bit_samples_are_sign_extended() -> None:
+    """The smallest 24-bit value is -1 and the largest just under 1."""
+    raw = (-(2**23)).to_bytes(3, "little", signed=True) + (2**23 - 1).to_bytes(3, "little")
+    got = pcm_to_float(raw, AudioFormat(8000, "pcm_s24le"))
+    np.testing.assert_array_equal(got, np.array([-1.0, (2**23 - 1) / 2**23], dtype=np.float32))
+
+
+def test_every_encoding_decodes_a_frame() -> None:
+    """Each encoding of the table reads one frame of silence as one zero sample."""
+    for name, encoding in ENCODINGS.items():
+        got = pcm_to_float(b"\0" * encoding.width * 2, AudioFormat(16000, name, 2))
+        assert got.tolist() == [0.0], name
+
+
+@pytest.mark.parametrize(
+    ("rate_hz", "width", "channels", "message"),
+    [
+        (16000, 5, 1, "sample width"),
+        (16000, 0, 1, "sample width"),
+        (16000, True, 1, "sample width"),
+        (16000, "2", 1, "sample width"),
+        (1000, 2, 1, "sample rate"),
+        ("16000", 2, 1, "sample rate"),
+        (16000, 2, 3, "channel"),
+        (16000, 2, 32, "channel"),
+        (16000, 2, None, "channel"),
+    ],
+)
+def test_wire_widths_are_checked(
+    rate_hz: object, width: object, channels: object, message: str
+) -> None:
+    """from_width takes unchecked wire values and refuses what the one rule refuses."""
+    with pytest.raises(AudioFormatError, match=message):
+        AudioFormat.from_width(rate_hz, width, channels)
+
+
+def test_downmix_averages_into_a_new_array() -> None:
+    """downmix averages channels to float32 and never returns a view of its input."""
+    frames = np.array([[1.0, 0.0], [0.5, 0.5]], dtype=np.float64)
+    mono = downmix(frames)
+    assert mono.dtype == np.float32
+    assert mono.tolist() == [0.5, 0.5]
+    single = np.ones((3, 1), dtype=np.float32)
+    out = downmix(single)
+    single[:] = 0
+    assert out.tolist() == [1.0, 1.0, 1.0]

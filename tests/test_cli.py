@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,171 @@ def test_bin_scripts_run_from_a_shell_without_the_venv(script: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"usage: {script}")
+
+
+# --- the README's command lines ---------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+#: What a README placeholder stands for when its command line is run (``{tmp}``: a temp folder).
+PLACEHOLDERS = {
+    "NAME=BUNDLE": f"commands-ctc={REPO / 'exported' / 'commands-ctc'}",
+    "BUNDLE": str(REPO / "exported" / "commands-ctc"),
+    "H": "127.0.0.1",
+    "P": "0",
+    "DEVICE": "default",
+    "FILE": str(AUDIO / "cmd_living_room_light.wav"),
+    "kitchen.wav": str(AUDIO / "cmd_living_room_light.wav"),
+    "N": "2",
+    "OUT": "{tmp}/bench.json",
+    "ws://HOST:PORT": "ws://127.0.0.1:8765",
+    "T": "readme-token",
+    "S": "3",
+}
+#: Placeholders that stand for something else after a given flag.
+AFTER_FLAG = {("--config", "FILE"): "{tmp}/streamer.toml"}
+#: Flags that need hardware or a fixed port: parsed, but left out when the line is run.
+NOT_RUN = ("--mic", "--wyoming")
+
+
+def readme_command_lines() -> list[tuple[str, list[str]]]:
+    """Every ``streamer ...`` line of README's code blocks: (line as printed, printed output).
+
+    Continuation lines (indented, in text blocks) join their command; a ``$`` prompt, a trailing
+    ``# comment`` and leading ``VAR=value`` settings stay in the line. The output is what a
+    console block prints below its ``$ streamer`` line.
+    """
+    found = []
+    for block in re.findall(r"^```\w*\n(.*?)^```", README.read_text(), re.M | re.S):
+        lines = block.splitlines()
+        for i, line in enumerate(lines):
+            if not re.match(r"^(\$ )?([A-Z_]+=\S+ )*streamer ", line):
+                continue
+            command, output = line, []
+            for nxt in lines[i + 1 :]:
+                if nxt.startswith(" ") and not line.startswith("$"):
+                    command += " " + nxt.strip()
+                elif line.startswith("$") and nxt and not nxt.startswith("$"):
+                    output.append(nxt)
+                else:
+                    break
+            found.append((command, output))
+    return found
+
+
+def concrete(command: str, tmp: Path) -> tuple[dict[str, str], list[str]]:
+    """The environment settings and argv (after ``streamer``) of a README line, placeholders
+    filled in: every optional part is taken, the first of alternatives ``[a|b]``."""
+    text = command.removeprefix("$ ").split(" # ")[0].split("  #")[0]
+    text = re.sub(r"\[([^\[\]|]+)\|[^\[\]]*\]", r"\1", text)
+    while re.search(r"\[[^\[\]]*\]", text):
+        text = re.sub(r"\[([^\[\]]*)\]", r"\1", text)
+    words = [w for w in text.replace("...", " ").split() if w]
+    env = {}
+    while "=" in words[0] and words[0] != "streamer":
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    assert words.pop(0) == "streamer", command
+    argv = [
+        AFTER_FLAG.get((before, w), PLACEHOLDERS.get(w, w)).format(tmp=tmp)
+        for before, w in zip(["", *words], words, strict=False)
+    ]
+    return env, argv
+
+
+def without_unrunnable(argv: list[str]) -> list[str]:
+    """``argv`` less the :data:`NOT_RUN` flags and their values."""
+    out, skip = [], False
+    for word in argv:
+        if skip and not word.startswith("-"):
+            skip = False
+            continue
+        skip = word in NOT_RUN
+        if not skip:
+            out.append(word)
+    return out
+
+
+async def start_and_stop(argv: list[str], env: dict[str, str]) -> str:
+    """Start ``streamer ARGV`` (a ``serve`` line), wait until it listens, SIGTERM it; its log."""
+    proc = await asyncio.create_subprocess_exec(
+        *STREAMER, *argv, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    log = ""
+    try:
+        async with asyncio.timeout(3 * UNIT_S):
+            while not (m := re.search(r"listening on ws://[^:]+:(\d+)", log)):
+                line = (await proc.stderr.readline()).decode()
+                assert line, f"streamer {' '.join(argv)} exited before listening:\n{log}"
+                log += line
+            # an answer means the loop runs on past the log line, signal handlers installed
+            url = f"http://127.0.0.1:{m.group(1)}/healthz"
+            with await asyncio.to_thread(urllib.request.urlopen, url, timeout=UNIT_S) as answer:
+                assert answer.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(3 * UNIT_S):
+            log += (await proc.stderr.read()).decode()
+            code = await proc.wait()
+    assert code == 0, log
+    return log
+
+
+README_LINES = readme_command_lines()
+
+
+def test_readme_prints_the_command_lines_this_test_runs() -> None:
+    """The README's usage and example blocks are found (a moved block must not pass silently)."""
+    commands = [concrete(c, Path("/tmp"))[1][0] for c, _ in README_LINES]
+    for name in ("serve", "transcribe", "devices", "journal", "inspect"):
+        assert name in commands, name
+    assert any("bench" in argv for argv in (concrete(c, Path("/tmp"))[1] for c, _ in README_LINES))
+
+
+@pytest.mark.parametrize(
+    ("command", "output"), README_LINES, ids=[c.split(" #")[0].strip() for c, _ in README_LINES]
+)
+def test_readme_command_line_runs_as_printed(
+    command: str, output: list[str], tmp_path: Path
+) -> None:
+    """Each README command line parses as printed, global flags where it prints them, and runs.
+
+    ``serve`` starts (on port 0) and stops; ``bench`` prints its help; the rest really run, in a
+    temp folder, and a console example prints the transcripts the README shows.
+    """
+    from streamer.cli import parse_args
+
+    env, argv = concrete(command, tmp_path)
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:
+        pytest.fail(f"README line does not parse ({exc.code}): {command}")
+    run_env = os.environ | env | {"STREAMER_TOKEN": "readme-token"}
+    run_env["STREAMER_JOURNAL_PATH"] = str(tmp_path / "journal.jsonl")
+    (tmp_path / "journal.jsonl").touch()
+    (tmp_path / "streamer.toml").touch()
+    if args.command == "serve":
+        argv = without_unrunnable(argv)
+        if "--port" not in argv:
+            argv += ["--port", "0"]
+        assert "Traceback" not in asyncio.run(start_and_stop(argv, run_env))
+        return
+    if args.command == "bench":
+        argv = [*argv, "--help"]
+    result = subprocess.run(
+        [*STREAMER, *argv],
+        capture_output=True,
+        text=True,
+        env=run_env,
+        cwd=REPO if "../shared" in command else tmp_path,
+        timeout=6 * UNIT_S,
+        check=False,
+    )
+    assert result.returncode == 0, f"{command}\n{result.stderr}"
+    if args.command == "inspect":
+        assert (tmp_path / args.png).is_file()
+    printed = [re.sub(r"\[.*?\]|\(.*?\)", "", line).split() for line in output]
+    got = [re.sub(r"\[.*?\]|\(.*?\)", "", line).split() for line in result.stdout.splitlines()]
+    if output:
+        assert got == printed, result.stdout

@@ -74,3 +74,16 @@ def test_endpointing_knobs_are_segmenter_settings() -> None:
     """Every endpointing knob a client may send names a SegmenterConfig field of the same unit."""
     fields = {f.name for f in dataclasses.fields(SegmenterConfig)}
     assert set(ENDPOINTING_KNOBS) <= fields
+
+
+def test_security_and_journal_sections_live_in_the_core_config() -> None:
+    """[security] and [journal] are config dataclasses; the serve modules name the same classes."""
+    from streamer import config
+    from streamer.serve.journal import JournalConfig
+    from streamer.serve.security import SecurityConfig
+
+    assert (JournalConfig, SecurityConfig) == (config.JournalConfig, config.SecurityConfig)
+    loaded = load_config(overrides={"security": {"token": "t0k"}, "journal": {"fsync": "always"}})
+    assert (loaded.security.token, loaded.journal.fsync) == ("t0k", "always")
+    with pytest.raises(ConfigError, match=r"journal\.fsync"):
+        load_config(overrides={"journal": {"fsync": "sometimes"}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -14,18 +15,11 @@ import numpy.typing as npt
 import pytest
 from hypothesis import given, strategies as st
 
-from streamer.decoders import (
-    Classification,
-    CtcGreedyDecoder,
-    Decoded,
-    IntentDecoder,
-    OutputDecoder,
-    _without_kenlm_banner,
-    decode_embedding,
-    decode_value,
-)
+from streamer.ctc import CtcGreedyDecoder, _without_kenlm_banner
+from streamer.decoding import Decoded, OutputDecoder, decode_utterance
 from streamer.errors import ConfigError, ManifestError, ModelError
-from streamer.manifest import LanguageModel, Manifest, Source, TensorSpec
+from streamer.heads import Classification, IntentDecoder, decode_embedding, decode_value
+from streamer.manifest import IntentGrammar, LanguageModel, Manifest, Source, TensorSpec
 from streamer.protocol import Alternative, Intent, Transcript, Word
 
 VOCAB = ("<pad>", "<s>", "</s>", "<unk>", "|", *"ABCDEHILNORTW'")
@@ -213,8 +207,8 @@ def _multi() -> Manifest:
 def test_intent_n_best_and_abstain() -> None:
     """The best label comes with its runners-up in order; abstain follows the threshold."""
     logits = np.log(np.array([0.1, 0.6, 0.2, 0.1]))
-    sure = IntentDecoder(_classify(INTENTS), abstain_below=0.5, n_best=3).choose(logits, INTENTS)
-    assert sure == Intent(
+    sure = IntentDecoder(_classify(INTENTS), abstain_below=0.5, n_best=3).decode({"logits": logits})
+    assert sure.intent == Intent(
         "lights_off", 0.6, (Alternative("weather", 0.2), Alternative("lights_on", 0.1)), False
     )
     unsure = IntentDecoder(_classify(INTENTS), abstain_below=0.7, n_best=1).decode(
@@ -225,7 +219,8 @@ def test_intent_n_best_and_abstain() -> None:
 
 def test_intent_ties_keep_label_order() -> None:
     """Equal probabilities rank in label order, so results are deterministic."""
-    got = IntentDecoder(_classify(INTENTS), n_best=4).choose(np.zeros(4, np.float32), INTENTS)
+    decoder = IntentDecoder(_classify(INTENTS), n_best=4)
+    got = decoder.decode({"logits": np.zeros(4, np.float32)}).intent
     assert [got.name, *(a.name for a in got.alternatives)] == list(INTENTS)
     assert got.confidence == 0.25
     assert got.abstain
@@ -491,3 +486,103 @@ def test_manifest_lm_is_validated(change: dict[str, Any], message: str) -> None:
     assert Manifest.from_dict(json.loads(json.dumps(good))) == _ctc_with_lm()
     with pytest.raises(ManifestError, match=message):
         Manifest.from_dict({**good, **change})
+
+
+# --- the rule across bundles: classifiers first, then CTC held to the intent's word list --------
+
+DIGIT_WORDS = ("ONE", "TWO", "THREE", "NINE")
+LABELS = ("digits", "weather", "timer")
+
+# "TWE": the greedy path spells no word; the third frame's runner-up is "O" (word list: "two").
+TWE = _soft_frames([{"T": 0.9}, {"W": 0.9}, {"E": 0.55, "O": 0.4}, {"<pad>": 0.9}])
+
+
+def _intent_logits(best: str, margin: float = 6.0) -> dict[str, npt.NDArray[np.float32]]:
+    logits = np.zeros(len(LABELS), np.float32)
+    logits[LABELS.index(best)] = margin
+    return {"logits": logits}
+
+
+def _decoders(**manifests: Manifest) -> dict[str, OutputDecoder]:
+    """A ctc bundle ("ctc") that holds the intent 'digits' to DIGIT_WORDS, plus ``manifests``."""
+    held = dataclasses.replace(_ctc(), grammars=(IntentGrammar("digits", DIGIT_WORDS),))
+    return {name: OutputDecoder(m) for name, m in {"ctc": held, **manifests}.items()}
+
+
+def test_utterance_with_a_word_list_intent_reads_the_word_list() -> None:
+    """A sure intent whose word list the ctc bundle has gets the word-list reading."""
+    decoders = _decoders(intent=_classify(LABELS))
+    rows = {"intent": _intent_logits("digits"), "ctc": {"logits": TWE}}
+    got = decode_utterance(decoders, rows, offset_ms=100.0)
+    assert got.intent is not None
+    assert (got.intent.name, got.intent.abstain) == ("digits", False)
+    assert got.transcript is not None
+    assert (got.transcript.text, got.transcript.grammar) == ("two", "digits")
+    assert got.transcript.words[0].start_ms == 100.0
+    assert got.transcript == decoders["ctc"].transcribe(TWE, 100.0, intent=got.intent)
+
+
+@pytest.mark.parametrize(
+    ("rows", "intent"),
+    [
+        ({"intent": _intent_logits("digits", margin=0.5)}, "digits"),  # abstains (p 0.45)
+        ({"intent": _intent_logits("weather")}, "weather"),  # no word list for it
+        ({}, None),  # no intent head at all
+    ],
+    ids=["intent-abstains", "intent-without-word-list", "no-intent-head"],
+)
+def test_utterance_without_a_usable_intent_gets_the_free_transcript(
+    rows: dict[str, dict[str, Any]], intent: str | None
+) -> None:
+    """An abstained intent, an intent without a word list, or no classifier: the free search."""
+    decoders = _decoders(intent=_classify(LABELS))
+    got = decode_utterance(decoders, {**rows, "ctc": {"logits": TWE}})
+    assert got.transcript is not None
+    assert (got.transcript.text, got.transcript.grammar) == ("twe", None)
+    assert (got.intent.name if got.intent else None) == intent
+
+
+def test_utterance_classifiers_decode_first_whatever_the_model_order() -> None:
+    """A ctc bundle listed before the classifier is still held to the classifier's intent."""
+    decoders = _decoders(intent=_classify(LABELS))
+    got = decode_utterance(decoders, {"ctc": {"logits": TWE}, "intent": _intent_logits("digits")})
+    assert got.transcript is not None
+    assert got.transcript.grammar == "digits"
+
+
+def test_utterance_first_classifier_in_model_order_decides() -> None:
+    """With two classifiers, the first one's intent steers the search and is the one reported."""
+    decoders = _decoders(a=_classify(LABELS), b=_classify(LABELS))
+    ctc = {"logits": TWE}
+    weather_first = {"a": _intent_logits("weather"), "b": _intent_logits("digits"), "ctc": ctc}
+    got = decode_utterance(decoders, weather_first)
+    assert got.intent is not None
+    assert got.transcript is not None
+    assert (got.intent.name, got.transcript.text) == ("weather", "twe")
+    digits_first = {"b": _intent_logits("digits"), "a": _intent_logits("weather"), "ctc": ctc}
+    got = decode_utterance(decoders, digits_first)
+    assert got.intent is not None
+    assert got.transcript is not None
+    assert (got.intent.name, got.transcript.text) == ("digits", "two")
+
+
+def test_utterance_merges_every_bundle_and_refuses_an_unknown_model() -> None:
+    """Value and embedding join the transcript and intent; a model with no decoder is an error."""
+    decoders = _decoders(
+        intent=_classify(LABELS),
+        score=_manifest("regress", {"value": ("batch",)}),
+        voice=_manifest("embed", {"embedding": ("batch", 2)}),
+    )
+    rows = {
+        "ctc": {"logits": TWE},
+        "intent": _intent_logits("timer"),
+        "score": {"value": np.float32(0.5)},
+        "voice": {"embedding": np.array([3.0, 4.0], np.float32)},
+    }
+    got = decode_utterance(decoders, rows)
+    assert got.transcript is not None
+    assert got.intent is not None
+    assert (got.transcript.text, got.intent.name, got.value) == ("twe", "timer", 0.5)
+    assert got.embedding == (3.0, 4.0)
+    with pytest.raises(ModelError, match="no decoder for model 'other'"):
+        decode_utterance(decoders, {**rows, "other": {}})

@@ -19,9 +19,11 @@ from live_server import collect, config, http_get, running, send_audio, speech, 
 from websockets.asyncio.client import connect
 
 from streamer.config import EngineConfig
-from streamer.decoders import CtcGreedyDecoder, IntentDecoder, OutputDecoder
+from streamer.ctc import CtcGreedyDecoder
+from streamer.decoding import OutputDecoder
 from streamer.engine.bundles import resolve_models
 from streamer.engine.encoder import Encoder
+from streamer.heads import IntentDecoder
 from streamer_training.grammar import DIGIT_WORDS
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ from checkpoints import (
 )
 from conftest import EXPORT_ONNX, INTENT_LABELS, REPO, export_bundle, exported
 
-from streamer.manifest import load_manifest
+from streamer.engine.bundles import load_manifest
 from streamer_export.errors import ExportInputError
 from streamer_export.labels import parse_labels
 from streamer_export.spec import ConvStack, plan_export
@@ -259,7 +259,7 @@ def test_lm_option_ships_the_lm_and_the_daemon_searches_with_it(
 ) -> None:
     """--lm copies the ARPA file into the bundle, the manifest names it with its weights, and
     the runtime's decoder for that bundle is the LM-fused beam search."""
-    from streamer.decoders import OutputDecoder
+    from streamer.decoding import OutputDecoder
     from streamer_training.lm import write_arpa
 
     arpa = write_arpa(["turn on the light", "turn off the light"], tmp_path / "grammar.arpa")
@@ -286,7 +286,7 @@ def test_word_list_option_ships_a_grammar_the_daemon_holds_the_intent_to(
 ) -> None:
     """--word-list writes the manifest's grammars; the runtime's decoder holds an utterance with
     that intent to the words (even a random model's output), and any other to the free search."""
-    from streamer.decoders import OutputDecoder
+    from streamer.decoding import OutputDecoder
     from streamer.manifest import IntentGrammar
     from streamer.protocol import Intent
 
@@ -350,6 +350,67 @@ def test_sewd_classifier_takes_labels_from_id2label(tmp_path: Path) -> None:
     )
     assert [(t.name, t.shape) for t in m.outputs] == [("logits", ("batch", 3))]
     assert run_ort(bundle, speechlike(5_000, 2))[0].shape == (2, 3)
+
+
+def export_warnings(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The ``export_onnx: warning:`` lines of an export's stderr (step lines left out)."""
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stderr.splitlines() if "warning" in line.lower()]
+
+
+UNNAMED_CLASSES = {
+    "sew-d without id2label": ("sewd", None, ("0", "1"), "no id2label", "0..1"),
+    "sew-d with LABEL_n placeholders": (
+        "sewd",
+        ("LABEL_0", "LABEL_1", "LABEL_2"),
+        ("0", "1", "2"),
+        "LABEL_0",
+        "0..2",
+    ),
+    "segue, two heads": (
+        "segue",
+        None,
+        (("0", "1", "2", "3"), ("0", "1", "2")),
+        "no id2label",
+        "0..3; 0..2",
+    ),
+}
+
+
+@export
+@pytest.mark.parametrize("case", list(UNNAMED_CLASSES), ids=list(UNNAMED_CLASSES))
+def test_unnamed_classes_export_as_indices_with_one_warning(case: str, tmp_path: Path) -> None:
+    """A classifier whose config names no classes exports labels 0..k-1 per head, warning once.
+
+    As transformers reads it: no id2label is two classes; LABEL_n are only placeholder names.
+    """
+    arch, id2label, expected, why, spans = UNNAMED_CLASSES[case]
+    if arch == "sewd":
+        ckpt = make_sewd_classify(tmp_path / "ckpt", labels=id2label)
+        assert ("id2label" in json.loads((ckpt / "config.json").read_text())) is bool(id2label)
+    else:
+        ckpt = make_segue(tmp_path / "ckpt", [4, 3])
+    result = export_bundle(ckpt, tmp_path / "bundle")
+    warnings = export_warnings(result)
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith("export_onnx: warning: config.json "), warnings[0]
+    assert why in warnings[0]
+    assert f"({spans})" in warnings[0]
+    assert "--labels" in warnings[0]
+    m = load_manifest(tmp_path / "bundle")
+    assert (m.task, m.labels) == ("classify", expected)
+    heads = expected if isinstance(expected[0], tuple) else (expected,)
+    outputs = run_ort(tmp_path / "bundle", speechlike(6_000))
+    assert [o.shape[1] for o in outputs[: len(heads)]] == [len(h) for h in heads]
+
+
+@export
+def test_labels_option_names_unnamed_classes_without_a_warning(tmp_path: Path) -> None:
+    """--labels still overrides: a config without id2label takes the given names, no warning."""
+    ckpt = make_sewd_classify(tmp_path / "ckpt", labels=None)
+    result = export_bundle(ckpt, tmp_path / "bundle", "--labels", "stop,go")
+    assert export_warnings(result) == []
+    assert load_manifest(tmp_path / "bundle").labels == ("stop", "go")
 
 
 # --- SEGUE ------------------------------------------------------------------------------------
@@ -449,7 +510,7 @@ def test_segue_single_label_fp16_with_short_labels(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def bad_sources(tmp_path_factory: pytest.TempPathFactory, tiny_ctc_checkpoint: Path) -> Path:
-    """Checkpoint folders that must be refused: foreign arch, no vocab, classifier, SEGUE."""
+    """Checkpoint folders that must be refused: foreign arch, no vocab, classifier, ctc."""
     root = tmp_path_factory.mktemp("bad-sources")
     hubert = root / "hubert"
     hubert.mkdir()
@@ -471,18 +532,6 @@ def bad_sources(tmp_path_factory: pytest.TempPathFactory, tiny_ctc_checkpoint: P
         )
     )
     (classifier / "model.safetensors").write_bytes(b"")
-    segue = root / "segue"
-    segue.mkdir()
-    (segue / "config.json").write_text(
-        json.dumps(
-            {
-                "architectures": ["SegueForClassification"],
-                "n_classes": 5,
-                "speech_encoder_checkpoint": "facebook/wav2vec2-base-960h",
-            }
-        )
-    )
-    (segue / "pytorch_model.bin").write_bytes(b"")
     (root / "a-file").write_text("not a folder")
     shutil.copytree(tiny_ctc_checkpoint, root / "ctc")
     (root / "lm.arpa").write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1\tyes\t0\n\n\\end\\\n")
@@ -503,7 +552,6 @@ BAD_INPUTS = {
     "unwritable out": (["{root}/classifier", "--out", "{root}/a-file/bundle"], "cannot write"),
     "out exists": (["{root}/classifier", "--out", "{root}"], "exists; pass --force"),
     "force on a non-bundle": (["{root}/classifier", "--out", "{root}", "--force"], "not a bundle"),
-    "no labels": (["{root}/segue"], "--labels"),
     "label count": (["{root}/classifier", "--labels", "a,b,c"], "2 classes, got 3"),
     "labels on embed": (["{root}/classifier", "--task", "embed", "--labels", "a,b"], "classify"),
     "int8 and fp16": (["{root}/classifier", "--quantize", "int8", "--fp16"], "exclude"),

@@ -33,9 +33,10 @@ from streamer import overload, protocol as proto
 from streamer.app import build_services
 from streamer.audio import AudioFormat
 from streamer.config import Config, EngineConfig
-from streamer.errors import ConfigError, ModelError, ProtocolError
+from streamer.errors import ConfigError, ModelError, OverloadedError, ProtocolError
+from streamer.pubsub import Hub
 from streamer.serve.journal import Journal, read_journal
-from streamer.serve.websocket import Subscription
+from streamer.serve.subscription import Subscription
 from streamer.streams.pipeline import StreamPipeline, stream_segmenter_config
 
 #: Utterances longer than this make the fragile model fail inside onnxruntime.
@@ -379,3 +380,32 @@ def test_with_lag_and_endpointing_ceiling() -> None:
         EngineConfig(shed_unwatched_at=0.9, refuse_streams_at=0.5)
     with pytest.raises(ConfigError):
         EngineConfig(refuse_streams_at=1.5)
+
+
+def test_overload_rules_are_plain_functions() -> None:
+    """The degradation order over plain numbers: refuse streams, then shed the unwatched."""
+    assert overload.load_fraction(32, 64) == 0.5
+    assert overload.accepting_streams(0.79, refuse_at=0.8)
+    assert not overload.accepting_streams(0.8, refuse_at=0.8)
+    overload.check_new_stream(0.79, refuse_at=0.8)
+    with pytest.raises(ProtocolError) as info:
+        overload.check_new_stream(0.8, refuse_at=0.8)
+    assert (info.value.code, info.value.close_code) == (overload.BUSY, 1013)
+    overload.check_utterance(0.4, shed_at=0.5, stream="s", live=False, watched=False)
+    overload.check_utterance(0.5, shed_at=0.5, stream="s", live=True, watched=False)
+    overload.check_utterance(0.5, shed_at=0.5, stream="s", live=False, watched=True)
+    with pytest.raises(OverloadedError, match="nobody receives it"):
+        overload.check_utterance(0.5, shed_at=0.5, stream="s", live=False, watched=False)
+
+
+def test_watched_ignores_the_excluded_subscriber_and_other_streams() -> None:
+    """Only a subscriber (not the journal) whose filter takes the stream's utterances counts."""
+    hub: Hub[str] = Hub()
+    journal = hub.subscribe()
+    assert not overload.watched(hub, "s", exclude=journal)
+    assert overload.watched(hub, "s")
+    hub.subscribe(streams=["s"], events=["started"])
+    hub.subscribe(streams=["other"], events=["utterance"])
+    assert not overload.watched(hub, "s", exclude=journal)
+    hub.subscribe(streams=["s"], events=["utterance"])
+    assert overload.watched(hub, "s", exclude=journal)

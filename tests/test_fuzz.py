@@ -2,7 +2,8 @@
 
 tests/test_protocol.py covers arbitrary text and JSON objects for the two message decoders; this
 adds byte-level mutations of valid messages, whole frame sequences through the per-endpoint state
-machines, the server's endpointing step, the journal reader, ``--since`` and the HTTP guard.
+machines, PCM audio bytes, the server's endpointing step, the journal reader, ``--since``
+and the HTTP guard.
 """
 
 from __future__ import annotations
@@ -11,21 +12,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from onnx_graphs import write_bundle
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from streamer import protocol as p
+from streamer import audio, endpoints, protocol as p
 from streamer.app import build_services
 from streamer.config import Config
-from streamer.errors import ConfigError, ProtocolError
+from streamer.errors import AudioFormatError, ConfigError, ProtocolError
 from streamer.segmenter import SegmenterConfig
+from streamer.serve.ingest import segmenter_config as _segmenter_config
 from streamer.serve.journal import Record, parse_record, parse_since
 from streamer.serve.security import Guard, SecurityConfig, parse_origins
-from streamer.serve.websocket import _segmenter_config
-from streamer.streams.pipeline import Services
+from streamer.streams.services import Services
 
 VALID_CLIENT = [
     p.Start(sample_rate=16000, encoding="pcm_s16le", channels=1, stream="kitchen").encode(),
@@ -142,7 +144,7 @@ def test_ingest_state_survives_any_frame_sequence(
     sequence: list[str | bytes], max_frame_bytes: int
 ) -> None:
     """Any frame sequence on /v1/stream is accepted frame by frame until one documented error."""
-    state = p.IngestState(models={"ctc", "intent"}, max_frame_bytes=max_frame_bytes)
+    state = endpoints.IngestState(models={"ctc", "intent"}, max_frame_bytes=max_frame_bytes)
     for frame in sequence:
         try:
             if isinstance(frame, bytes):
@@ -155,14 +157,14 @@ def test_ingest_state_survives_any_frame_sequence(
         except ProtocolError as exc:
             _check_error(exc)
             return  # the server closes the connection here
-    assert state.phase in p.Phase
+    assert state.phase in endpoints.Phase
 
 
 @settings(max_examples=150)
 @given(st.lists(frames, max_size=6))
 def test_events_state_survives_any_frame_sequence(sequence: list[str | bytes]) -> None:
     """Any frame sequence on /v1/events yields subscriptions until one documented error."""
-    state = p.EventsState()
+    state = endpoints.EventsState()
     for frame in sequence:
         try:
             if isinstance(frame, bytes):
@@ -173,6 +175,28 @@ def test_events_state_survives_any_frame_sequence(sequence: list[str | bytes]) -
             _check_error(exc)
             return
         assert state.subscription == sub
+
+
+@settings(max_examples=300)
+@given(
+    st.binary(max_size=96),
+    st.sampled_from(sorted(audio.ENCODINGS)),
+    st.sampled_from(audio.CHANNELS),
+)
+def test_any_pcm_bytes_decode_to_bounded_samples_or_raise(
+    data: bytes, encoding: str, channels: int
+) -> None:
+    """Any bytes in any accepted format decode to finite mono samples in [-1, 1], or raise."""
+    fmt = audio.AudioFormat(16000, encoding, channels)
+    try:
+        samples = audio.pcm_to_float(data, fmt)
+    except AudioFormatError:
+        assert len(data) % fmt.frame_bytes
+        return
+    assert samples.dtype == np.float32
+    assert len(samples) == len(data) // fmt.frame_bytes
+    assert np.isfinite(samples).all()
+    assert np.abs(samples).max(initial=0.0) <= 1.0
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ from streamer import protocol as proto
 from streamer.app import build_services, server_info
 from streamer.audio import float_to_pcm16
 from streamer.config import Config, ServerConfig
-from streamer.serve.metrics import METRICS_PATH, metrics_route
+from streamer.serve.metrics import METRICS_PATH
+from streamer.serve.routes import metrics_route
 from streamer.serve.websocket import StreamerServer
 from streamer.streams.sources import read_audio_file
 

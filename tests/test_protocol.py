@@ -1,4 +1,4 @@
-"""Tests for the sans-I/O wire protocol: messages, events, errors and per-endpoint state."""
+"""Tests for the sans-I/O wire protocol: messages, events, errors and the JSON codec."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from streamer import protocol as p
-from streamer.errors import ProtocolError
+from streamer import audio, protocol as p, wire
+from streamer.errors import AudioFormatError, ProtocolError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 
@@ -31,9 +31,9 @@ knobs = st.dictionaries(st.sampled_from(sorted(p.ENDPOINTING_KNOBS)), st.floats(
 )
 starts = st.builds(
     p.Start,
-    sample_rate=st.integers(p.MIN_SAMPLE_RATE_HZ, p.MAX_SAMPLE_RATE_HZ),
-    encoding=st.sampled_from(sorted(p.ENCODINGS)),
-    channels=st.sampled_from(p.CHANNELS),
+    sample_rate=st.integers(audio.MIN_RATE_HZ, audio.MAX_RATE_HZ),
+    encoding=st.sampled_from(sorted(audio.ENCODINGS)),
+    channels=st.sampled_from(audio.CHANNELS),
     stream=names,
     models=st.lists(names, max_size=3, unique=True).map(tuple),
     endpointing=knobs,
@@ -167,7 +167,7 @@ def test_arbitrary_text_is_a_message_or_a_protocol_error(raw: str | bytes) -> No
             assert got.code in p.CLOSE_CODES
             assert got.close_code in (1007, 1008, 1009)
         else:
-            assert isinstance(got, p._Wire)
+            assert isinstance(got, wire.WireMessage)
             assert got.type in kinds
 
 
@@ -192,7 +192,7 @@ def test_arbitrary_json_objects_never_crash(kind: str, fields: dict[str, Any], e
     if isinstance(got, ProtocolError):
         assert got.code in p.CLOSE_CODES
     else:
-        assert isinstance(got, p._Wire)
+        assert isinstance(got, wire.WireMessage)
         assert got.type == kind
 
 
@@ -309,6 +309,35 @@ def test_start_reports_frame_width() -> None:
     assert start.bytes_per_frame == 8
 
 
+def test_start_carries_its_audio_format() -> None:
+    """A start names its format with the shared AudioFormat; every encoding of the table works."""
+    start = p.decode_client_text(_start(sample_rate=48000, encoding="pcm_s24le", channels=2))
+    assert isinstance(start, p.Start)
+    assert start.audio_format == audio.AudioFormat(48000, "pcm_s24le", 2)
+    assert start.bytes_per_frame == 6
+
+
+@given(st.integers(0, 400_000), st.integers(-1, 6), st.integers(-1, 40))
+def test_websocket_and_wyoming_share_one_format_rule(rate: int, width: int, channels: int) -> None:
+    """A start is refused exactly when the same Wyoming format is, with the same message."""
+    try:
+        fmt: audio.AudioFormat | None = audio.AudioFormat.from_width(rate, width, channels)
+        wyoming_error = ""
+    except AudioFormatError as exc:
+        fmt, wyoming_error = None, str(exc)
+    if width not in audio.INT_ENCODINGS:
+        assert fmt is None
+        return
+    fields = {"sample_rate": rate, "encoding": audio.INT_ENCODINGS[width], "channels": channels}
+    got = _attempt(p.decode_client_text, _start(**fields))
+    if fmt is not None:
+        assert isinstance(got, p.Start)
+        assert got.audio_format == fmt
+    else:
+        assert isinstance(got, ProtocolError)
+        assert (got.code, got.close_code, str(got)) == ("unsupported_format", 1008, wyoming_error)
+
+
 def test_close_reason_fits_a_close_frame() -> None:
     """Close reasons stay within 123 UTF-8 bytes, cut at a character boundary."""
     short = ProtocolError("bad_json", "oops", close_code=1007)
@@ -324,98 +353,6 @@ def test_error_event_from_exception() -> None:
     """An error event carries a ProtocolError's code and message."""
     exc = ProtocolError("bad_json", "oops", close_code=1007)
     assert p.Error.from_exception(exc, stream="s") == p.Error("bad_json", "oops", stream="s")
-
-
-@given(
-    st.binary(max_size=64),
-    st.sampled_from(sorted(p.ENCODINGS)),
-    st.sampled_from(p.CHANNELS),
-    st.integers(0, 64),
-)
-def test_check_audio_frame(data: bytes, encoding: str, channels: int, max_bytes: int) -> None:
-    """A frame passes only when within the size limit and a whole number of sample frames."""
-    width = p.ENCODINGS[encoding] * channels
-    got = _attempt(
-        lambda: p.check_audio_frame(data, encoding=encoding, channels=channels, max_bytes=max_bytes)
-    )
-    if len(data) > max_bytes:
-        assert isinstance(got, ProtocolError)
-        assert (got.code, got.close_code) == ("frame_too_large", 1009)
-    elif len(data) % width:
-        assert isinstance(got, ProtocolError)
-        assert (got.code, got.close_code) == ("bad_audio_frame", 1007)
-    else:
-        assert got == len(data) // width
-
-
-def _phase(state: p.IngestState) -> p.Phase:
-    return state.phase
-
-
-def test_ingest_state_flow() -> None:
-    """start, audio, flush and end are accepted in order and the phase follows."""
-    state = p.IngestState(models={"ctc", "intent"}, max_frame_bytes=8)
-    assert _phase(state) is p.Phase.AWAITING_START
-    start = state.on_text(_start(models=["ctc"], channels=2))
-    assert state.start == start
-    assert _phase(state) is p.Phase.STREAMING
-    assert state.on_binary(b"\0" * 8) == 2
-    assert state.on_binary(b"") == 0
-    assert state.on_text('{"type":"flush"}') == p.Flush()
-    assert state.on_text(b'{"type":"end"}') == p.End()
-    assert _phase(state) is p.Phase.ENDED
-
-
-def _ingest_error(state: p.IngestState, frame: str | bytes) -> tuple[str, int | None]:
-    got = _attempt(state.on_binary if isinstance(frame, bytes) else state.on_text, frame)
-    assert isinstance(got, ProtocolError)
-    return got.code, got.close_code
-
-
-def test_ingest_state_rejects_out_of_order_messages() -> None:
-    """Audio or controls before start, a second start, and anything after end are refused."""
-    fresh = p.IngestState()
-    assert _ingest_error(fresh, b"\0\0") == ("audio_before_start", 1008)
-    assert _ingest_error(fresh, '{"type":"flush"}') == ("unexpected_message", 1008)
-    assert _ingest_error(fresh, '{"type":"end"}') == ("unexpected_message", 1008)
-    assert _ingest_error(fresh, '{"type":"subscribe","streams":["*"]}')[0] == "unexpected_message"
-    assert _ingest_error(p.IngestState(models={"ctc"}), _start(models=["big"])) == (
-        "unknown_model",
-        1008,
-    )
-    state = p.IngestState(max_message_bytes=200, max_frame_bytes=4)
-    state.on_text(_start())
-    assert _ingest_error(state, _start()) == ("unexpected_message", 1008)
-    assert _ingest_error(state, b"\0") == ("bad_audio_frame", 1007)
-    assert _ingest_error(state, b"\0" * 6) == ("frame_too_large", 1009)
-    assert _ingest_error(state, "x" * 201) == ("message_too_large", 1009)
-    state.on_text('{"type":"end"}')
-    assert _ingest_error(state, b"\0\0") == ("unexpected_message", 1008)
-    assert _ingest_error(state, '{"type":"flush"}') == ("unexpected_message", 1008)
-
-
-def test_any_model_accepted_without_a_list() -> None:
-    """With no model list the state machine leaves model names to the server."""
-    msg = p.IngestState().on_text(_start(models=["anything"]))
-    assert isinstance(msg, p.Start)
-    assert msg.models == ("anything",)
-
-
-def test_events_state() -> None:
-    """The events endpoint takes subscribe (repeatedly, replacing) and refuses everything else."""
-    state = p.EventsState()
-    assert state.subscription is None
-    first = state.on_text('{"type":"subscribe","streams":["a"]}')
-    assert first.events == ("*",)
-    second = state.on_text('{"type":"subscribe","streams":["*"],"events":["utterance"]}')
-    assert state.subscription == second
-    for frame in (_start(), '{"type":"end"}'):
-        with pytest.raises(ProtocolError, match="belongs on /v1/stream") as info:
-            state.on_text(frame)
-        assert info.value.close_code == 1008
-    with pytest.raises(ProtocolError) as info:
-        state.on_binary(b"\0\0")
-    assert info.value.code == "unexpected_message"
 
 
 def test_long_values_are_shortened_in_messages() -> None:

@@ -137,3 +137,14 @@ def test_publishing_from_threads_loses_nothing() -> None:
     items, lost = sub.drain()
     assert lost == 0
     assert sorted(items) == [k * 10_000 + i for k in range(3) for i in range(2000)]
+
+
+def test_any_subscriber() -> None:
+    """any_subscriber asks a predicate of the current subscribers, and only of them."""
+    hub: Hub[str] = Hub()
+    assert not hub.any_subscriber(lambda s: True)
+    sub = hub.subscribe(streams=["a"])
+    assert hub.any_subscriber(lambda s: s.matches("utterance", "a"))
+    assert not hub.any_subscriber(lambda s: s.matches("utterance", "b"))
+    hub.unsubscribe(sub)
+    assert not hub.any_subscriber(lambda s: True)

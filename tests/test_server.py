@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,12 @@ from live_server import (
 )
 from onnx_graphs import write_bundle
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from streamer import protocol as proto
 from streamer.app import build_services, server_info
 from streamer.config import Config, ServerConfig
+from streamer.serve.client_errors import ClientErrorLog
 from streamer.serve.websocket import StreamerServer
 
 
@@ -283,3 +287,67 @@ async def test_really_exported_bundles_end_to_end(
         assert u.labels[0].name in INTENT_LABELS[1]
         assert u.embedding is not None
         assert len(u.embedding) == services.runner.encoders["intent"].manifest.embedding_dim
+
+
+async def test_a_hostile_client_costs_at_most_two_log_lines(
+    models: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """100 malformed frames on one connection, then on 100 connections: two INFO lines at most.
+
+    Every one is still answered with an error event and counted; the log gets the first one
+    and, at shutdown, how many it held back.
+    """
+    caplog.set_level(logging.DEBUG, logger="streamer")
+    async with running(config(), models) as d:
+        first = len(caplog.records)
+        async with connect(d.url + proto.INGEST_PATH) as ws:
+            with contextlib.suppress(ConnectionClosed):
+                for _ in range(100):  # the server closes after the first: the rest are discarded
+                    await ws.send("{not json")
+            events = await collect(ws)
+        assert [e["type"] for e in events] == ["error"]
+        for path in [proto.INGEST_PATH] * 50 + [proto.EVENTS_PATH] * 50:
+            async with connect(d.url + path) as ws:
+                await ws.send("[1, 2]")
+                assert [e["type"] for e in await collect(ws)] == ["error"]
+            assert ws.close_code in (proto.CLOSE_INVALID_DATA, proto.CLOSE_POLICY)
+        during = [r.getMessage() for r in caplog.records[first:]]
+        assert d.services.client_errors.n_reported == 101
+    assert len(during) == 1, during
+    assert during[0].startswith("connection ")
+    assert ": bad_json: " in during[0]
+    summary = [r.getMessage() for r in caplog.records if r.name == "streamer.serve.client_errors"]
+    assert summary == ["100 more client error(s) not logged (see streamer_errors)"]
+
+
+def test_client_error_log_writes_one_line_per_interval() -> None:
+    """Errors within interval_s of a logged one are counted, and the next line says how many."""
+    now = [0.0]
+    errors = ClientErrorLog(interval_s=10.0, clock=lambda: now[0])
+    logger = logging.getLogger("test.client_errors")
+    with _records(logger) as records:
+        for t in (0.0, 1.0, 2.0, 9.9, 10.0, 10.5, 30.0):
+            now[0] = t
+            errors.report(logger, "peer", "bad_message", "nope")
+        errors.close()
+    assert [r.getMessage() for r in records] == [
+        "peer: bad_message: nope",
+        "peer: bad_message: nope (3 other client error(s) in the last 10 s not logged)",
+        "peer: bad_message: nope (1 other client error(s) in the last 10 s not logged)",
+    ]
+    assert (errors.n_reported, errors.n_held_back) == (7, 0)
+    with pytest.raises(ValueError, match="interval_s"):
+        ClientErrorLog(interval_s=-1)
+
+
+@contextlib.contextmanager
+def _records(logger: logging.Logger) -> Iterator[list[logging.LogRecord]]:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)

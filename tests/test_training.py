@@ -16,7 +16,7 @@ import pytest
 
 from streamer_training import (
     augment,
-    card,
+    card_sections,
     data,
     evaluate,
     grammar,
@@ -165,7 +165,7 @@ def test_rotating_the_heldout_speaker_moves_every_split_and_the_card() -> None:
         assert {c.speaker for c in train} == set(data.FSDD_SPEAKERS) - {heldout}
         assert all(c.index not in data.FSDD_TEST_INDICES for c in train)
         others = " and ".join(s for s in data.FSDD_SPEAKERS if s != heldout)
-        text = card._data_text(heldout)
+        text = card_sections.data_section(heldout)
         assert f"speakers {others}," in text
         assert f"Speaker\n  {heldout} is held out entirely." in text
 
@@ -177,8 +177,8 @@ def test_card_reports_each_rotation_run_against_the_target() -> None:
             for v, x in (("fp32", fp32), ("int8", int8))
         }
 
-    assert "not measured" in card._rotation_lines({}, "int8")[0]
-    lines = card._rotation_lines(
+    assert "not measured" in card_sections.rotation_lines({}, "int8")[0]
+    lines = card_sections.rotation_lines(
         {"jackson": result(0.9, 0.84), "george": result(0.8, 0.86)}, "int8"
     )
     assert lines[0].startswith("| Rotation: unseen FSDD speaker george")
@@ -360,9 +360,9 @@ def test_evaluation_holds_digits_to_the_word_list_as_the_daemon_does() -> None:
         e["hyp"] for e in free["sets"]["d"]["examples"]
     ]
     assert free["sets"]["d"]["changed_by_grammar"] == 0
-    assert card._grammar_lines({"grammars": []}, held) == []
+    assert card_sections.grammar_lines({"grammars": []}, held) == []
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    lines = card._grammar_lines(manifest, held)
+    lines = card_sections.grammar_lines(manifest, held)
     assert lines[0] == "## Word list for digits"
     assert f"d {held['sets']['d']['changed_by_grammar']} of 6." in lines[-2]
 

@@ -11,12 +11,12 @@ import numpy.typing as npt
 import pytest
 from hypothesis import given, strategies as st
 
-from streamer.decoders import OutputDecoder
+from streamer.decoding import OutputDecoder
 from streamer.errors import ManifestError, ModelError
 from streamer.manifest import IntentGrammar, Manifest
 from streamer.protocol import Intent
 from streamer.wordloop import WordLoop
-from tests.test_decoders import VOCAB, _ctc, _frames, _seq, _soft_frames
+from tests.test_decoders import TWE, VOCAB, _ctc, _frames, _seq, _soft_frames
 
 WORDS = ("ONE", "TWO", "THREE", "NINE")
 MS_PER_FRAME = 20.0
@@ -46,12 +46,6 @@ def _read(ids: npt.NDArray[np.int64]) -> str:
 def _grammar_manifest(**grammar: Any) -> Manifest:
     fields = {"intent": "digits", "words": WORDS, **grammar}
     return dataclasses.replace(_ctc(), grammars=(IntentGrammar(**fields),))
-
-
-# "TWE": the greedy path spells no word; the last frame's runner-up is "O".
-TWE = _soft_frames(
-    [{"T": 0.9}, {"W": 0.9}, {"E": 0.55, "O": 0.4}, {"<pad>": 0.9}],
-)
 
 
 def test_loop_reads_only_words_of_the_list() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
@@ -29,8 +30,9 @@ from streamer.app import build_services
 from streamer.audio import float_to_pcm16
 from streamer.config import Config, EngineConfig
 from streamer.errors import ConfigError
-from streamer.serve.wyoming import WyomingServer, decode_pcm, parse_uri
-from streamer.streams.pipeline import Services
+from streamer.serve.wyoming import decode_pcm
+from streamer.serve.wyoming_server import WyomingServer, parse_uri
+from streamer.streams.services import Services
 from streamer.streams.sources import read_audio_file
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
@@ -189,7 +191,7 @@ async def test_two_requests_on_one_connection(wyoming: Wyoming, speech: np.ndarr
     texts = [Transcript.from_event(e).text for a in answers for e in a if e.type == "transcript"]
     assert len(texts) == 2
     assert texts[0] == texts[1]
-    assert wyoming.services.streams == {}
+    assert list(wyoming.services.streams) == []
 
 
 @pytest.mark.parametrize(
@@ -220,7 +222,31 @@ async def test_bad_requests_get_an_error_and_close(
             got.append(event)
     errors = [WyomingError.from_event(e) for e in got if WyomingError.is_type(e.type)]
     assert [e.code for e in errors] == [code]
-    assert wyoming.services.streams == {}
+    assert list(wyoming.services.streams) == []
+
+
+async def test_hostile_clients_cost_one_log_line(
+    wyoming: Wyoming, caplog: pytest.LogCaptureFixture
+) -> None:
+    """100 connections sending a header that is JSON but no event, or a malformed event: each
+    gets an error event and is closed; the log gets one line, and never a traceback."""
+    caplog.set_level(logging.DEBUG, logger="streamer")
+    first = len(caplog.records)
+    for i in range(100):
+        reader, writer = await asyncio.open_connection("127.0.0.1", wyoming.port)
+        if i % 2:
+            writer.write(b"{}\n[1]\n")  # no "type"; not even an object
+        else:
+            writer.write(b'{"type": "audio-chunk", "data": {"rate": 16000}}\n')  # no width...
+        async with asyncio.timeout(UNIT_S):
+            answer = await reader.read()
+        writer.close()
+        assert b'"type": "error"' in answer.partition(b"\n")[0]
+    during = [r for r in caplog.records[first:] if r.name.startswith("streamer")]
+    assert len(during) == 1, [r.getMessage() for r in during]
+    assert during[0].levelno == logging.INFO
+    assert wyoming.services.client_errors.n_reported == 100
+    assert list(wyoming.services.streams) == []
 
 
 async def test_busy_engine_refuses_new_requests(models: dict[str, Path]) -> None:

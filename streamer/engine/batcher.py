@@ -10,10 +10,7 @@ other hand, are independent in a float32 graph (batched vs alone: max abs diff 0
 batcher groups requests for the same model whose inputs have exactly the same number of samples.
 
 To make equal lengths common, each stream pads its utterances with zeros up to a multiple of
-``engine.bucket_ms`` (:class:`LengthBuckets`), whether or not an utterance will share a run: the
-solo path uses the same buckets, so an utterance's input, hence its result, never depends on its
-neighbours. The padding follows the segmenter's post-roll of quiet audio, where it moves results
-far less than after speech cut mid-audio (bench/RESULTS.md, "What bucket padding costs").
+``engine.bucket_ms`` before they get here (:class:`streamer.buckets.LengthBuckets`).
 
 Quantized bundles run alone: dynamic int8 quantization computes one activation scale per tensor,
 that is over the whole batch, so a row's result would depend on the other rows (measured: max abs
@@ -34,22 +31,18 @@ Scheduling, on the event loop (call contract: every method from the loop's threa
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from streamer.config import EngineConfig
 from streamer.engine.encoder import Encoder, Outputs
 from streamer.errors import ModelError
-from streamer.manifest import Manifest
-from streamer.segmenter import UtteranceReady
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +115,6 @@ class MicroBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.stats = BatchStats()
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for a run."""
-        return len(self._queue)
 
     def capacity(self, encoder: Encoder, n_samples: int) -> int:
         """How many requests of ``n_samples`` for ``encoder`` one run may hold."""
@@ -248,40 +236,3 @@ def _fail(batch: list[_Request], exc: BaseException) -> None:
     for request in batch:
         if not request.future.done():
             request.future.set_exception(exc)
-
-
-class LengthBuckets:
-    """Pads a stream's utterances with zeros up to a multiple of ``bucket_samples``.
-
-    Every utterance of the stream is padded, whether or not it will share a run: the solo path
-    uses the same buckets, so an utterance's input never depends on its neighbours. The zeros
-    follow the segmenter's quiet post-roll, where they move results least (bench/RESULTS.md). An
-    utterance cut at the length limit (speech goes on) keeps its length: zeros right after speech
-    cut mid-audio move results most (see the module docstring).
-    """
-
-    def __init__(self, *, bucket_samples: int) -> None:
-        self.bucket_samples = bucket_samples
-        self.n_padded = 0
-        self.n_kept = 0
-
-    def align(self, utt: UtteranceReady) -> UtteranceReady:
-        """Return ``utt`` padded up to the bucket, or ``utt`` itself when it is on one or cut."""
-        need = -utt.audio.shape[0] % self.bucket_samples if self.bucket_samples > 0 else 0
-        if need == 0:
-            return utt
-        if utt.forced_cut:
-            self.n_kept += 1
-            return utt
-        self.n_padded += 1
-        return dataclasses.replace(utt, audio=np.pad(utt.audio, (0, need)))
-
-
-def stream_buckets(engine: EngineConfig, *, rate_hz: int) -> LengthBuckets:
-    """The length buckets of ``engine.bucket_ms`` at ``rate_hz``."""
-    return LengthBuckets(bucket_samples=round(engine.bucket_ms * rate_hz / 1000))
-
-
-def is_priority(manifests: Iterable[Manifest]) -> bool:
-    """Whether a stream running these models is priority work: one of them yields an intent."""
-    return any(m.task == "classify" for m in manifests)

@@ -1,14 +1,19 @@
-"""Which bundles to serve: ``--model [NAME=]PATH`` flags, or every bundle in ``exported/``."""
+"""Bundles on disk: which ones to serve, and reading a bundle's ``manifest.json``.
+
+Which: ``--model [NAME=]PATH`` flags, or every bundle in ``exported/``. Reading: the file's JSON
+goes to the :mod:`streamer.manifest` schema, which validates it.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from streamer.errors import ConfigError
-from streamer.manifest import MANIFEST_NAME
+from streamer.errors import ConfigError, ManifestError
+from streamer.manifest import MANIFEST_NAME, Manifest
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -16,7 +21,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 def default_models_dir() -> Path:
     """The embedded bundles: ``$STREAMER_MODELS_DIR`` or ``exported/`` beside the package."""
     env = os.environ.get("STREAMER_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "exported"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "exported"
 
 
 def resolve_models(specs: Sequence[str], *, models_dir: Path | None = None) -> dict[str, Path]:
@@ -47,3 +52,27 @@ def resolve_models(specs: Sequence[str], *, models_dir: Path | None = None) -> d
             f"no model bundles in {root} (pass --model PATH, or run `make demo-models`)"
         )
     return {p.name: p for p in found}
+
+
+def load_manifest(bundle_dir: Path) -> Manifest:
+    """Read and validate ``bundle_dir/manifest.json``.
+
+    Raises:
+        ManifestError: the file is missing, is not JSON, or fails validation (the message starts
+            with the file's path).
+    """
+    path = bundle_dir / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no manifest.json (not a bundle folder?)") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    try:
+        return Manifest.from_dict(raw)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from None

@@ -23,8 +23,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from streamer.config import EngineConfig
+from streamer.engine.bundles import load_manifest
 from streamer.errors import ManifestError, ModelError
-from streamer.manifest import MODEL_NAME, Manifest, load_manifest
+from streamer.manifest import MODEL_NAME, Manifest
 
 log = logging.getLogger(__name__)
 

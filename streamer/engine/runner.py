@@ -3,9 +3,9 @@
 The event loop never blocks on inference: :meth:`Runner.infer` hands the run to a
 ``ThreadPoolExecutor`` whose threads are named ``ort-N`` (visible in py-spy and thread dumps) and
 awaits it. At most ``max_pending_utterances`` runs may wait or run at once; past that
-:class:`OverloadedError` is raised at once instead of growing a queue without bound. Runs go
-through a :class:`~streamer.engine.batcher.MicroBatcher`, which orders them by priority and runs
-equal-length utterances of different streams together.
+:class:`~streamer.errors.OverloadedError` is raised at once instead of growing a queue without
+bound. Runs go through a :class:`~streamer.engine.batcher.MicroBatcher`, which orders them by
+priority and runs equal-length utterances of different streams together.
 """
 
 from __future__ import annotations
@@ -19,16 +19,11 @@ import numpy.typing as npt
 from streamer.config import EngineConfig
 from streamer.engine.batcher import MicroBatcher, RunResult
 from streamer.engine.encoder import Encoder
-from streamer.errors import ModelError, StreamerError
+from streamer.errors import ModelError, OverloadedError
 
 log = logging.getLogger(__name__)
 
-
-class OverloadedError(StreamerError):
-    """The engine already holds its maximum of pending utterances."""
-
-
-__all__ = ["OverloadedError", "RunResult", "Runner"]
+__all__ = ["RunResult", "Runner"]
 
 
 class Runner:

@@ -35,40 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final, TextIO
 
+from streamer.config import JournalConfig
 from streamer.errors import ConfigError
 from streamer.pubsub import Hub, Subscriber
 
 log = logging.getLogger(__name__)
 
-FSYNC_POLICIES: Final = ("none", "interval", "always")
 _TAIL_BYTES: Final = 1 << 16
-
-
-@dataclass(frozen=True)
-class JournalConfig:
-    """The event journal (the ``[journal]`` config section)."""
-
-    path: str | None = None
-    """JSONL file every emitted event is appended to; None: no journal."""
-    fsync: str = "interval"
-    """``none``, ``interval`` (every ``fsync_interval_s``) or ``always`` (after every batch)."""
-    fsync_interval_s: float = 1.0
-    """With ``fsync = "interval"``: seconds between fsyncs at most."""
-    max_bytes: int = 64 << 20
-    """A file reaching this size is rotated to ``PATH.1``."""
-    keep_files: int = 4
-    """Rotated files kept (``PATH.1`` .. ``PATH.N``); older ones are deleted."""
-    queue_len: int = 10_000
-    """Events waiting for the writer thread at most; past it the oldest are lost (and counted)."""
-
-    def __post_init__(self) -> None:
-        if self.fsync not in FSYNC_POLICIES:
-            raise ConfigError(f"journal.fsync must be none, interval or always, got {self.fsync!r}")
-        for name in ("fsync_interval_s", "max_bytes", "queue_len"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"journal.{name} must be positive, got {getattr(self, name)}")
-        if self.keep_files < 0:
-            raise ConfigError(f"journal.keep_files must be >= 0, got {self.keep_files}")
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,15 @@ daemons in one process (tests) never share or clash over a metric. Two kinds of 
   and the provider each one runs on.
 
 Everything here runs on the event loop thread (recording calls come from the pipeline and the
-server, scrapes from the HTTP route), so no locking is needed. ``/metrics`` is served through
-:func:`metrics_route`.
+server, scrapes from the HTTP route), so no locking is needed. ``/metrics`` is served by
+:func:`streamer.serve.routes.metrics_route`.
 """
 
 from __future__ import annotations
 
-import http
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import (
@@ -30,16 +29,15 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
 
 from streamer import protocol as proto
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from streamer.pubsub import Subscriber
-    from streamer.streams.pipeline import Services
+    from streamer.engine.runner import Runner
+    from streamer.pubsub import Hub, Subscriber
+    from streamer.streams.registry import StreamRegistry
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +69,7 @@ class Metrics:
     """The daemon's metrics and the registry they live in.
 
     Call contract: the ``observe_*`` and ``*_opened``/``*_closed`` methods are cheap and never
-    raise; call :meth:`watch` once with the services whose live state a scrape should report.
+    raise; call :meth:`watch` once with the live parts whose state a scrape should report.
     """
 
     def __init__(self) -> None:
@@ -176,11 +174,14 @@ class Metrics:
 
     # ------------------------------------------------------------------ reading
 
-    def watch(self, services: Services) -> None:
-        """Report ``services``' live state (runner, streams, subscribers, models) from now on."""
+    def watch(self, *, runner: Runner, streams: StreamRegistry, hub: Hub[str]) -> None:
+        """Report the live state of ``runner``, ``streams`` and ``hub`` from now on.
+
+        Only the first call counts: one daemon has one runner, one registry and one hub.
+        """
         if not self._watching:
             self._watching = True
-            self.registry.register(_LiveState(self, services))
+            self.registry.register(_LiveState(self, runner=runner, streams=streams, hub=hub))
 
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""
@@ -201,16 +202,19 @@ class Metrics:
 class _LiveState(Collector):
     """Reads the daemon's live state at scrape time."""
 
-    def __init__(self, metrics: Metrics, services: Services) -> None:
+    def __init__(
+        self, metrics: Metrics, *, runner: Runner, streams: StreamRegistry, hub: Hub[str]
+    ) -> None:
         self.metrics = metrics
-        self.services = services
+        self.runner = runner
+        self.streams = streams
+        self.hub = hub
 
     def describe(self) -> Iterable[Metric]:
         return []  # names are only known at scrape time; nothing to check at registration
 
     def collect(self) -> Iterator[Metric]:
-        services, metrics = self.services, self.metrics
-        runner = services.runner
+        metrics, runner = self.metrics, self.runner
         yield _gauge(
             "streamer_runner_pending_utterances",
             "Utterances waiting for or running in the engine.",
@@ -221,7 +225,7 @@ class _LiveState(Collector):
             "Pending utterances allowed before new ones get an overloaded error.",
             runner.config.max_pending_utterances,
         )
-        streams = dict(services.streams)
+        streams = self.streams.backlogs()
         yield _gauge(
             "streamer_streams", "Live streams (ingest, microphone, Wyoming).", len(streams)
         )
@@ -230,8 +234,8 @@ class _LiveState(Collector):
             "Per live stream, utterances handed to the engine whose result was not sent yet.",
             labels=["stream"],
         )
-        for name, pipeline in sorted(streams.items()):
-            backlog.add_metric([name], pipeline.backlog)
+        for name, n_utterances in sorted(streams.items()):
+            backlog.add_metric([name], n_utterances)
         yield backlog
         lag = GaugeMetricFamily(
             "streamer_stream_lag_seconds",
@@ -242,7 +246,7 @@ class _LiveState(Collector):
         for name in sorted(set(streams) | set(ages)):
             lag.add_metric([name], ages.get(name, 0.0))
         yield lag
-        yield from _subscriber_metrics(metrics, len(services.hub))
+        yield from _subscriber_metrics(metrics, len(self.hub))
         info = InfoMetricFamily(
             "streamer_model",
             "Loaded bundles and the execution provider each one runs on.",
@@ -289,16 +293,3 @@ def _subscriber_metrics(metrics: Metrics, n_subscribers: int) -> Iterator[Metric
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
-
-
-def metrics_route(services: Services) -> dict[str, Callable[[Request], Response]]:
-    """The ``/metrics`` route for :class:`~streamer.serve.websocket.StreamerServer`'s ``routes``."""
-    services.metrics.watch(services)
-
-    def handle(request: Request) -> Response:
-        del request
-        body = services.metrics.render()
-        headers = Headers([("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))])
-        return Response(http.HTTPStatus.OK.value, http.HTTPStatus.OK.phrase, headers, body)
-
-    return {METRICS_PATH: handle}

@@ -18,8 +18,8 @@ from urllib.parse import parse_qs, quote
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from streamer.serve.metrics import metrics_route
-from streamer.streams.pipeline import Services
+from streamer.serve.metrics import CONTENT_TYPE, METRICS_PATH
+from streamer.streams.services import Services
 
 Handler = Callable[[Request], Response]
 
@@ -66,6 +66,20 @@ def page_routes() -> dict[str, Handler]:
 def routes(services: Services) -> dict[str, Handler]:
     """Every extra route of the daemon: the captions page and ``/metrics``."""
     return {**page_routes(), **metrics_route(services)}
+
+
+def metrics_route(services: Services) -> dict[str, Handler]:
+    """The ``/metrics`` route; from now on the daemon's metrics report its live state."""
+    metrics = services.metrics
+    metrics.watch(runner=services.runner, streams=services.streams, hub=services.hub)
+
+    def handle(request: Request) -> Response:
+        del request
+        body = metrics.render()
+        headers = Headers([("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))])
+        return Response(http.HTTPStatus.OK.value, http.HTTPStatus.OK.phrase, headers, body)
+
+    return {METRICS_PATH: handle}
 
 
 def _asset_query(request: Request) -> str:

@@ -17,15 +17,14 @@ import hmac
 import http
 import logging
 import ssl
-import string
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from streamer.config import SecurityConfig, check_token, parse_origins
 from streamer.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -34,57 +33,7 @@ log = logging.getLogger(__name__)
 HEALTH_PATH: Final = "/healthz"
 #: Query parameter that may carry the token (browsers cannot set headers on WebSockets).
 TOKEN_PARAM: Final = "token"
-_TOKEN_CHARS: Final = frozenset(string.ascii_letters + string.digits + string.punctuation)
 _MAX_QUERY_FIELDS: Final = 32
-
-
-@dataclass(frozen=True)
-class SecurityConfig:
-    """Access control and transport security (the ``[security]`` config section)."""
-
-    token: str | None = None
-    """Bearer token every endpoint requires; None: no token is asked for."""
-    token_file: str | None = None
-    """File whose first line is the token (keeps it out of ``ps`` and shell history)."""
-    origins: str = ""
-    """Comma-separated Origins browsers may connect from (``https://app.example``); empty: any.
-
-    Requests without an Origin header (non-browser clients) are not affected."""
-    public_healthz: bool = True
-    """``/healthz`` answers without the token, for liveness probes (it only says ``ok``)."""
-    certfile: str | None = None
-    """PEM certificate chain; with ``keyfile``, the server speaks TLS (``wss://``)."""
-    keyfile: str | None = None
-    """PEM private key of ``certfile`` (None: the key is inside ``certfile``)."""
-
-    def __post_init__(self) -> None:
-        if self.token is not None and self.token_file is not None:
-            raise ConfigError("security.token and security.token_file exclude each other")
-        if self.token is not None:
-            check_token(self.token, "security.token")
-        for origin in parse_origins(self.origins):
-            parts = urlsplit(origin)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-                raise ConfigError(
-                    f"security.origins: {origin!r} is not an origin like https://host[:port]"
-                )
-        if self.keyfile is not None and self.certfile is None:
-            raise ConfigError("security.keyfile needs security.certfile")
-
-
-def check_token(token: str, what: str) -> None:
-    """Refuse a token that is empty or not printable ASCII without spaces.
-
-    Raises:
-        ConfigError: the token cannot be sent in a header or a query parameter as is.
-    """
-    if not token or not set(token) <= _TOKEN_CHARS:
-        raise ConfigError(f"{what} must be printable ASCII without spaces, and not empty")
-
-
-def parse_origins(text: str) -> tuple[str, ...]:
-    """Split a comma-separated origin list into normalised origins (lower case, no slash)."""
-    return tuple(o.strip().lower().rstrip("/") for o in text.split(",") if o.strip())
 
 
 def load_token(config: SecurityConfig) -> str | None:

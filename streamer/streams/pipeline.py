@@ -18,7 +18,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,32 +26,16 @@ import numpy.typing as npt
 
 from streamer import overload, protocol as proto
 from streamer.audio import AudioConverter, AudioFormat
-from streamer.config import Config, build_section
-from streamer.decoders import Decoded, OutputDecoder
-from streamer.engine.batcher import is_priority, stream_buckets
-from streamer.engine.runner import OverloadedError, Runner
-from streamer.errors import StreamerError
-from streamer.pubsub import Hub
+from streamer.buckets import is_priority, stream_buckets
+from streamer.config import build_section
+from streamer.decoding import Decoded
+from streamer.errors import OverloadedError, StreamerError
 from streamer.segmenter import Segmenter, SegmenterConfig, SpeechStarted, UtteranceReady
-from streamer.serve.journal import Journal
-from streamer.serve.metrics import Metrics
+from streamer.streams.services import Services, admit_utterance
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[proto.ServerEvent], None]
-
-
-@dataclass
-class Services:
-    """What all streams share: configuration, the engine runner, decoders and the hub."""
-
-    config: Config
-    runner: Runner
-    decoders: dict[str, OutputDecoder]
-    hub: Hub[str]
-    streams: dict[str, StreamPipeline] = field(default_factory=dict)
-    metrics: Metrics = field(default_factory=Metrics)
-    journal: Journal | None = None
 
 
 class StreamPipeline:
@@ -216,7 +199,7 @@ class StreamPipeline:
         self, utt: UtteranceReady, utt_id: str, seq: int, ready_at: float
     ) -> proto.Utterance:
         runner = self.services.runner
-        overload.admit_utterance(self.services, self.stream, live=self.emit is not None)
+        admit_utterance(self.services, self.stream, live=self.emit is not None)
         runner.reserve()
         try:
             results = [

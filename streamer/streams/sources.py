@@ -13,14 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
+from streamer.audio import F32Array, downmix
 from streamer.errors import AudioFormatError, StreamerError
 
 log = logging.getLogger(__name__)
-
-F32Array = npt.NDArray[np.float32]
 
 
 class DeviceError(StreamerError):
@@ -51,8 +47,7 @@ def read_audio_file(path: Path) -> FileAudio:
         raise AudioFormatError(f"{path}: not a readable audio file ({exc})") from None
     if data.shape[0] == 0:
         raise AudioFormatError(f"{path}: contains no audio")
-    mono: F32Array = data.mean(axis=1, dtype=np.float32)
-    return FileAudio(samples=mono, rate_hz=int(rate))
+    return FileAudio(samples=downmix(data), rate_hz=int(rate))
 
 
 def chunks(samples: F32Array, n_samples: int) -> Iterator[F32Array]:
@@ -138,7 +133,7 @@ class MicSource:
             del frames, time_info
             if status.input_overflow:
                 log.warning("microphone overflow: audio was lost before it reached streamer")
-            loop.call_soon_threadsafe(put, indata.mean(axis=1, dtype=np.float32).copy())
+            loop.call_soon_threadsafe(put, downmix(indata))  # a copy: PortAudio reuses indata
 
         def finished() -> None:
             loop.call_soon_threadsafe(put, None)

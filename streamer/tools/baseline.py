@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from streamer.audio import AudioConverter, AudioFormat
 from streamer.config import Config, load_config
-from streamer.decoders import OutputDecoder
+from streamer.decoding import OutputDecoder
 from streamer.engine.bundles import resolve_models
 from streamer.engine.encoder import Encoder, Outputs
 from streamer.manifest import Manifest

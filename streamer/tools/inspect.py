@@ -27,7 +27,8 @@ from streamer import protocol as proto
 from streamer.config import Config
 from streamer.errors import StreamerError
 from streamer.segmenter import SegmenterConfig
-from streamer.streams.pipeline import file_stream_name, sample_pipeline
+from streamer.streams.feed import ChunkSource, run_source
+from streamer.streams.pipeline import StreamPipeline, file_stream_name
 from streamer.streams.sources import chunks, read_audio_file
 from streamer.vad import VadThresholds
 
@@ -78,39 +79,45 @@ async def trace_file(config: Config, models: dict[str, Path], path: Path) -> Tra
 
     audio = read_audio_file(path)
     services = build_services(config, models)
-    try:
-        names = tuple(services.runner.encoders)
-        pipeline = sample_pipeline(services, stream=file_stream_name(path), rate_hz=audio.rate_hz)
-        seg = pipeline.segmenter.config
-        trace = Trace(
-            name=path.name,
-            samples=audio.samples,
-            rate_hz=audio.rate_hz,
-            models=names,
-            segmenter=seg,
-            thresholds=pipeline.segmenter.thresholds,
-            frame_s=pipeline.segmenter.frame_samples / pipeline.rate_hz,
+    traces: list[Trace] = []
+
+    def on_frame(start_sample: int, score: float) -> None:
+        trace = traces[0]
+        trace.frame_starts_s.append(start_sample / trace.rate_hz)
+        trace.scores.append(score)
+
+    def on_event(event: proto.ServerEvent) -> None:
+        if isinstance(event, proto.Utterance):
+            traces[0].utterances.append(event)
+        elif isinstance(event, proto.Error):
+            traces[0].errors.append(event)
+
+    def on_pipeline(pipeline: StreamPipeline) -> None:
+        segmenter = pipeline.segmenter
+        traces.append(
+            Trace(
+                name=path.name,
+                samples=audio.samples,
+                rate_hz=audio.rate_hz,
+                models=pipeline.models,
+                segmenter=segmenter.config,
+                thresholds=segmenter.thresholds,
+                frame_s=segmenter.frame_samples / pipeline.rate_hz,
+            )
         )
+        segmenter.on_frame = on_frame
 
-        def on_frame(start_sample: int, score: float) -> None:
-            trace.frame_starts_s.append(start_sample / pipeline.rate_hz)
-            trace.scores.append(score)
-
-        def on_event(event: proto.ServerEvent) -> None:
-            if isinstance(event, proto.Utterance):
-                trace.utterances.append(event)
-            elif isinstance(event, proto.Error):
-                trace.errors.append(event)
-
-        pipeline.segmenter.on_frame = on_frame
-        pipeline.emit = on_event
-        for chunk in chunks(audio.samples, audio.rate_hz * CHUNK_MS // 1000):
-            pipeline.feed_samples(chunk)
-            await pipeline.wait_backlog(BACKLOG)
-        await pipeline.finish()
+    try:
+        source = ChunkSource(
+            chunks(audio.samples, audio.rate_hz * CHUNK_MS // 1000), rate_hz=audio.rate_hz
+        )
+        claim = services.streams.admit(file_stream_name(path))
+        await run_source(
+            services, source, claim, emit=on_event, backlog=BACKLOG, on_pipeline=on_pipeline
+        )
     finally:
         services.runner.close()
-    return trace
+    return traces[0]
 
 
 async def inspect_file(config: Config, models: dict[str, Path], path: Path, *, png: Path) -> int:

@@ -1,0 +1,245 @@
+"""The decoding of one utterance: each bundle's head, then the rule that combines them.
+
+:class:`OutputDecoder` decodes whatever one bundle's task produces (:mod:`streamer.ctc` for a
+transcript, :mod:`streamer.heads` for intent, labels, value and embedding).
+:func:`decode_utterance` is the rule across the bundles a stream runs: classifiers first, then
+every CTC transcript held to the word list of the intent they gave, then the results merged.
+
+Decoding does no I/O; the one file read is a ctc bundle's language model, once, when its
+:class:`~streamer.ctc.CtcBeamDecoder` is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy.typing as npt
+
+from streamer.ctc import CtcBeamDecoder, CtcGreedyDecoder, CtcKind, build_search
+from streamer.errors import ModelError
+from streamer.heads import IntentDecoder, decode_embedding, decode_value
+from streamer.manifest import Manifest
+from streamer.outputs import checked, declared_size, log_softmax, take
+from streamer.protocol import Intent, Transcript
+from streamer.wordloop import WordLoop
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Everything decoded from one bundle's run on one utterance (None: not produced)."""
+
+    transcript: Transcript | None = None
+    intent: Intent | None = None
+    labels: tuple[Intent, ...] | None = None
+    value: float | None = None
+    embedding: tuple[float, ...] | None = None
+
+    def merge(self, other: Decoded) -> Decoded:
+        """Combine the results of two bundles on the same utterance; ``self`` wins a clash."""
+        return Decoded(
+            transcript=self.transcript or other.transcript,
+            intent=self.intent or other.intent,
+            labels=self.labels or other.labels,
+            value=other.value if self.value is None else self.value,
+            embedding=self.embedding or other.embedding,
+        )
+
+
+class OutputDecoder:
+    """Decodes whatever a bundle's task produces; built once per bundle from its manifest.
+
+    ctc → ``transcript``; classify → ``intent`` (plus ``labels`` for multi-label heads);
+    regress → ``value``; embed → ``embedding``. Any bundle with an ``embedding`` output also
+    yields the embedding when asked (``want_embedding``).
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        abstain_below: float = 0.5,
+        n_best: int = 3,
+        normalize_embedding: bool = False,
+        bundle_dir: Path | None = None,
+        ctc: CtcKind = "auto",
+        beam_width: int = 64,
+        beam_token_min_logp: float = -8.0,
+        grammars: bool = True,
+    ) -> None:
+        """Check the manifest and build the task's decoder.
+
+        ``abstain_below`` and ``n_best`` are as in :class:`IntentDecoder`. For a ctc bundle,
+        ``ctc`` picks the search: ``"auto"`` is beam search with the bundle's LM (found in
+        ``bundle_dir``) when it ships one, falling back to greedy with a logged reason when the
+        beam search library cannot load here, else greedy; ``"beam"`` insists on beam search
+        (with the LM if there is one); ``"greedy"`` never searches. :attr:`ctc_search` says
+        which one was built and why. With ``grammars`` a ctc bundle's grammars (manifest) are
+        built, and :meth:`decode` holds an utterance to the one for its intent; the searched
+        intents are named at the end of :attr:`ctc_search`.
+
+        Raises:
+            ModelError: the manifest's outputs do not fit its task, the bundle's LM file is
+                missing, or ``ctc="beam"`` and beam search is unavailable.
+            ConfigError: an option is out of range.
+        """
+        self.task = manifest.task
+        self.ctc: CtcGreedyDecoder | CtcBeamDecoder | None = None
+        self.ctc_search = ""
+        self.grammars: dict[str, WordLoop] = {}
+        self._reader: CtcGreedyDecoder | None = None
+        if manifest.task == "ctc":
+            self.ctc, self.ctc_search = build_search(
+                manifest,
+                bundle_dir,
+                kind=ctc,
+                beam_width=beam_width,
+                token_min_logp=beam_token_min_logp,
+            )
+            # reads a word-list path: the free search itself when that is greedy
+            self._reader = (
+                self.ctc if isinstance(self.ctc, CtcGreedyDecoder) else CtcGreedyDecoder(manifest)
+            )
+            self.grammars = _word_loops(manifest) if grammars else {}
+            if self.grammars:
+                self.ctc_search += (
+                    f"; held to a word list when the intent is {' or '.join(self.grammars)}"
+                )
+        self.intent = (
+            IntentDecoder(manifest, abstain_below=abstain_below, n_best=n_best)
+            if manifest.task == "classify"
+            else None
+        )
+        if manifest.task == "regress":
+            declared_size(manifest, "value")
+        if manifest.task == "embed":
+            declared_size(manifest, "embedding")
+        self.has_embedding = manifest.output("embedding") is not None
+        self.embedding_dim = manifest.embedding_dim
+        self.normalize_embedding = normalize_embedding
+
+    def decode(
+        self,
+        outputs: Mapping[str, npt.ArrayLike],
+        *,
+        offset_ms: float = 0.0,
+        want_embedding: bool = False,
+        intent: Intent | None = None,
+    ) -> Decoded:
+        """Decode one utterance's outputs (shapes as in :mod:`streamer.outputs`).
+
+        Args:
+            outputs: output name -> array for this utterance.
+            offset_ms: stream time of the utterance's first input sample (CTC word times).
+            want_embedding: also return the embedding, if the bundle has one.
+            intent: what a classify bundle said about the same utterance; a ctc bundle with a
+                grammar for it (and the intent not abstained) searches only that grammar.
+
+        Raises:
+            ModelError: an output is missing or malformed.
+        """
+        result = Decoded()
+        if self.ctc is not None:
+            result = Decoded(
+                transcript=self.transcribe(take(outputs, "logits"), offset_ms, intent=intent)
+            )
+        elif self.intent is not None:
+            found = self.intent.decode(outputs)
+            result = Decoded(intent=found.intent, labels=found.labels or None)
+        elif self.task == "regress":
+            result = Decoded(value=decode_value(take(outputs, "value")))
+        if self.has_embedding and (want_embedding or self.task == "embed"):
+            vector = decode_embedding(
+                take(outputs, "embedding"),
+                dim=self.embedding_dim,
+                normalize=self.normalize_embedding,
+            )
+            result = Decoded(result.transcript, result.intent, result.labels, result.value, vector)
+        return result
+
+    def grammar_for(self, intent: Intent | None) -> str | None:
+        """The intent whose grammar decodes an utterance with ``intent``, or None (free search)."""
+        if intent is None or intent.abstain or intent.name not in self.grammars:
+            return None
+        return intent.name
+
+    def transcribe(
+        self, logits: npt.ArrayLike, offset_ms: float, *, intent: Intent | None = None
+    ) -> Transcript:
+        """A ctc bundle's transcript: the intent's grammar when it has one, else the free search.
+
+        Raises:
+            ModelError: this is not a ctc bundle, or ``logits`` is malformed.
+        """
+        if self.ctc is None or self._reader is None:
+            raise ModelError(f"a {self.task} bundle has no transcript")
+        name = self.grammar_for(intent)
+        if name is None:
+            return self.ctc.decode(logits, offset_ms=offset_ms)
+        x = checked(logits, "ctc logits", (None, self._reader.n_vocab))
+        path = self.grammars[name].best_path(log_softmax(x))
+        found = self._reader.read_path(x, path, offset_ms=offset_ms)
+        return Transcript(text=found.text, words=found.words, grammar=name)
+
+
+def decode_utterance(
+    decoders: Mapping[str, OutputDecoder],
+    outputs: Mapping[str, Mapping[str, npt.ArrayLike]],
+    *,
+    offset_ms: float = 0.0,
+    want_embedding: bool = False,
+) -> Decoded:
+    """Decode one utterance's outputs of every bundle a stream runs, and merge the results.
+
+    The rule: every bundle without a CTC head is decoded first. The first intent one of them gives
+    (in the order of ``outputs``), abstained or not, then goes to every ctc bundle, which holds its
+    transcript to that intent's word list when it has one and the intent did not abstain
+    (:meth:`OutputDecoder.grammar_for`), and reads it freely otherwise. The results merge in the
+    order of ``outputs``: where two bundles give the same field, the earlier one's wins.
+
+    Args:
+        decoders: a decoder per model name (it may hold models the stream does not run).
+        outputs: model name -> that model's outputs for this utterance (batch axis removed), in
+            the stream's model order.
+        offset_ms: stream time of the utterance's first input sample (CTC word times).
+        want_embedding: also return an embedding, from the first bundle that has one.
+
+    Raises:
+        ModelError: a model has no decoder, or an output is missing or malformed.
+    """
+    missing = [name for name in outputs if name not in decoders]
+    if missing:
+        raise ModelError(f"no decoder for model {missing[0]!r}")
+    parts: dict[str, Decoded] = {}
+    for name, found in outputs.items():
+        if decoders[name].ctc is None:
+            parts[name] = decoders[name].decode(
+                found, offset_ms=offset_ms, want_embedding=want_embedding
+            )
+    intent = next((p.intent for p in parts.values() if p.intent is not None), None)
+    for name, found in outputs.items():
+        if decoders[name].ctc is not None:
+            parts[name] = decoders[name].decode(
+                found, offset_ms=offset_ms, want_embedding=want_embedding, intent=intent
+            )
+    decoded = Decoded()
+    for name in outputs:
+        decoded = decoded.merge(parts[name])
+    return decoded
+
+
+def _word_loops(manifest: Manifest) -> dict[str, WordLoop]:
+    """A ctc bundle's grammars, by intent."""
+    if manifest.vocab is None or manifest.blank_id is None:
+        raise ModelError("CTC decoding needs a vocab and blank_id")
+    return {
+        g.intent: WordLoop(
+            g.words,
+            manifest.vocab,
+            blank_id=manifest.blank_id,
+            delimiter=manifest.word_delimiter or "",
+            word_penalty=g.word_penalty,
+        )
+        for g in manifest.grammars
+    }

@@ -1,0 +1,106 @@
+"""One loop for every local audio source: feed its chunks through a :class:`StreamPipeline`.
+
+``streamer transcribe`` (files), the microphone and ``streamer inspect`` all call
+:func:`run_source`; network sources (WebSocket, Wyoming) feed their pipelines frame by frame
+from their connection handlers instead. Either way the stream is admitted by the registry first,
+so a source never takes over a live stream's name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Protocol
+
+from streamer.audio import F32Array
+from streamer.streams.pipeline import Emit, StreamPipeline, sample_pipeline
+from streamer.streams.registry import StreamClaim
+from streamer.streams.services import Services
+
+
+class AudioSource(Protocol):
+    """Float32 mono chunks at ``rate_hz`` (a microphone knows its rate once the device opens)."""
+
+    @property
+    def rate_hz(self) -> int:
+        """The chunks' sample rate; valid once the first chunk was yielded."""
+        ...
+
+    def stream(self) -> AsyncIterator[F32Array]:
+        """Yield chunks until the source ends (a file) or the task is cancelled."""
+        ...
+
+
+class ChunkSource:
+    """Already-decoded audio (a file) as an :class:`AudioSource`."""
+
+    def __init__(self, chunks: Iterable[F32Array], *, rate_hz: int) -> None:
+        """Serve ``chunks`` (float32 mono at ``rate_hz``) in order."""
+        self._chunks = chunks
+        self._rate_hz = rate_hz
+
+    @property
+    def rate_hz(self) -> int:
+        """The chunks' sample rate."""
+        return self._rate_hz
+
+    async def stream(self) -> AsyncIterator[F32Array]:
+        """Yield every chunk."""
+        for chunk in self._chunks:
+            yield chunk
+
+
+async def run_source(
+    services: Services,
+    source: AudioSource,
+    claim: StreamClaim,
+    *,
+    emit: Emit | None = None,
+    backlog: int | None = None,
+    on_pipeline: Callable[[StreamPipeline], None] | None = None,
+) -> StreamPipeline | None:
+    """Feed ``source`` through a new pipeline for the admitted stream ``claim`` until it ends.
+
+    The pipeline is built at the first chunk (a device's rate is known only then) and attached
+    to ``claim``; when the source ends, fails or is cancelled, the pipeline is finished (every
+    utterance so far still gets its result) and the claim is ended.
+
+    Args:
+        services: the shared services.
+        source: the audio.
+        claim: the stream's admission (``services.streams.admit(name)``); ended on return.
+        emit: the pipeline's own result callback (stdout for files; None: the hub only).
+        backlog: utterances allowed in flight before reading more; None reads on regardless
+            (a live source cannot wait).
+        on_pipeline: called with the pipeline once built, before any audio reaches it.
+
+    Returns:
+        The finished pipeline (its ``n_utterances`` and ``n_errors``), or None if the source
+        ended before its first chunk.
+
+    Raises:
+        Whatever ``source.stream()`` raises (e.g. ``DeviceError``), after the cleanup above.
+    """
+    pipeline: StreamPipeline | None = None
+    try:
+        async for chunk in source.stream():
+            if pipeline is None:
+                pipeline = sample_pipeline(
+                    services, stream=claim.name, rate_hz=source.rate_hz, emit=emit
+                )
+                claim.attach(pipeline)
+                if on_pipeline is not None:
+                    on_pipeline(pipeline)
+            pipeline.feed_samples(chunk)
+            if backlog is not None:
+                await pipeline.wait_backlog(backlog)
+    finally:
+        try:
+            if pipeline is not None:
+                # cancelled (the daemon stops): still finish what was heard
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pipeline.finish()
+        finally:
+            claim.end()
+    return pipeline

@@ -1,0 +1,132 @@
+"""The live streams by name: the one place a stream is named, admitted and ended.
+
+Every source (WebSocket ingest, Wyoming, the microphone, ``streamer transcribe`` and
+``streamer inspect``) asks :meth:`StreamRegistry.admit` for its stream name before it feeds any
+audio. A name already live is refused the same way for every source, with a ``stream_in_use``
+:class:`~streamer.errors.ProtocolError` (close code 1008), so no source can take over another's
+stream. The claim it gets back holds the name until :meth:`StreamClaim.end`; the pipeline is
+attached to it once built (a microphone learns its rate only when the device opens).
+
+Call contract: use it from the event loop thread only (no locking).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from streamer import protocol as proto
+from streamer.errors import ProtocolError
+
+
+class LiveStream(Protocol):
+    """What the registry needs of a stream's pipeline (a :class:`StreamPipeline`)."""
+
+    @property
+    def backlog(self) -> int:
+        """Utterances handed to the engine whose results were not emitted yet."""
+        ...
+
+    async def finish(self) -> None:
+        """Flush the stream and wait for its last results."""
+        ...
+
+
+class StreamClaim:
+    """One admitted stream name; attach its pipeline, and end it when the source ends.
+
+    Call contract: :meth:`attach` at most once; :meth:`end` once, in a ``finally`` (it is
+    idempotent, and it never removes a stream admitted later under the same name).
+    """
+
+    def __init__(self, registry: StreamRegistry, name: str) -> None:
+        """Create the claim; use :meth:`StreamRegistry.admit` rather than this directly."""
+        self.registry = registry
+        self.name = name
+        self.ended = False
+
+    def attach(self, pipeline: LiveStream) -> None:
+        """Make ``pipeline`` the stream's pipeline (drained at shutdown, reported in metrics).
+
+        Raises:
+            RuntimeError: the claim has ended, or already has a pipeline.
+        """
+        if self.ended or self.registry._live.get(self.name, self) is not self:
+            raise RuntimeError(f"stream {self.name!r}: claim ended or pipeline already attached")
+        self.registry._live[self.name] = pipeline
+
+    def end(self) -> None:
+        """Free the name: the stream is over (its pipeline, if any, finished)."""
+        if not self.ended:
+            self.ended = True
+            self.registry._release(self)
+
+
+class StreamRegistry:
+    """The live streams, by name.
+
+    ``admission`` is the daemon's other rule for new streams (the engine's load): called after
+    the name was found free, it raises a :class:`~streamer.errors.ProtocolError` to refuse.
+    """
+
+    def __init__(self, *, admission: Callable[[], None] | None = None) -> None:
+        """Create an empty registry with an optional extra ``admission`` check."""
+        self._admission = admission
+        # name -> its claim until a pipeline is attached, then the pipeline
+        self._live: dict[str, StreamClaim | LiveStream] = {}
+        self._owners: dict[str, StreamClaim] = {}
+        self._ids = itertools.count(1)
+
+    def admit(self, name: str) -> StreamClaim:
+        """Admit a new stream called ``name`` and hold the name for it.
+
+        Raises:
+            ProtocolError: ``stream_in_use`` (close code 1008) when a live stream has the name;
+                whatever the ``admission`` check raises (``busy``, 1013) when the engine is behind.
+        """
+        if name in self._live:
+            raise ProtocolError(
+                proto.STREAM_IN_USE,
+                f"stream {name!r} is already live",
+                close_code=proto.CLOSE_POLICY,
+            )
+        if self._admission is not None:
+            self._admission()
+        claim = StreamClaim(self, name)
+        self._live[name] = claim
+        self._owners[name] = claim
+        return claim
+
+    def unused_name(self, prefix: str) -> str:
+        """A name no live stream uses: ``PREFIX-N``, N counting up from 1 per registry."""
+        while (name := f"{prefix}-{next(self._ids)}") in self._live:
+            pass
+        return name
+
+    def pipelines(self) -> list[LiveStream]:
+        """The attached pipelines of every live stream."""
+        return [p for p in self._live.values() if not isinstance(p, StreamClaim)]
+
+    def backlogs(self) -> dict[str, int]:
+        """Per live stream, its pipeline's backlog (0 while no pipeline is attached)."""
+        return {
+            name: 0 if isinstance(p, StreamClaim) else p.backlog for name, p in self._live.items()
+        }
+
+    def __contains__(self, name: object) -> bool:
+        """Whether a live stream is called ``name``."""
+        return name in self._live
+
+    def __iter__(self) -> Iterator[str]:
+        """The live streams' names (a snapshot)."""
+        return iter(list(self._live))
+
+    def __len__(self) -> int:
+        """Number of live streams."""
+        return len(self._live)
+
+    def _release(self, claim: StreamClaim) -> None:
+        if self._owners.get(claim.name) is claim:
+            del self._owners[claim.name]
+            del self._live[claim.name]
