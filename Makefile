@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := libportaudio2 espeak-ng sox chromium openssl
+APT_PACKAGES := libportaudio2 espeak-ng sox chromium openssl redis-server
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k segmenter"`.
 PYTEST_ARGS ?=
 

@@ -51,7 +51,8 @@ sys.path.insert(0, str(ROOT))
 
 from streamer.errors import ConfigError  # noqa: E402
 from streamer.scoring import matched_boundaries  # noqa: E402
-from streamer.segmenter import Segmenter, SegmenterConfig, UtteranceReady  # noqa: E402
+from streamer.segmenter import Segmenter, UtteranceReady  # noqa: E402
+from streamer.segmenter_config import SegmenterConfig  # noqa: E402
 
 RATE_HZ = 16_000
 SHARED = ROOT.parent / "shared"

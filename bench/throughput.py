@@ -48,7 +48,8 @@ from streamer.buckets import stream_buckets  # noqa: E402
 from streamer.config import EngineConfig  # noqa: E402
 from streamer.decoding import OutputDecoder  # noqa: E402
 from streamer.engine.encoder import Encoder  # noqa: E402
-from streamer.segmenter import Segmenter, SegmenterConfig, UtteranceReady  # noqa: E402
+from streamer.segmenter import Segmenter, UtteranceReady  # noqa: E402
+from streamer.segmenter_config import SegmenterConfig  # noqa: E402
 from streamer.streams.sources import read_audio_file  # noqa: E402
 from streamer.tools import bench  # noqa: E402
 from streamer.tools.baseline import compare, format_compare  # noqa: E402

@@ -31,6 +31,7 @@ from streamer.engine.encoder import Encoder
 from streamer.engine.runner import Runner
 from streamer.errors import ModelError, ProtocolError, StreamerError
 from streamer.pubsub import Hub
+from streamer.serve.bus import BusHub
 from streamer.serve.journal import Journal
 from streamer.serve.routes import routes as http_routes
 from streamer.serve.security import exposure_warning
@@ -38,7 +39,7 @@ from streamer.serve.websocket import StreamerServer
 from streamer.streams.feed import ChunkSource, run_source
 from streamer.streams.pipeline import file_stream_name
 from streamer.streams.registry import StreamClaim
-from streamer.streams.services import Services
+from streamer.streams.services import Services, compile_contexts
 from streamer.streams.sources import DeviceError, MicSource, chunks, read_audio_file
 from streamer.tools.progress import audio_progress
 
@@ -57,7 +58,10 @@ def build_services(config: Config, models: dict[str, Path]) -> Services:
 
     Raises:
         ModelError: a bundle is missing or corrupt, or the bundles disagree on the sample rate.
+        ConfigError: a context (``decoder.contexts``) is unreadable or invalid, or needs a ctc
+            model that is not loaded.
     """
+    contexts = compile_contexts(config.decoder, models)  # first: a bad file stops startup at once
     encoders = {
         name: Encoder.load(name, path, config=config.engine) for name, path in models.items()
     }
@@ -85,7 +89,9 @@ def build_services(config: Config, models: dict[str, Path]) -> Services:
         config=config,
         runner=runner,
         decoders=decoders,
-        hub=Hub(queue_len=config.server.subscriber_queue),
+        # with a bus, events reach the local subscribers through it (streamer/serve/bus.py)
+        hub=(BusHub if config.bus.url else Hub)(queue_len=config.server.subscriber_queue),
+        contexts=contexts,
     )
 
 
@@ -123,6 +129,11 @@ async def serve(
     services = build_services(config, models)
     if config.journal.path is not None:
         services.journal = Journal.open(config.journal, services.hub)
+    cluster = None
+    if config.bus.url is not None:  # before any stream: names are leased cluster-wide
+        from streamer.serve.cluster import join_bus
+
+        cluster = await join_bus(services)
     # before any connection: no client can take the microphone's stream name
     mic_claim = services.streams.admit(MIC_STREAM) if mic is not None else None
     wyoming_server = None
@@ -131,6 +142,8 @@ async def serve(
 
         wyoming_server = await start_wyoming(services, wyoming)
     server = StreamerServer(services, info=server_info(services), routes=http_routes(services))
+    if cluster is not None:
+        cluster.serve_with(server)
     await server.start()
     if (warning := exposure_warning(config.server.host, config.security)) is not None:
         log.warning("%s", warning)
@@ -163,6 +176,8 @@ async def serve(
         if wyoming_server is not None:
             await wyoming_server.drain(config.server.shutdown_timeout_s)
         await server.drain(config.server.shutdown_timeout_s)
+        if cluster is not None:
+            await cluster.close()
         services.runner.close()
         if services.journal is not None:
             services.journal.close()
@@ -242,6 +257,10 @@ def _readable(event: proto.Utterance | proto.Error) -> str:
     if event.intent is not None:
         unsure = ", abstain" if event.intent.abstain else ""
         parts.append(f"intent={event.intent.name} ({event.intent.confidence:.2f}{unsure})")
+        if event.intent.understood is False:  # a context's best parse: not to be acted on
+            parts.append("(not understood)")
+        else:
+            parts.extend(f"{slot}={value!r}" for slot, value in (event.intent.slots or {}).items())
     parts.extend(f"{label.name} ({label.confidence:.2f})" for label in event.labels or ())
     if event.value is not None:
         parts.append(f"value={event.value:.3f}")

@@ -104,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
         help="also speak the Wyoming protocol (Home Assistant) there (env STREAMER_WYOMING)",
     )
     _security_flags(serve)
+    _context_flag(serve)
+    _bus_flag(serve)
 
     tr = sub.add_parser("transcribe", help="run audio files through the daemon's pipeline")
     tr.add_argument("files", nargs="+", type=Path)
@@ -112,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print one JSON line per utterance (default: readable lines)",
     )
+    _context_flag(tr)
 
     sub.add_parser("devices", help="list audio input devices")
     bench.add_parser(sub)
@@ -124,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     jr.add_argument("--path", help="journal file (default: journal.path from the config)")
     jr.add_argument("--since", metavar="SEQ|TIME", help="after this seq, or from this time")
     jr.add_argument("--stream", help="only this stream's events")
+    _bus_flag(jr)
     return p
 
 
@@ -159,6 +163,26 @@ def _security_flags(serve: argparse.ArgumentParser) -> None:
     )
 
 
+def _bus_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bus",
+        default=os.environ.get("STREAMER_BUS"),
+        metavar="redis://HOST:PORT[/DB]",
+        help="event bus shared with other replicas (env STREAMER_BUS; docs/scaling.md)",
+    )
+
+
+def _context_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE.yaml",
+        help="Rhino-format context to understand utterances in (repeatable; the first is the "
+        "default; a client's start may name another)",
+    )
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {"server": {}, "engine": {}}
     for key in ("host", "port"):
@@ -172,6 +196,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         out["security"]["origins"] = ",".join(args.origin)
     journal = (("journal", "path"), ("journal_fsync", "fsync"))
     out["journal"] = {k: getattr(args, f) for f, k in journal if getattr(args, f, None)}
+    if getattr(args, "context", None):
+        out["decoder"] = {"contexts": ",".join(args.context)}
+    out["bus"] = {"url": args.bus} if getattr(args, "bus", None) else {}
     return out
 
 
@@ -209,7 +236,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from streamer.serve.journal import print_journal
 
         path = args.path or config.journal.path
-        return print_journal(path, since=args.since, stream=args.stream, out=sys.stdout)
+        return print_journal(
+            path, since=args.since, stream=args.stream, out=sys.stdout, bus=config.bus
+        )
     models = resolve_models(args.model)
     if args.command == "serve":
         mic = None if args.mic is None else (int(args.mic) if args.mic.isdigit() else args.mic)

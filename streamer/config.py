@@ -20,7 +20,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from streamer.errors import ConfigError
-from streamer.segmenter import SegmenterConfig
+from streamer.segmenter_config import SegmenterConfig
 
 #: Journal durability policies (``journal.fsync``).
 FSYNC_POLICIES: Final = ("none", "interval", "always")
@@ -144,8 +144,17 @@ class DecoderConfig:
     grammars: bool = True
     """Hold a ctc bundle's transcript to the word list it ships for the utterance's intent (as
     said by a classify bundle served beside it); false: always the free search."""
+    contexts: str = ""
+    """Contexts (Rhino-format YAML) compiled at start: ``[NAME=]FILE`` items separated by commas
+    (the name defaults to the file's stem); the first is every stream's default (``--context``)."""
+    context_max_gap_per_frame: float = 0.5
+    """A context rejects an utterance (``understood: false``) when its best in-context path scores
+    this many nats per emitting frame below the free path (chosen on validation voices:
+    bench/contexts.py)."""
 
     def __post_init__(self) -> None:
+        if not self.context_max_gap_per_frame >= 0:
+            raise ConfigError("decoder.context_max_gap_per_frame must be >= 0")
         if not 0.0 <= self.abstain_below <= 1.0:
             raise ConfigError("decoder.abstain_below must be within 0-1")
         _positive(self, "n_best")
@@ -233,6 +242,48 @@ class JournalConfig:
 
 
 @dataclass(frozen=True)
+class BusConfig:
+    """The event bus shared by several replicas (the ``[bus]`` section; docs/scaling.md)."""
+
+    url: str | None = None
+    """``redis://HOST:PORT[/DB]`` (``rediss://`` for TLS) of a Redis or Valkey server; None: the
+    daemon runs alone with its in-process hub."""
+    password_file: str | None = None
+    """File whose first line is the bus server's password (keeps it out of the URL and ``ps``)."""
+    ca_file: str | None = None
+    """PEM CA bundle checking a ``rediss://`` server's certificate (None: the system's)."""
+    key: str = "streamer:events"
+    """The Redis Stream every replica appends to; ``KEY:seq`` and ``KEY:lease:NAME`` beside it."""
+    max_events: int = 1_000_000
+    """Events the bus keeps (``MAXLEN ~``): the replay window of ``since`` and ``journal``."""
+    lease_ms: int = 10_000
+    """A stream name's lease; renewed every third of it while the stream lives."""
+    timeout_s: float = 1.0
+    """Seconds one bus command (a lease, an append) may take before the bus counts as down."""
+    block_ms: int = 1_000
+    """How long one blocking read of the bus waits for new events."""
+    reconnect_max_s: float = 5.0
+    """Longest wait between reconnection attempts (the backoff doubles up to it)."""
+    replay_max_events: int = 100_000
+    """Events one ``since`` replay sends at most; an older gap is reported as ``dropped``."""
+
+    def __post_init__(self) -> None:
+        if self.url is not None and urlsplit(self.url).scheme not in ("redis", "rediss"):
+            raise ConfigError(
+                f"bus.url must be redis://HOST:PORT[/DB] or rediss://..., got {self.url!r}"
+            )
+        _positive(
+            self,
+            "max_events",
+            "lease_ms",
+            "timeout_s",
+            "block_ms",
+            "reconnect_max_s",
+            "replay_max_events",
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole daemon configuration."""
 
@@ -242,6 +293,7 @@ class Config:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -251,6 +303,7 @@ SECTIONS: dict[str, type[Any]] = {
     "segmenter": SegmenterConfig,
     "security": SecurityConfig,
     "journal": JournalConfig,
+    "bus": BusConfig,
 }
 
 

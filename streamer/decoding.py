@@ -4,6 +4,9 @@
 transcript, :mod:`streamer.heads` for intent, labels, value and embedding).
 :func:`decode_utterance` is the rule across the bundles a stream runs: classifiers first, then
 every CTC transcript held to the word list of the intent they gave, then the results merged.
+With a context (:mod:`streamer.contexts`) the rule changes in one place: the first ctc bundle's
+output is understood in the context, which gives the ``intent`` (with slots), and transcripts
+are read freely.
 
 Decoding does no I/O; the one file read is a ctc bundle's language model, once, when its
 :class:`~streamer.ctc.CtcBeamDecoder` is built.
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy.typing as npt
 
+from streamer.contexts import DEFAULT_MAX_GAP_PER_FRAME, Context, Understanding
 from streamer.ctc import CtcBeamDecoder, CtcGreedyDecoder, CtcKind, build_search
 from streamer.errors import ModelError
 from streamer.heads import IntentDecoder, decode_embedding, decode_value
@@ -189,6 +193,8 @@ def decode_utterance(
     *,
     offset_ms: float = 0.0,
     want_embedding: bool = False,
+    context: Mapping[str, Context] | None = None,
+    max_gap_per_frame: float = DEFAULT_MAX_GAP_PER_FRAME,
 ) -> Decoded:
     """Decode one utterance's outputs of every bundle a stream runs, and merge the results.
 
@@ -198,12 +204,19 @@ def decode_utterance(
     (:meth:`OutputDecoder.grammar_for`), and reads it freely otherwise. The results merge in the
     order of ``outputs``: where two bundles give the same field, the earlier one's wins.
 
+    With a ``context``, the first ctc bundle in ``outputs`` that the context was compiled for
+    understands the utterance (:meth:`Context.understand`); that understanding is the ``intent``
+    (:func:`context_intent`), ahead of any classifier's, and every ctc transcript is read freely.
+
     Args:
         decoders: a decoder per model name (it may hold models the stream does not run).
         outputs: model name -> that model's outputs for this utterance (batch axis removed), in
             the stream's model order.
         offset_ms: stream time of the utterance's first input sample (CTC word times).
         want_embedding: also return an embedding, from the first bundle that has one.
+        context: the stream's context compiled per ctc model (model name -> Context); None or
+            empty: no context.
+        max_gap_per_frame: a context's rejection threshold (nats per emitting frame).
 
     Raises:
         ModelError: a model has no decoder, or an output is missing or malformed.
@@ -218,15 +231,40 @@ def decode_utterance(
                 found, offset_ms=offset_ms, want_embedding=want_embedding
             )
     intent = next((p.intent for p in parts.values() if p.intent is not None), None)
+    understood: Intent | None = None
     for name, found in outputs.items():
         if decoders[name].ctc is not None:
             parts[name] = decoders[name].decode(
-                found, offset_ms=offset_ms, want_embedding=want_embedding, intent=intent
+                found,
+                offset_ms=offset_ms,
+                want_embedding=want_embedding,
+                intent=None if context else intent,
             )
-    decoded = Decoded()
+            if context and understood is None and name in context:
+                understanding = context[name].understand(
+                    take(found, "logits"), max_gap_per_frame=max_gap_per_frame
+                )
+                understood = context_intent(understanding, context[name].name)
+    decoded = Decoded(intent=understood)
     for name in outputs:
         decoded = decoded.merge(parts[name])
     return decoded
+
+
+def context_intent(understanding: Understanding, context: str) -> Intent:
+    """The wire ``intent`` of an utterance understood (or not) in ``context``.
+
+    Out of context, ``name`` and ``slots`` are the best in-context parse's (``name`` is empty
+    when the utterance is too short to spell any expression) and ``abstain`` is True.
+    """
+    return Intent(
+        name=understanding.intent or "",
+        confidence=understanding.confidence,
+        abstain=not understanding.understood,
+        slots=dict(understanding.slots),
+        understood=understanding.understood,
+        context=context,
+    )
 
 
 def _word_loops(manifest: Manifest) -> dict[str, WordLoop]:

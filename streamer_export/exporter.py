@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamer.engine.bundles import write_manifest
 from streamer.manifest import (
     MANIFEST_NAME,
     MODEL_NAME,
@@ -92,7 +93,7 @@ def export_bundle(options: ExportOptions, *, progress: Progress) -> Manifest:
             )
         if options.grammars:
             manifest = dataclasses.replace(manifest, grammars=options.grammars)
-        manifest.write(staging)
+        write_manifest(manifest, staging)
     return manifest
 
 

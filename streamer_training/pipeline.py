@@ -209,11 +209,11 @@ def record_source(bundle_dir: Path, source: Path) -> None:
     The exporter records the absolute folder, which is right for a user's own export but would
     put one machine's directory layout into the committed demo bundles.
     """
-    from streamer.engine.bundles import load_manifest
+    from streamer.engine.bundles import load_manifest, write_manifest
 
     manifest = load_manifest(bundle_dir)
     where = dataclasses.replace(manifest.source, path=relative(source).as_posix())
-    dataclasses.replace(manifest, source=where).write(bundle_dir)
+    write_manifest(dataclasses.replace(manifest, source=where), bundle_dir)
 
 
 def _fsdd_strings(clips: list[data.FsddClip], *, n: int, seed: int) -> list[tuple[np.ndarray, str]]:

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from streamer.engine.bundles import write_manifest
 from streamer.manifest import MODEL_NAME, Manifest, Source, TensorSpec
 
 STRIDE = 320
@@ -120,5 +121,5 @@ def write_bundle(
         parity=None,
         **extra,  # type: ignore[arg-type]
     )
-    manifest.write(out)
+    write_manifest(manifest, out)
     return out

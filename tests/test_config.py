@@ -11,7 +11,7 @@ from streamer.config import Config, EngineConfig, ServerConfig, load_config
 from streamer.engine.bundles import resolve_models
 from streamer.errors import ConfigError
 from streamer.protocol import ENDPOINTING_KNOBS
-from streamer.segmenter import SegmenterConfig
+from streamer.segmenter_config import SegmenterConfig
 
 
 def test_defaults() -> None:

@@ -23,7 +23,7 @@ from streamer import audio, endpoints, protocol as p
 from streamer.app import build_services
 from streamer.config import Config
 from streamer.errors import AudioFormatError, ConfigError, ProtocolError
-from streamer.segmenter import SegmenterConfig
+from streamer.segmenter_config import SegmenterConfig
 from streamer.serve.ingest import segmenter_config as _segmenter_config
 from streamer.serve.journal import Record, parse_record, parse_since
 from streamer.serve.security import Guard, SecurityConfig, parse_origins

@@ -17,13 +17,8 @@ from hypothesis import given, settings, strategies as st
 
 from streamer.errors import AudioFormatError, ConfigError
 from streamer.scoring import TOLERANCE_S, boundary_f1
-from streamer.segmenter import (
-    Segmenter,
-    SegmenterConfig,
-    SegmenterEvent,
-    SpeechStarted,
-    UtteranceReady,
-)
+from streamer.segmenter import Segmenter, SegmenterEvent, SpeechStarted, UtteranceReady
+from streamer.segmenter_config import SegmenterConfig
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 RATE = 16_000

@@ -54,6 +54,13 @@ def resolve_models(specs: Sequence[str], *, models_dir: Path | None = None) -> d
     return {p.name: p for p in found}
 
 
+def write_manifest(manifest: Manifest, bundle_dir: Path) -> Path:
+    """Write ``manifest.json`` into ``bundle_dir`` and return its path."""
+    path = bundle_dir / MANIFEST_NAME
+    path.write_text(manifest.to_json(), encoding="utf-8")
+    return path
+
+
 def load_manifest(bundle_dir: Path) -> Manifest:
     """Read and validate ``bundle_dir/manifest.json``.
 

@@ -22,11 +22,12 @@ from streamer import overload, protocol as proto
 from streamer.audio import AudioFormat
 from streamer.endpoints import IngestState
 from streamer.errors import ProtocolError, StreamerError
-from streamer.segmenter import SegmenterConfig
+from streamer.segmenter_config import SegmenterConfig
 from streamer.serve.client_errors import close_discarding
 from streamer.streams.pipeline import StreamPipeline, stream_segmenter_config
 from streamer.streams.registry import StreamClaim
 from streamer.streams.services import Services
+from streamer.wire import quote
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class Ingest:
             overload.check_endpointing(services.config.segmenter, start.endpointing)
             models = start.models or tuple(services.decoders)
             seg = segmenter_config(services, start.endpointing, models)
+            context = stream_context(services, start.context, models)
             pipeline = StreamPipeline(
                 services,
                 stream=start.stream,
@@ -125,6 +127,7 @@ class Ingest:
                 segmenter=seg,
                 emit=self._send,
                 want=start.want,
+                context=context,
             )
         except BaseException:
             claim.end()
@@ -132,7 +135,7 @@ class Ingest:
         claim.attach(pipeline)
         self.claim, self.pipeline = claim, pipeline
         # through the pipeline: subscribers see streams come (started) and go (ended)
-        pipeline.publish(_started(services, start, models, seg))
+        pipeline.publish(_started(services, start, models, seg, context))
 
     def _send(self, event: proto.ServerEvent) -> None:
         self.idle.clear()
@@ -163,7 +166,11 @@ class Ingest:
 
 
 def _started(
-    services: Services, start: proto.Start, models: Iterable[str], seg: SegmenterConfig
+    services: Services,
+    start: proto.Start,
+    models: Iterable[str],
+    seg: SegmenterConfig,
+    context: str | None,
 ) -> proto.Started:
     """The ``started`` event answering ``start``: models, limits and endpointing in force."""
     cfg = services.config.server
@@ -188,7 +195,36 @@ def _started(
         },
         endpointing={k: float(getattr(seg, k)) for k in proto.ENDPOINTING_KNOBS},
         want=start.want,
+        context=context,
     )
+
+
+def stream_context(services: Services, name: str | None, models: Iterable[str]) -> str | None:
+    """The context a stream's utterances are understood in: ``name``, else the server's default.
+
+    Raises:
+        ProtocolError: ``bad_field`` (1007): no context of that name was compiled at start, or
+            none of the stream's models is a ctc model it was compiled for.
+    """
+    chosen = name or services.default_context
+    if chosen is None:
+        return None
+    if chosen not in services.contexts:
+        known = ", ".join(services.contexts) or "none"
+        raise ProtocolError(
+            proto.BAD_FIELD,
+            f"no context named {quote(chosen)} (known: {known})",
+            close_code=proto.CLOSE_INVALID_DATA,
+        )
+    if not any(m in services.contexts[chosen] for m in models):
+        if name is None:
+            return None  # the default context does not apply to a stream without a ctc model
+        raise ProtocolError(
+            proto.BAD_FIELD,
+            f"context {quote(chosen)} needs a ctc model in the stream's models",
+            close_code=proto.CLOSE_INVALID_DATA,
+        )
+    return chosen
 
 
 def segmenter_config(

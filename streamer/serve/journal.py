@@ -18,10 +18,15 @@ daemon crash, not a power loss), ``interval`` (also fsync at most every ``fsync_
 Rotation: when the file reaches ``max_bytes`` it becomes ``PATH.1`` (``PATH.1`` becomes
 ``PATH.2``, and so on; the oldest beyond ``keep_files`` is deleted). :func:`read_journal` reads
 them oldest first. ``streamer journal --since SEQ|TIME`` prints what a consumer missed.
+
+With an event bus (``bus.url``, :mod:`streamer.serve.bus`) the bus is the journal of every
+replica: ``streamer journal`` then reads it, in the same line format, ``seq`` being the bus
+cursor and ``time`` when the bus appended the event.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -35,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final, TextIO
 
-from streamer.config import JournalConfig
+from streamer.config import BusConfig, JournalConfig
 from streamer.errors import ConfigError
 from streamer.pubsub import Hub, Subscriber
 
@@ -132,13 +137,23 @@ def parse_since(text: str) -> tuple[int | None, float | None]:
 
 
 def print_journal(
-    path: str | Path | None, *, since: str | None, stream: str | None, out: TextIO
+    path: str | Path | None,
+    *,
+    since: str | None,
+    stream: str | None,
+    out: TextIO,
+    bus: BusConfig | None = None,
 ) -> int:
     """Print the records a consumer missed, one JSON line each; return the exit code.
 
+    With ``bus.url`` set (and no ``path``), the records come from the event bus.
+
     Raises:
-        ConfigError: no path is given, ``since`` cannot be read, or there is no journal.
+        ConfigError: no path is given, ``since`` cannot be read, there is no journal, or the
+            bus cannot be reached.
     """
+    if path is None and bus is not None and bus.url is not None:
+        return asyncio.run(_print_bus(bus, since=since, stream=stream, out=out))
     if path is None:
         raise ConfigError("no journal: give --path or set journal.path")
     since_seq, since_time = parse_since(since) if since is not None else (None, None)
@@ -149,6 +164,25 @@ def print_journal(
             continue
         line = {"seq": record.seq, "time": record.time, "event": record.event}
         print(json.dumps(line, separators=(",", ":"), ensure_ascii=False), file=out)
+    return 0
+
+
+async def _print_bus(bus: BusConfig, *, since: str | None, stream: str | None, out: TextIO) -> int:
+    from redis import RedisError
+
+    from streamer.serve.bus import Bus, BusHub
+
+    since_seq, since_time = parse_since(since) if since is not None else (None, None)
+    reader = Bus(bus, BusHub(queue_len=1))
+    try:
+        async for entry in reader.history(after=since_seq or 0, since_time=since_time):
+            if stream is None or entry.stream == stream:
+                line = f'{{"seq":{entry.cursor},"time":{entry.time},"event":{entry.event}}}'
+                print(line, file=out)
+    except (RedisError, OSError) as exc:
+        raise ConfigError(f"bus {bus.url}: {exc}") from None
+    finally:
+        await reader.client.aclose()
     return 0
 
 

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import http
 import importlib.resources
+import json
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 from urllib.parse import parse_qs, quote
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from streamer.serve.bus import Bus
 from streamer.serve.metrics import CONTENT_TYPE, METRICS_PATH
-from streamer.streams.services import Services
+from streamer.streams.services import Services, accepting_streams
 
 Handler = Callable[[Request], Response]
 
@@ -80,6 +82,28 @@ def metrics_route(services: Services) -> dict[str, Handler]:
         return Response(http.HTTPStatus.OK.value, http.HTTPStatus.OK.phrase, headers, body)
 
     return {METRICS_PATH: handle}
+
+
+def bus_readyz_route(
+    services: Services, bus: Bus, *, info: dict[str, Any], draining: Callable[[], bool]
+) -> dict[str, Handler]:
+    """``/readyz`` of a daemon on an event bus: 503 while the bus is down, the bus's state shown.
+
+    A balancer then routes new clients to replicas that reach the bus; this replica still
+    serves the clients it has. ``draining`` says whether the server is shutting down.
+    """
+
+    def handle(request: Request) -> Response:
+        del request
+        ready = not draining() and accepting_streams(services) and bus.up
+        status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
+        body = (json.dumps({"ready": ready, **info, "bus": bus.status()}) + "\n").encode()
+        headers = Headers(
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
+        return Response(status.value, status.phrase, headers, body)
+
+    return {"/readyz": handle}
 
 
 def _asset_query(request: Request) -> str:

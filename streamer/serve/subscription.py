@@ -4,6 +4,12 @@ Each ``subscribe`` message replaces the connection's filter. Events reach the so
 order; a subscriber that reads too slowly loses its oldest events and is told how many
 (``dropped``). A malformed message gets an ``error`` event, closes the connection with the
 documented code and costs at most one (rate-limited) log line.
+
+Resuming (daemons on an event bus, :mod:`streamer.serve.bus`): every event then carries its bus
+``cursor``, and a client that connects to ``/v1/events?since=CURSOR`` (or ``?since=TIME``, ISO
+8601 or Unix seconds with a decimal point) first gets the events after that point that match its
+first ``subscribe``, then the live ones, each exactly once. A gap older than
+``bus.replay_max_events`` is reported as ``dropped`` before the replay.
 """
 
 from __future__ import annotations
@@ -11,14 +17,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from urllib.parse import parse_qs
 
+import redis
 from websockets.asyncio.server import ServerConnection
 
 from streamer import protocol as proto
 from streamer.endpoints import EventsState
-from streamer.errors import ProtocolError
+from streamer.errors import ConfigError, ProtocolError
 from streamer.pubsub import Subscriber
+from streamer.serve.bus import Bus, BusHub
+from streamer.serve.bus_wire import cursor_of
 from streamer.serve.client_errors import close_discarding
+from streamer.serve.journal import parse_since
 from streamer.streams.services import Services
 
 log = logging.getLogger(__name__)
@@ -36,11 +47,18 @@ class Subscription:
         self.sent = asyncio.Event()
         self.sent.set()
         self.current: Subscriber[str] | None = None
+        #: Live events up to this bus cursor were sent by the replay already.
+        self.replayed_to = 0
 
     async def run(self) -> None:
         """Read subscribe messages; forward matching events until the connection closes."""
         loop = asyncio.get_running_loop()
         forwarder: asyncio.Task[None] | None = None
+        try:
+            since = self._since()
+        except ProtocolError as exc:
+            await self._fail(exc)
+            return
         try:
             async for message in self.ws:
                 try:
@@ -54,6 +72,9 @@ class Subscription:
                 await self.ws.send(
                     proto.Subscribed(streams=msg.streams, events=msg.events).encode()
                 )
+                if since is not None:
+                    await self._replay(msg, *since)
+                    since = None
                 if forwarder is None:
                     forwarder = asyncio.create_task(self._forward(), name=f"fwd-{self.ws.id}")
         finally:
@@ -61,6 +82,59 @@ class Subscription:
             if forwarder is not None:
                 forwarder.cancel()
                 await asyncio.gather(forwarder, return_exceptions=True)
+
+    def _bus(self) -> Bus | None:
+        hub = self.services.hub
+        return hub.bus if isinstance(hub, BusHub) else None
+
+    def _since(self) -> tuple[int | None, float | None] | None:
+        """The ``since`` of the connection's URL, None without one.
+
+        Raises:
+            ProtocolError: ``bad_field``: unreadable, or the daemon has no bus to replay.
+        """
+        query = self.ws.request.path.partition("?")[2] if self.ws.request else ""
+        values = parse_qs(query, max_num_fields=8).get("since", [])
+        if not values:
+            return None
+        if len(values) > 1 or self._bus() is None:
+            raise ProtocolError(
+                proto.BAD_FIELD,
+                "since: give it once, on a daemon with an event bus",
+                close_code=proto.CLOSE_INVALID_DATA,
+            )
+        try:
+            return parse_since(values[0])
+        except ConfigError as exc:
+            raise ProtocolError(
+                proto.BAD_FIELD,
+                str(exc).replace("--since", "since"),
+                close_code=proto.CLOSE_INVALID_DATA,
+            ) from None
+
+    async def _replay(
+        self, msg: proto.Subscribe, since_seq: int | None, since_time: float | None
+    ) -> None:
+        """Send the bus's events after ``since`` that ``msg`` asks for, before any live one."""
+        bus, sub = self._bus(), self.current
+        if bus is None or sub is None:
+            return
+        after, limit = since_seq or 0, self.services.config.bus.replay_max_events
+        try:
+            if since_time is not None:
+                after = max(after, await bus.cursor_before(since_time))
+            if (end := bus.last_cursor) - after > limit:
+                await self.ws.send(proto.Dropped(count=end - after - limit).encode())
+                after = end - limit
+            self.replayed_to = after
+            async for entry in bus.history(after=after):
+                if sub.matches(entry.type, entry.stream):
+                    await self.ws.send(entry.payload)
+                self.replayed_to = entry.cursor
+        except (redis.RedisError, OSError) as exc:
+            log.warning("connection %s: replay from the bus failed: %s", self.ws.id, exc)
+            error = proto.Error(code=proto.INTERNAL, message="the bus is down: no replay")
+            await self.ws.send(error.encode())
 
     def _resubscribe(self, msg: proto.Subscribe, loop: asyncio.AbstractEventLoop) -> None:
         self._unsubscribe()
@@ -106,5 +180,8 @@ class Subscription:
             if lost:
                 await self.ws.send(proto.Dropped(count=lost).encode())
             for text in items:
+                cursor = cursor_of(text)
+                if cursor is not None and cursor <= self.replayed_to:
+                    continue  # the replay sent it
                 await self.ws.send(text)
             self.sent.set()

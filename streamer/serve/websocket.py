@@ -91,14 +91,14 @@ class StreamerServer:
         if (refused := self.guard.check(request)) is not None:
             return refused
         path = request.path.partition("?")[0]
+        if path in self.routes:  # first: a route may answer /readyz (a daemon on a bus does)
+            return self.routes[path](request)
         if path == "/healthz":
             return _json_response(http.HTTPStatus.OK, {"status": "ok"})
         if path == "/readyz":
             ready = not self.draining and accepting_streams(self.services)
             status = http.HTTPStatus.OK if ready else http.HTTPStatus.SERVICE_UNAVAILABLE
             return _json_response(status, {"ready": ready, **self.info})
-        if path in self.routes:
-            return self.routes[path](request)
         if path not in (proto.INGEST_PATH, proto.EVENTS_PATH):
             return _json_response(http.HTTPStatus.NOT_FOUND, {"error": f"no endpoint {path}"})
         if self.draining:

@@ -28,9 +28,11 @@ from streamer import overload, protocol as proto
 from streamer.audio import AudioConverter, AudioFormat
 from streamer.buckets import is_priority, stream_buckets
 from streamer.config import build_section
-from streamer.decoding import Decoded
+from streamer.contexts import Context
+from streamer.decoding import Decoded, decode_utterance
 from streamer.errors import OverloadedError, StreamerError
-from streamer.segmenter import Segmenter, SegmenterConfig, SpeechStarted, UtteranceReady
+from streamer.segmenter import Segmenter, SpeechStarted, UtteranceReady
+from streamer.segmenter_config import SegmenterConfig
 from streamer.streams.services import Services, admit_utterance
 
 log = logging.getLogger(__name__)
@@ -57,12 +59,19 @@ class StreamPipeline:
         segmenter: SegmenterConfig,
         emit: Emit | None = None,
         want: Sequence[str] = (),
+        context: str | None = None,
     ) -> None:
+        """Build the pipeline of one stream (see the class contract for how to feed it).
+
+        ``context`` names one of ``services.contexts`` to understand each utterance in (checked
+        by the caller); None: no context.
+        """
         self.services = services
         self.stream = stream
         self.models = tuple(models)
         self.emit = emit
         self.want_embedding = "embedding" in want
+        self.context: Mapping[str, Context] = services.contexts[context] if context else {}
         rate = services.runner.encoders[self.models[0]].manifest.sample_rate
         self.rate_hz = rate
         self.converter = AudioConverter(fmt, target_rate_hz=rate)
@@ -210,28 +219,21 @@ class StreamPipeline:
         self.services.metrics.observe_runs(self.models, results)
         offset_ms = self._ms(utt.audio_start_sample)
 
+        rows = {
+            name: {key: value[0] for key, value in result.outputs.items()}
+            for name, result in zip(self.models, results, strict=True)
+        }
+        decoder = self.services.config.decoder
+
         def decode_all() -> Decoded:
-            rows = {
-                name: {key: value[0] for key, value in result.outputs.items()}
-                for name, result in zip(self.models, results, strict=True)
-            }
-            # Classifiers first: a ctc bundle may hold its search to the grammar of the intent.
-            parts: dict[str, Decoded] = {}
-            for want_ctc in (False, True):
-                intent = next((p.intent for p in parts.values() if p.intent), None)
-                for name in self.models:
-                    decoder = self.services.decoders[name]
-                    if (decoder.ctc is not None) == want_ctc:
-                        parts[name] = decoder.decode(
-                            rows[name],
-                            offset_ms=offset_ms,
-                            want_embedding=self.want_embedding,
-                            intent=intent,
-                        )
-            decoded = Decoded()
-            for name in self.models:
-                decoded = decoded.merge(parts[name])
-            return decoded
+            return decode_utterance(
+                self.services.decoders,
+                rows,
+                offset_ms=offset_ms,
+                want_embedding=self.want_embedding,
+                context=self.context,
+                max_gap_per_frame=decoder.context_max_gap_per_frame,
+            )
 
         decode_start = time.perf_counter()
         # A CTC beam search takes milliseconds to tens of them: off the event loop, so other
@@ -279,7 +281,7 @@ def sample_pipeline(
     """A pipeline fed float32 mono samples at ``rate_hz`` (microphone, files, Wyoming).
 
     ``models``: None runs every loaded model. Endpointing is the server's, with the models'
-    minimum length.
+    minimum length; the context is the server's default (the first ``--context``), if any.
     """
     names = tuple(services.runner.encoders) if models is None else tuple(models)
     return StreamPipeline(
@@ -289,6 +291,7 @@ def sample_pipeline(
         models=names,
         segmenter=stream_segmenter_config(services, names, {}),
         emit=emit,
+        context=services.default_context,
     )
 
 

@@ -33,6 +33,18 @@ class LiveStream(Protocol):
         ...
 
 
+class NameLeases(Protocol):
+    """The cluster-wide half of a name (a lease on the event bus, :mod:`streamer.serve.bus`)."""
+
+    def acquire(self, name: str) -> None:
+        """Take ``name`` for this daemon; raise ``stream_in_use`` when another daemon holds it."""
+        ...
+
+    def release(self, name: str) -> None:
+        """Free ``name`` (its stream ended here)."""
+        ...
+
+
 class StreamClaim:
     """One admitted stream name; attach its pipeline, and end it when the source ends.
 
@@ -68,6 +80,8 @@ class StreamRegistry:
 
     ``admission`` is the daemon's other rule for new streams (the engine's load): called after
     the name was found free, it raises a :class:`~streamer.errors.ProtocolError` to refuse.
+    ``leases``, set when the daemon shares an event bus with other replicas, makes a name taken
+    on any replica ``stream_in_use`` here too: it is asked last, and told when the name is free.
     """
 
     def __init__(self, *, admission: Callable[[], None] | None = None) -> None:
@@ -77,6 +91,7 @@ class StreamRegistry:
         self._live: dict[str, StreamClaim | LiveStream] = {}
         self._owners: dict[str, StreamClaim] = {}
         self._ids = itertools.count(1)
+        self.leases: NameLeases | None = None
 
     def admit(self, name: str) -> StreamClaim:
         """Admit a new stream called ``name`` and hold the name for it.
@@ -93,6 +108,8 @@ class StreamRegistry:
             )
         if self._admission is not None:
             self._admission()
+        if self.leases is not None:
+            self.leases.acquire(name)
         claim = StreamClaim(self, name)
         self._live[name] = claim
         self._owners[name] = claim
@@ -130,3 +147,5 @@ class StreamRegistry:
         if self._owners.get(claim.name) is claim:
             del self._owners[claim.name]
             del self._live[claim.name]
+            if self.leases is not None:
+                self.leases.release(claim.name)

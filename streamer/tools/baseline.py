@@ -32,7 +32,8 @@ from streamer.decoding import OutputDecoder
 from streamer.engine.bundles import resolve_models
 from streamer.engine.encoder import Encoder, Outputs
 from streamer.manifest import Manifest
-from streamer.segmenter import Segmenter, SegmenterConfig, UtteranceReady
+from streamer.segmenter import Segmenter, UtteranceReady
+from streamer.segmenter_config import SegmenterConfig
 from streamer.streams.sources import read_audio_file
 
 Audio = npt.NDArray[np.float32]

@@ -26,7 +26,7 @@ import numpy.typing as npt
 from streamer import protocol as proto
 from streamer.config import Config
 from streamer.errors import StreamerError
-from streamer.segmenter import SegmenterConfig
+from streamer.segmenter_config import SegmenterConfig
 from streamer.streams.feed import ChunkSource, run_source
 from streamer.streams.pipeline import StreamPipeline, file_stream_name
 from streamer.streams.sources import chunks, read_audio_file
