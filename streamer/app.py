@@ -144,6 +144,11 @@ async def serve(
     server = StreamerServer(services, info=server_info(services), routes=http_routes(services))
     if cluster is not None:
         cluster.serve_with(server)
+    # handlers before the port opens: a SIGTERM once a client could connect is a clean stop
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     await server.start()
     if (warning := exposure_warning(config.server.host, config.security)) is not None:
         log.warning("%s", warning)
@@ -157,10 +162,6 @@ async def serve(
         )
     if on_ready is not None:
         on_ready(server.ports)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     mic_task = None
     if mic is not None:
         mic_task = asyncio.create_task(_run_mic(services, mic, mic_claim), name="microphone")

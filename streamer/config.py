@@ -9,22 +9,17 @@ daemon enforces is a field here, so it has a name, a unit and a default.
 from __future__ import annotations
 
 import dataclasses
-import string
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
-from urllib.parse import urlsplit
+from typing import Any
 
 from streamer.errors import ConfigError
 from streamer.segmenter_config import SegmenterConfig
-
-#: Journal durability policies (``journal.fsync``).
-FSYNC_POLICIES: Final = ("none", "interval", "always")
-_TOKEN_CHARS: Final = frozenset(string.ascii_letters + string.digits + string.punctuation)
+from streamer.serving_config import BusConfig, JournalConfig, SecurityConfig, positive
 
 
 @dataclass(frozen=True)
@@ -59,7 +54,7 @@ class ServerConfig:
     A peer that vanished silently is reaped within ping_interval_s + ping_timeout_s + this."""
 
     def __post_init__(self) -> None:
-        _positive(
+        positive(
             self,
             "max_message_bytes",
             "max_connections",
@@ -112,7 +107,7 @@ class EngineConfig:
             raise ConfigError(f"engine.provider must be auto, cuda or cpu, got {self.provider!r}")
         if self.intra_op_threads < 0:
             raise ConfigError("engine.intra_op_threads must be >= 0")
-        _positive(self, "workers", "max_pending_utterances")
+        positive(self, "workers", "max_pending_utterances")
         if self.lag_report_ms < 0:
             raise ConfigError("engine.lag_report_ms must be >= 0")
         if not 0 < self.shed_unwatched_at <= self.refuse_streams_at <= 1:
@@ -120,7 +115,7 @@ class EngineConfig:
                 "engine: need 0 < shed_unwatched_at <= refuse_streams_at <= 1, got "
                 f"{self.shed_unwatched_at} and {self.refuse_streams_at}"
             )
-        _positive(self, "max_batch", "max_batch_s")
+        positive(self, "max_batch", "max_batch_s")
         for name in ("batch_wait_ms", "bucket_ms", "priority_boost_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"engine.{name} must be >= 0, got {getattr(self, name)}")
@@ -147,7 +142,7 @@ class DecoderConfig:
     contexts: str = ""
     """Contexts (Rhino-format YAML) compiled at start: ``[NAME=]FILE`` items separated by commas
     (the name defaults to the file's stem); the first is every stream's default (``--context``)."""
-    context_max_gap_per_frame: float = 0.5
+    context_max_gap_per_frame: float = 0.8
     """A context rejects an utterance (``understood: false``) when its best in-context path scores
     this many nats per emitting frame below the free path (chosen on validation voices:
     bench/contexts.py)."""
@@ -157,130 +152,12 @@ class DecoderConfig:
             raise ConfigError("decoder.context_max_gap_per_frame must be >= 0")
         if not 0.0 <= self.abstain_below <= 1.0:
             raise ConfigError("decoder.abstain_below must be within 0-1")
-        _positive(self, "n_best")
-        _positive(self, "beam_width")
+        positive(self, "n_best")
+        positive(self, "beam_width")
         if self.ctc not in ("auto", "beam", "greedy"):
             raise ConfigError(f"decoder.ctc must be auto, beam or greedy, got {self.ctc!r}")
         if not self.beam_token_min_logp < 0:
             raise ConfigError("decoder.beam_token_min_logp must be negative")
-
-
-@dataclass(frozen=True)
-class SecurityConfig:
-    """Access control and transport security (the ``[security]`` config section)."""
-
-    token: str | None = None
-    """Bearer token every endpoint requires; None: no token is asked for."""
-    token_file: str | None = None
-    """File whose first line is the token (keeps it out of ``ps`` and shell history)."""
-    origins: str = ""
-    """Comma-separated Origins browsers may connect from (``https://app.example``); empty: any.
-
-    Requests without an Origin header (non-browser clients) are not affected."""
-    public_healthz: bool = True
-    """``/healthz`` answers without the token, for liveness probes (it only says ``ok``)."""
-    certfile: str | None = None
-    """PEM certificate chain; with ``keyfile``, the server speaks TLS (``wss://``)."""
-    keyfile: str | None = None
-    """PEM private key of ``certfile`` (None: the key is inside ``certfile``)."""
-
-    def __post_init__(self) -> None:
-        if self.token is not None and self.token_file is not None:
-            raise ConfigError("security.token and security.token_file exclude each other")
-        if self.token is not None:
-            check_token(self.token, "security.token")
-        for origin in parse_origins(self.origins):
-            parts = urlsplit(origin)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-                raise ConfigError(
-                    f"security.origins: {origin!r} is not an origin like https://host[:port]"
-                )
-        if self.keyfile is not None and self.certfile is None:
-            raise ConfigError("security.keyfile needs security.certfile")
-
-
-def check_token(token: str, what: str) -> None:
-    """Refuse a token that is empty or not printable ASCII without spaces.
-
-    Raises:
-        ConfigError: the token cannot be sent in a header or a query parameter as is.
-    """
-    if not token or not set(token) <= _TOKEN_CHARS:
-        raise ConfigError(f"{what} must be printable ASCII without spaces, and not empty")
-
-
-def parse_origins(text: str) -> tuple[str, ...]:
-    """Split a comma-separated origin list into normalised origins (lower case, no slash)."""
-    return tuple(o.strip().lower().rstrip("/") for o in text.split(",") if o.strip())
-
-
-@dataclass(frozen=True)
-class JournalConfig:
-    """The event journal (the ``[journal]`` config section)."""
-
-    path: str | None = None
-    """JSONL file every emitted event is appended to; None: no journal."""
-    fsync: str = "interval"
-    """``none``, ``interval`` (every ``fsync_interval_s``) or ``always`` (after every batch)."""
-    fsync_interval_s: float = 1.0
-    """With ``fsync = "interval"``: seconds between fsyncs at most."""
-    max_bytes: int = 64 << 20
-    """A file reaching this size is rotated to ``PATH.1``."""
-    keep_files: int = 4
-    """Rotated files kept (``PATH.1`` .. ``PATH.N``); older ones are deleted."""
-    queue_len: int = 10_000
-    """Events waiting for the writer thread at most; past it the oldest are lost (and counted)."""
-
-    def __post_init__(self) -> None:
-        if self.fsync not in FSYNC_POLICIES:
-            raise ConfigError(f"journal.fsync must be none, interval or always, got {self.fsync!r}")
-        for name in ("fsync_interval_s", "max_bytes", "queue_len"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"journal.{name} must be positive, got {getattr(self, name)}")
-        if self.keep_files < 0:
-            raise ConfigError(f"journal.keep_files must be >= 0, got {self.keep_files}")
-
-
-@dataclass(frozen=True)
-class BusConfig:
-    """The event bus shared by several replicas (the ``[bus]`` section; docs/scaling.md)."""
-
-    url: str | None = None
-    """``redis://HOST:PORT[/DB]`` (``rediss://`` for TLS) of a Redis or Valkey server; None: the
-    daemon runs alone with its in-process hub."""
-    password_file: str | None = None
-    """File whose first line is the bus server's password (keeps it out of the URL and ``ps``)."""
-    ca_file: str | None = None
-    """PEM CA bundle checking a ``rediss://`` server's certificate (None: the system's)."""
-    key: str = "streamer:events"
-    """The Redis Stream every replica appends to; ``KEY:seq`` and ``KEY:lease:NAME`` beside it."""
-    max_events: int = 1_000_000
-    """Events the bus keeps (``MAXLEN ~``): the replay window of ``since`` and ``journal``."""
-    lease_ms: int = 10_000
-    """A stream name's lease; renewed every third of it while the stream lives."""
-    timeout_s: float = 1.0
-    """Seconds one bus command (a lease, an append) may take before the bus counts as down."""
-    block_ms: int = 1_000
-    """How long one blocking read of the bus waits for new events."""
-    reconnect_max_s: float = 5.0
-    """Longest wait between reconnection attempts (the backoff doubles up to it)."""
-    replay_max_events: int = 100_000
-    """Events one ``since`` replay sends at most; an older gap is reported as ``dropped``."""
-
-    def __post_init__(self) -> None:
-        if self.url is not None and urlsplit(self.url).scheme not in ("redis", "rediss"):
-            raise ConfigError(
-                f"bus.url must be redis://HOST:PORT[/DB] or rediss://..., got {self.url!r}"
-            )
-        _positive(
-            self,
-            "max_events",
-            "lease_ms",
-            "timeout_s",
-            "block_ms",
-            "reconnect_max_s",
-            "replay_max_events",
-        )
 
 
 @dataclass(frozen=True)
@@ -424,10 +301,3 @@ def _from_env(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         if section in SECTIONS and name:
             out.setdefault(section, {})[name] = value
     return out
-
-
-def _positive(obj: object, *names: str) -> None:
-    section = type(obj).__name__.removesuffix("Config").lower()
-    for name in names:
-        if getattr(obj, name) <= 0:
-            raise ConfigError(f"{section}.{name} must be positive, got {getattr(obj, name)}")

@@ -12,7 +12,7 @@ number of frames on which either path emits a character or delimiter (so leading
 silence, blank on both, does not dilute it) is ``gap_per_frame``, in nats. An utterance is
 understood when that gap is at most ``max_gap_per_frame``; ``confidence`` is
 ``exp(-gap_per_frame)``: 1.0 when the in-context path is the free one. The default threshold
-is provisional, to be set on validation data.
+was chosen on validation voices (bench/contexts.py, bench/RESULTS.md).
 
 **Why a hand-written search.** The graph is searched by exact Viterbi in numpy
 (:mod:`streamer.context_graph`), as :mod:`streamer.wordloop` already does for word loops. The
@@ -63,8 +63,10 @@ __all__ = [
     "load_context",
 ]
 
-DEFAULT_MAX_GAP_PER_FRAME: Final = 0.5
-"""Provisional rejection threshold (nats per emitting frame); to be chosen on validation data."""
+DEFAULT_MAX_GAP_PER_FRAME: Final = 0.8
+"""Rejection threshold (nats per emitting frame), chosen on validation voices by
+bench/contexts.py (validation false acceptance at most 1%); see
+``decoder.context_max_gap_per_frame``."""
 
 
 @dataclass(frozen=True)

@@ -68,14 +68,16 @@ def test_cursor_rides_on_v1_events() -> None:
 
 def test_backoff_and_redaction() -> None:
     delays = [wire.reconnect_delay_s(i, 1.0) for i in range(8)]
-    assert delays[0] == 0.05 and delays == sorted(delays) and delays[-1] == 1.0
+    assert delays[0] == 0.05
+    assert delays == sorted(delays)
+    assert delays[-1] == 1.0
     assert wire.redact_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert wire.redact_url("redis://u:pw@h") == "redis://u:***@h"
     assert wire.append_args(10, [("a", "s", "{}")], "r") == ["10", "a", "s", "r", "{}"]
 
 
 def test_bus_url_is_checked() -> None:
-    with pytest.raises(ConfigError, match="bus.url"):
+    with pytest.raises(ConfigError, match=r"bus\.url"):
         config(bus={"url": "http://127.0.0.1:6379"})
 
 
@@ -174,6 +176,13 @@ async def read_until_ended(ws: ClientConnection, names: set[str]) -> list[dict[s
     return events
 
 
+async def readyz_becomes(d: Daemon, status: int) -> None:
+    """Poll /readyz (as a balancer does) until it answers ``status``."""
+    async with asyncio.timeout(2 * UNIT_S):
+        while (await http_get(d.port, "/readyz"))[0] != status:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
 def utterances(events: list[dict[str, Any]], stream: str | None = None) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == "utterance" and stream in (None, e["stream"])]
 
@@ -193,7 +202,8 @@ async def test_three_replicas_one_order(bus_server: RedisServer, models: dict[st
         seen_b = await read_until_ended(on_b, {"b", "c"})
         await on_a.close()
         await on_b.close()
-    assert len(utterances(own_b)) >= 2 and len(utterances(own_c)) >= 2
+    assert len(utterances(own_b)) >= 2
+    assert len(utterances(own_c)) >= 2
     for name, own in (("b", own_b), ("c", own_c)):
         got = [{k: v for k, v in u.items() if k != "cursor"} for u in utterances(seen_a, name)]
         assert [u["seq"] for u in got] == [u["seq"] for u in utterances(own, name)]
@@ -238,7 +248,8 @@ async def test_lost_lease_ends_the_stream(bus_server: RedisServer, models: dict[
                 error = json.loads(await ws.recv())
                 with contextlib.suppress(ConnectionClosed):
                     await ws.recv()
-        assert error["code"] == proto.STREAM_IN_USE and "lease" in error["message"]
+        assert error["code"] == proto.STREAM_IN_USE
+        assert "lease" in error["message"]
         assert ws.close_code == proto.CLOSE_POLICY
 
 
@@ -261,7 +272,8 @@ async def test_since_gets_exactly_the_gap(bus_server: RedisServer, models: dict[
         await back.close()
         await always.close()
     assert first + resumed == everything
-    assert utterances(resumed, "two") and utterances(resumed, "three")
+    assert utterances(resumed, "two")
+    assert utterances(resumed, "three")
     # the same gap through `streamer journal --since`
     cursor = first[-1]["cursor"]
     cfg = config(bus={"url": bus_server.url})
@@ -283,26 +295,21 @@ async def test_bus_down_and_back(bus_server: RedisServer, models: dict[str, Path
     async with replica(models, bus_server.url) as a, replica(models, bus_server.url) as b:
         status, _, body = await http_get(a.port, "/readyz")
         ready = json.loads(body)
-        assert status == 200 and ready["bus"]["state"] == "up"
+        assert status == 200
+        assert ready["bus"]["state"] == "up"
         assert ready["bus"]["durability"] == {"appendonly": "yes", "appendfsync": "always"}
         local = await subscriber(a)
         bus_server.kill()
-        async with asyncio.timeout(UNIT_S):
-            while (await http_get(a.port, "/readyz"))[0] != 503:
-                await asyncio.sleep(0.05)
+        await readyz_becomes(a, 503)
         own = await ingest(a, "alone", audio)
         assert len(utterances(own)) >= 1
         seen = await read_until_ended(local, {"alone"})
         assert utterances(seen) == utterances(own)  # local delivery, no cursor
         bus_server.start()
-        async with asyncio.timeout(2 * UNIT_S):
-            while (await http_get(a.port, "/readyz"))[0] != 200:
-                await asyncio.sleep(0.05)
+        await readyz_becomes(a, 200)
         ready = json.loads((await http_get(a.port, "/readyz"))[2])
         assert ready["bus"]["gap_events"] >= len(own)
-        async with asyncio.timeout(2 * UNIT_S):
-            while (await http_get(b.port, "/readyz"))[0] != 200:
-                await asyncio.sleep(0.05)
+        await readyz_becomes(b, 200)
         on_b = await subscriber(b)
         await ingest(a, "again", audio)
         assert utterances(await read_until_ended(on_b, {"again"}))

@@ -34,17 +34,16 @@ import redis
 import redis.asyncio as aredis
 
 from streamer import protocol as proto
-from streamer.config import BusConfig
 from streamer.errors import ConfigError, ProtocolError
 from streamer.pubsub import Hub
 from streamer.serve import bus_wire as wire
+from streamer.serving_config import BusConfig
 
 log = logging.getLogger(__name__)
 
 #: Entries one read or one replay page takes at most.
 READ_COUNT = 500
-#: Events one append script carries at most.
-APPEND_BATCH = 200
+APPEND_BATCH = 200  # events one append script carries at most
 
 
 def client_options(config: BusConfig, *, blocking: bool = True) -> dict[str, Any]:
@@ -166,8 +165,6 @@ class Bus:
             self._loop.call_soon_threadsafe(self._wake.set)
         return True
 
-    # ------------------------------------------------------------------ replay
-
     async def history(
         self, *, after: int = 0, since_time: float | None = None
     ) -> AsyncIterator[wire.Entry]:
@@ -207,8 +204,6 @@ class Bus:
                 hi = mid - 1
         return max(answer, 0)
 
-    # ------------------------------------------------------------------ tasks
-
     async def _connect(self) -> bool:
         try:
             await self.client.ping()
@@ -242,7 +237,9 @@ class Bus:
 
     def _went_down(self, exc: BaseException) -> None:
         if self.up or not self._tasks:
-            log.error("bus %s down: %s; delivering locally", self.config.url, exc)
+            log.error(
+                "bus %s down: %s; delivering locally", wire.redact_url(self.config.url or ""), exc
+            )
         self.up = False
         if self._down_at is None:
             self._down_at = time.monotonic()

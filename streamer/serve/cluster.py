@@ -13,7 +13,6 @@ import logging
 from streamer import protocol as proto
 from streamer.errors import ConfigError, ProtocolError
 from streamer.serve.bus import Bus, BusHub, Leases
-from streamer.serve.ingest import Ingest
 from streamer.serve.routes import bus_readyz_route
 from streamer.serve.websocket import StreamerServer
 from streamer.streams.services import Services
@@ -55,14 +54,12 @@ class Cluster:
             f"stream {name!r}: another replica took its name (this one lost the bus lease)",
             close_code=proto.CLOSE_POLICY,
         )
-        handlers = list(self.server._handlers) if self.server is not None else []
-        for handler in handlers:
-            claim = handler.claim if isinstance(handler, Ingest) else None
-            if isinstance(handler, Ingest) and claim is not None and claim.name == name:
-                task = asyncio.create_task(handler._fail(error))
-                self._endings.add(task)
-                task.add_done_callback(self._endings.discard)
-                return
+        ingest = self.server.ingest_of(name) if self.server is not None else None
+        if ingest is not None:
+            task = asyncio.create_task(ingest.end_with(error))
+            self._endings.add(task)
+            task.add_done_callback(self._endings.discard)
+            return
         log.error("stream %r goes on here without its name's lease", name)
 
 

@@ -156,6 +156,10 @@ class Ingest:
         """Wait until everything queued for this client was written to the socket."""
         await self._flush_outbox()
 
+    async def end_with(self, exc: ProtocolError) -> None:
+        """End this stream from outside (another replica took its name): tell the client, close."""
+        await self._fail(exc)
+
     async def _fail(self, exc: ProtocolError) -> None:
         stream = self.pipeline.stream if self.pipeline is not None else None
         self.services.client_errors.report(log, f"connection {self.ws.id}", exc.code, str(exc))

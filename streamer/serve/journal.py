@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final, TextIO
 
-from streamer.config import BusConfig, JournalConfig
 from streamer.errors import ConfigError
 from streamer.pubsub import Hub, Subscriber
+from streamer.serving_config import BusConfig, JournalConfig
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,7 @@ async def _print_bus(bus: BusConfig, *, since: str | None, stream: str | None, o
     from redis import RedisError
 
     from streamer.serve.bus import Bus, BusHub
+    from streamer.serve.bus_wire import redact_url
 
     since_seq, since_time = parse_since(since) if since is not None else (None, None)
     reader = Bus(bus, BusHub(queue_len=1))
@@ -180,7 +181,7 @@ async def _print_bus(bus: BusConfig, *, since: str | None, stream: str | None, o
                 line = f'{{"seq":{entry.cursor},"time":{entry.time},"event":{entry.event}}}'
                 print(line, file=out)
     except (RedisError, OSError) as exc:
-        raise ConfigError(f"bus {bus.url}: {exc}") from None
+        raise ConfigError(f"bus {redact_url(bus.url or '')}: {exc}") from None
     finally:
         await reader.client.aclose()
     return 0

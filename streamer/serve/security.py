@@ -24,8 +24,8 @@ from urllib.parse import parse_qs
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from streamer.config import SecurityConfig, check_token, parse_origins
 from streamer.errors import ConfigError
+from streamer.serving_config import SecurityConfig, check_token, parse_origins
 
 log = logging.getLogger(__name__)
 

@@ -138,6 +138,14 @@ class StreamerServer:
             self.services.metrics.connection_closed(path)
             self._handlers = {h for h in self._handlers if h.ws is not ws}
 
+    def ingest_of(self, stream: str) -> Ingest | None:
+        """The live ingest connection carrying ``stream`` on this server, if any."""
+        for handler in self._handlers:
+            if isinstance(handler, Ingest) and handler.claim is not None:  # noqa: SIM102
+                if handler.claim.name == stream:
+                    return handler
+        return None
+
     async def drain(self, timeout_s: float) -> None:
         """Graceful stop: refuse new connections, finish in-flight utterances, close with 1001."""
         self.draining = True
