@@ -28,7 +28,7 @@ def stage_lm(paths: Paths) -> None:
     voices), never on the held-out voices; the whole grid goes to ``lm_tuning.json``.
     """
     from streamer.ctc import CtcBeamDecoder
-    from streamer.engine.bundles import load_manifest
+    from streamer.engine.bundles import load_manifest, write_manifest
     from streamer.manifest import LanguageModel
     from streamer_export.exporter import LM_NAME, attach_lm
     from streamer_training import lm
@@ -67,7 +67,9 @@ def stage_lm(paths: Paths) -> None:
                 )
         best = min(grid, key=lambda g: g["wer"])
         lm_weights = LanguageModel(file=LM_NAME, alpha=best["alpha"], beta=best["beta"])
-        dataclasses.replace(attached, lm=lm_weights, grammars=grammars()).write(bundle_dir)
+        write_manifest(
+            dataclasses.replace(attached, lm=lm_weights, grammars=grammars()), bundle_dir
+        )
         tuning[variant] = {"grid": grid, "chosen": best}
     (paths.work_dir / "lm_tuning.json").write_text(json.dumps(tuning, indent=1))
 

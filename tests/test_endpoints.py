@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from hypothesis import given, strategies as st
 
 from streamer import audio, endpoints, protocol as p
 from streamer.errors import ProtocolError
+from tests.test_protocol import _start
 
 
 def _attempt(fn: Callable[..., object], *args: object) -> object:
@@ -19,17 +18,6 @@ def _attempt(fn: Callable[..., object], *args: object) -> object:
         return fn(*args)
     except ProtocolError as exc:
         return exc
-
-
-def _start(**fields: Any) -> str:
-    msg: dict[str, Any] = {
-        "type": "start",
-        "sample_rate": 16000,
-        "encoding": "pcm_s16le",
-        "channels": 1,
-        "stream": "kitchen",
-    }
-    return json.dumps({**msg, **fields})
 
 
 @given(
