@@ -32,6 +32,7 @@ from streamer.engine.runner import Runner
 from streamer.errors import ModelError, ProtocolError, StreamerError
 from streamer.pubsub import Hub
 from streamer.serve.bus import BusHub
+from streamer.serve.client_errors import ClientErrorLog
 from streamer.serve.journal import Journal
 from streamer.serve.routes import routes as http_routes
 from streamer.serve.security import exposure_warning
@@ -92,6 +93,7 @@ def build_services(config: Config, models: dict[str, Path]) -> Services:
         # with a bus, events reach the local subscribers through it (streamer/serve/bus.py)
         hub=(BusHub if config.bus.url else Hub)(queue_len=config.server.subscriber_queue),
         contexts=contexts,
+        client_errors=ClientErrorLog(interval_s=config.server.client_error_log_interval_s),
     )
 
 

@@ -52,6 +52,9 @@ class ServerConfig:
     """Seconds to wait for a peer's closing handshake before dropping its TCP connection.
 
     A peer that vanished silently is reaped within ping_interval_s + ping_timeout_s + this."""
+    client_error_log_interval_s: float = 10.0
+    """Seconds between two log lines about refused client messages, across all connections and
+    endpoints (the others are counted, reported with the next line and summed at shutdown)."""
 
     def __post_init__(self) -> None:
         positive(
@@ -65,6 +68,7 @@ class ServerConfig:
             "open_timeout_s",
             "start_timeout_s",
             "close_timeout_s",
+            "client_error_log_interval_s",
         )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"server.port must be 0-65535, got {self.port}")

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two logged client errors, across every connection (the others are counted).
+#: Default of ``server.client_error_log_interval_s``: seconds between two logged client errors.
 CLIENT_ERROR_LOG_INTERVAL_S: Final = 10.0
 
 
