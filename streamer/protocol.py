@@ -73,13 +73,19 @@ ENDPOINTING_KNOBS: Final[dict[str, tuple[float, float]]] = {
 }
 #: Event types a subscriber may ask for.
 SUBSCRIBABLE: Final = ("started", "speech_started", "utterance", "ended", "error")
-_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: What a stream, model or context name may be (the server never maps a name to a path).
+NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def is_name(value: str) -> bool:
+    """Whether ``value`` is a valid stream, model or context name (1-64 of [A-Za-z0-9_.-])."""
+    return NAME_RE.fullmatch(value) is not None and value not in (".", "..")
 
 
 def _check_name(value: str, what: str, *, allow_star: bool = False) -> None:
     if allow_star and value == "*":
         return
-    if not _NAME_RE.fullmatch(value) or value in (".", ".."):
+    if not is_name(value):
         raise protocol_error(BAD_FIELD, f"{what} {quote(value)} must be 1-64 of [A-Za-z0-9_.-]")
 
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from streamer.errors import ConfigError, ManifestError
 from streamer.manifest import MANIFEST_NAME, Manifest
-
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+from streamer.protocol import NAME_RE
 
 
 def default_models_dir() -> Path:
@@ -38,7 +36,7 @@ def resolve_models(specs: Sequence[str], *, models_dir: Path | None = None) -> d
         name, sep, path = spec.partition("=")
         bundle = Path(path if sep else spec)
         name = name if sep else bundle.resolve().name
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             raise ConfigError(f"model name {name!r} must be 1-64 of A-Z a-z 0-9 _ . -")
         if name in models:
             raise ConfigError(f"model name {name!r} given twice")

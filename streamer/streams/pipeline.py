@@ -145,7 +145,7 @@ class StreamPipeline:
                 self._schedule(event)
 
     def _schedule(self, utt: UtteranceReady) -> None:
-        utt = self.buckets.align(utt)  # equal lengths can share a run (streamer/engine/batcher.py)
+        utt = self.buckets.align(utt)  # equal lengths can share a run (streamer/buckets.py)
         utt_id = self._current_id or uuid.uuid4().hex[:12]
         self._current_id = None
         seq = self.n_utterances

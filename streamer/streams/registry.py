@@ -57,6 +57,7 @@ class StreamClaim:
         self.registry = registry
         self.name = name
         self.ended = False
+        self.pipeline: LiveStream | None = None
 
     def attach(self, pipeline: LiveStream) -> None:
         """Make ``pipeline`` the stream's pipeline (drained at shutdown, reported in metrics).
@@ -64,9 +65,9 @@ class StreamClaim:
         Raises:
             RuntimeError: the claim has ended, or already has a pipeline.
         """
-        if self.ended or self.registry._live.get(self.name, self) is not self:
+        if self.ended or self.pipeline is not None:
             raise RuntimeError(f"stream {self.name!r}: claim ended or pipeline already attached")
-        self.registry._live[self.name] = pipeline
+        self.pipeline = pipeline
 
     def end(self) -> None:
         """Free the name: the stream is over (its pipeline, if any, finished)."""
@@ -87,9 +88,7 @@ class StreamRegistry:
     def __init__(self, *, admission: Callable[[], None] | None = None) -> None:
         """Create an empty registry with an optional extra ``admission`` check."""
         self._admission = admission
-        # name -> its claim until a pipeline is attached, then the pipeline
-        self._live: dict[str, StreamClaim | LiveStream] = {}
-        self._owners: dict[str, StreamClaim] = {}
+        self._live: dict[str, StreamClaim] = {}
         self._ids = itertools.count(1)
         self.leases: NameLeases | None = None
 
@@ -112,7 +111,6 @@ class StreamRegistry:
             self.leases.acquire(name)
         claim = StreamClaim(self, name)
         self._live[name] = claim
-        self._owners[name] = claim
         return claim
 
     def unused_name(self, prefix: str) -> str:
@@ -123,12 +121,12 @@ class StreamRegistry:
 
     def pipelines(self) -> list[LiveStream]:
         """The attached pipelines of every live stream."""
-        return [p for p in self._live.values() if not isinstance(p, StreamClaim)]
+        return [c.pipeline for c in self._live.values() if c.pipeline is not None]
 
     def backlogs(self) -> dict[str, int]:
         """Per live stream, its pipeline's backlog (0 while no pipeline is attached)."""
         return {
-            name: 0 if isinstance(p, StreamClaim) else p.backlog for name, p in self._live.items()
+            name: 0 if c.pipeline is None else c.pipeline.backlog for name, c in self._live.items()
         }
 
     def __contains__(self, name: object) -> bool:
@@ -144,8 +142,7 @@ class StreamRegistry:
         return len(self._live)
 
     def _release(self, claim: StreamClaim) -> None:
-        if self._owners.get(claim.name) is claim:
-            del self._owners[claim.name]
+        if self._live.get(claim.name) is claim:
             del self._live[claim.name]
             if self.leases is not None:
                 self.leases.release(claim.name)

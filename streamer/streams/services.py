@@ -9,14 +9,12 @@ subscribers, the journal) and apply them.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
-from streamer import overload
+from streamer import overload, protocol as proto
 from streamer.config import Config, DecoderConfig
 from streamer.contexts import Alphabet, Context, load_context
 from streamer.decoding import OutputDecoder
@@ -30,8 +28,6 @@ from streamer.serve.metrics import Metrics
 from streamer.streams.registry import StreamRegistry
 
 log = logging.getLogger(__name__)
-
-_CONTEXT_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclass
@@ -178,7 +174,7 @@ def context_files(text: str) -> dict[str, Path]:
         file = file.strip() if sep else item
         path = Path(file)
         name = name.strip() if sep else path.stem
-        if not _CONTEXT_NAME.fullmatch(name) or name in (".", "..") or not file:
+        if not proto.is_name(name) or not file:
             raise ConfigError(
                 f"decoder.contexts: {item!r} must be NAME=FILE, NAME 1-64 of [A-Za-z0-9_.-]"
             )
