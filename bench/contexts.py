@@ -103,13 +103,19 @@ def _expand_term(context: Context, term: Term, rng: random.Random) -> list[str]:
 
 
 def in_context_sentences(context: Context, n: int, rng: random.Random) -> list[str]:
-    """``n`` distinct random sentences of ``context``, expressions drawn uniformly."""
-    out: list[str] = []
-    while len(out) < n:
-        text = " ".join(_expand(context, rng.choice(context.spec.expressions).terms, rng))
-        if text not in out:
-            out.append(text)
-    return out
+    """``n`` distinct random sentences of ``context``, expressions drawn uniformly.
+
+    Raises:
+        SystemExit: the context has too few distinct sentences (100 draws per sentence failed).
+    """
+    out: dict[str, None] = {}  # insertion-ordered set
+    for _ in range(100 * n):
+        if len(out) == n:
+            return list(out)
+        out[" ".join(_expand(context, rng.choice(context.spec.expressions).terms, rng))] = None
+    if len(out) == n:
+        return list(out)
+    raise SystemExit(f"contexts: {context.name} gave only {len(out)} distinct sentences of {n}")
 
 
 def _voice(name: str, rng: random.Random) -> Voice:
@@ -186,7 +192,7 @@ def build_clips(home: Context, args: argparse.Namespace, rng: random.Random) -> 
     return clips
 
 
-def hundred_expression_context(alphabet: Alphabet) -> str:
+def hundred_expression_context() -> str:
     """The text of a generated context of 100 expressions (as in tests/test_contexts.py)."""
     ones = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
     ones += ["eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen"]
@@ -323,7 +329,7 @@ def main() -> int:
     home = load_context(ROOT / "contexts/home.yaml", alphabet)
     compile_home_s = time.perf_counter() - started
     started = time.perf_counter()
-    compile_context(hundred_expression_context(alphabet), alphabet, source="generated")
+    compile_context(hundred_expression_context(), alphabet, source="generated")
     compile_100_s = time.perf_counter() - started
 
     pool = noise_pool()

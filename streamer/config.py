@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamer.contexts import DEFAULT_MAX_GAP_PER_FRAME
 from streamer.errors import ConfigError
 from streamer.segmenter_config import SegmenterConfig
 from streamer.serving_config import BusConfig, JournalConfig, SecurityConfig, positive
@@ -146,7 +147,7 @@ class DecoderConfig:
     contexts: str = ""
     """Contexts (Rhino-format YAML) compiled at start: ``[NAME=]FILE`` items separated by commas
     (the name defaults to the file's stem); the first is every stream's default (``--context``)."""
-    context_max_gap_per_frame: float = 0.8
+    context_max_gap_per_frame: float = DEFAULT_MAX_GAP_PER_FRAME
     """A context rejects an utterance (``understood: false``) when its best in-context path scores
     this many nats per emitting frame below the free path (chosen on validation voices:
     bench/contexts.py)."""

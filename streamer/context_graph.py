@@ -232,6 +232,7 @@ class CtcGraph:
         dst_sorted = pairs[order, 1]
         self._segments = np.flatnonzero(np.r_[True, dst_sorted[1:] != dst_sorted[:-1]])
         self._dst = dst_sorted
+        self._arc_ids = np.arange(len(self._src))
         self.tokens = np.array(tokens, dtype=np.int64)
         self._initial = np.array(sorted(set(initial)), dtype=np.int64)
         self._finals = np.array(sorted(set(finals)), dtype=np.int64)
@@ -251,10 +252,11 @@ class CtcGraph:
         tokens = self.tokens
         if not n_frames:
             return np.zeros(0, dtype=np.int64), -np.inf
+        emissions = log_probs[:, tokens]  # [T, nodes]: each node's token score per frame
         score = np.full(len(tokens), -np.inf)
-        score[self._initial] = log_probs[0, tokens[self._initial]]
+        score[self._initial] = emissions[0, self._initial]
         back = np.zeros((n_frames, len(tokens)), dtype=np.int32)
-        arc_ids = np.arange(len(self._src))
+        arc_ids = self._arc_ids
         for t in range(1, n_frames):
             cand = score[self._src]
             best = np.maximum.reduceat(cand, self._segments)
@@ -262,7 +264,7 @@ class CtcGraph:
                 np.where(cand >= best[self._dst], arc_ids, len(arc_ids)), self._segments
             )
             back[t] = self._src[winner]
-            score = best + log_probs[t, tokens]
+            score = best + emissions[t]
         finals = score[self._finals]
         best_final = int(finals.argmax())
         total = float(finals[best_final])

@@ -52,6 +52,8 @@ from streamer.context_syntax import (
 )
 from streamer.errors import ModelError
 from streamer.manifest import Manifest
+from streamer.outputs import checked, log_softmax
+from streamer.wordloop import unspellable
 
 __all__ = [
     "DEFAULT_MAX_GAP_PER_FRAME",
@@ -88,12 +90,12 @@ class Alphabet:
             raise ModelError(f"contexts need a ctc bundle, got task {manifest.task!r}")
         if not manifest.word_delimiter:
             raise ModelError("contexts need a ctc bundle with a word delimiter")
+        if manifest.word_delimiter not in manifest.vocab:
+            raise ModelError(f"the word delimiter {manifest.word_delimiter!r} is not in the vocab")
         return cls(manifest.vocab, manifest.blank_id, manifest.word_delimiter)
 
     def char_ids(self) -> dict[str, int]:
         """Lowercase character -> token id, for the vocab's one-character tokens."""
-        if self.delimiter not in self.vocab:
-            raise ModelError(f"the word delimiter {self.delimiter!r} is not in the vocab")
         ids: dict[str, int] = {}
         for i, token in enumerate(self.vocab):
             if i == self.blank_id or token == self.delimiter or len(token) != 1:
@@ -194,7 +196,7 @@ class Context:
         Raises:
             ModelError: the shape, dtype or values are wrong.
         """
-        x = _log_softmax(_checked(log_probs, len(self.alphabet.vocab)))
+        x = log_softmax(checked(log_probs, "ctc log-probs", (None, len(self.alphabet.vocab))))
         free = x.argmax(axis=1) if len(x) else np.zeros(0, dtype=np.int64)
         free_text = self._read(free)
         path, score = self.graph.best_path(x)
@@ -321,7 +323,7 @@ def _check(spec: ContextSpec, chars: Mapping[str, int]) -> None:
 
 
 def _spell(spec: ContextSpec, word: str, chars: Mapping[str, int], line: int, what: str) -> None:
-    missing = sorted({ch for ch in word if ch not in chars})
+    missing = unspellable(word, chars)
     if missing:
         raise spec.error(
             line,
@@ -366,23 +368,3 @@ def _matches_empty(spec: ContextSpec, terms: Phrase) -> bool:
         return False
 
     return all(term_empty(t) for t in terms)
-
-
-def _checked(value: npt.ArrayLike, n_vocab: int) -> npt.NDArray[np.float64]:
-    arr = np.asarray(value)
-    if arr.ndim != 2 or arr.shape[1] != n_vocab:
-        raise ModelError(f"ctc log-probs have shape {list(arr.shape)}, expected [*, {n_vocab}]")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise ModelError(f"ctc log-probs have dtype {arr.dtype}, expected floating point")
-    out = arr.astype(np.float64)
-    if not np.isfinite(out).all():
-        raise ModelError("ctc log-probs contain NaN or inf")
-    return out
-
-
-def _log_softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    if not len(x):
-        return x
-    shifted = x - x.max(axis=1, keepdims=True)
-    out: npt.NDArray[np.float64] = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return out

@@ -26,7 +26,7 @@ import numpy.typing as npt
 
 from streamer.errors import ConfigError, ModelError
 from streamer.manifest import Manifest
-from streamer.outputs import checked, declared_size, softmax
+from streamer.outputs import checked, declared_size, log_softmax, softmax
 from streamer.protocol import Transcript, Word
 
 log = logging.getLogger(__name__)
@@ -275,8 +275,7 @@ class CtcBeamDecoder:
         x = checked(logits, "ctc logits", (None, self.n_vocab))
         if not len(x):
             return Transcript(text="")
-        log_probs = x - x.max(axis=1, keepdims=True)
-        log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+        log_probs = log_softmax(x)
         p_top = np.exp(log_probs.max(axis=1))
         with self._lock:
             beams = self._search.decode_beams(
