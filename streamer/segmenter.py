@@ -209,27 +209,28 @@ class Segmenter:
         self._frames.append(frame)
         if not self._speaking and not self._opened:
             revised = self.vad.revised_start_scores()
-            if revised is not None and len(revised) == i + 1:
+            if revised is not None:
                 self._replay(revised, events)
                 return
+        self._decide(i, score, events)
+
+    def _decide(self, i: int, score: float, events: list[SegmenterEvent]) -> None:
         if self._speaking:
             self._step_speaking(i, score, events)
         else:
             self._step_idle(i, score, events)
 
     def _replay(self, scores: list[float], events: list[SegmenterEvent]) -> None:
-        """Decide the stream's frames so far again, with the detector's revised scores.
+        """Decide the stream's frames still held again, with the detector's revised scores.
 
-        Frames older than the idle history are gone: a revised start is clamped to the oldest
-        frame still held, so the memory bound holds during the revision too.
+        ``scores`` covers every frame so far; frames older than the idle history are gone, so
+        the decisions start at the oldest frame still held (the memory bound holds during the
+        revision too).
         """
         self._confident_run = 0
         self._edge_run_start = None
-        for j, score in enumerate(scores):
-            if self._speaking:
-                self._step_speaking(j, score, events)
-            else:
-                self._step_idle(j, score, events)
+        for j in range(self._first, len(scores)):
+            self._decide(j, scores[j], events)
 
     def _step_idle(self, i: int, score: float, events: list[SegmenterEvent]) -> None:
         if score >= self.thresholds.edge:
@@ -322,7 +323,7 @@ class Segmenter:
     def _take_until(self, frame: int) -> npt.NDArray[np.float32]:
         """Remove and return the buffered audio before frame index ``frame``."""
         taken = [self._frames.popleft() for _ in range(frame - self._first)]
-        self._first = max(self._first, frame)
+        self._first = frame
         if not taken:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(taken)

@@ -211,6 +211,7 @@ class WebRtcVad:
         self._scored_floor_db = np.inf
         self._revisable = False
         self._heard_confident = False
+        self._start_threshold = self.thresholds.start
 
     @property
     def frame_samples(self) -> int:
@@ -226,11 +227,12 @@ class WebRtcVad:
         """Return the next frame's speech score in [0, 1]."""
         pcm = np.clip(frame * 32768.0, -32768.0, 32767.0).astype(np.int16).tobytes()
         is_speech = self._webrtc.is_speech(pcm, SAMPLE_RATE_HZ)
-        energies, voiced = self._measure(frame)
+        energies, power = self._measure(frame)
         floor = self._floor.update(energies)
         gate = 1.0 if is_speech else self._non_speech_weight
-        cap = 1.0 if voiced else self._unvoiced_cap
-        if len(self._early_gates) < self._start_frames:
+        early = len(self._early_gates) < self._start_frames
+        if early:
+            cap = 1.0 if self._voiced(power) else self._unvoiced_cap
             self._early_energies.append(energies)
             self._early_gates.append(gate)
             self._early_caps.append(cap)
@@ -243,10 +245,14 @@ class WebRtcVad:
         snr_db, thump = self._snr(energies, floor)
         self._snr_history.append(snr_db)
         smoothed = sum(self._snr_history) / len(self._snr_history)
-        score = (
-            0.0 if thump else min(cap, min(1.0, max(0.0, smoothed / self._full_scale_db)) * gate)
-        )
-        self._heard_confident |= score >= self.thresholds.start
+        score = 0.0 if thump else min(1.0, max(0.0, smoothed / self._full_scale_db)) * gate
+        # The voicing cap only matters above it; past the start window it is measured only then
+        # (the autocorrelation is most of a frame's cost).
+        if score > self._unvoiced_cap:
+            if not early:
+                cap = 1.0 if self._voiced(power) else self._unvoiced_cap
+            score = min(cap, score)
+        self._heard_confident |= score >= self._start_threshold
         self._revisable &= self._heard_confident
         return score
 
@@ -277,8 +283,10 @@ class WebRtcVad:
         )
         return [float(v) for v in np.where(thump, 0.0, scores)]
 
-    def _measure(self, frame: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float64], bool]:
-        """Band energies of the last 30 ms, and whether they are voiced (periodic)."""
+    def _measure(
+        self, frame: npt.NDArray[np.float32]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Band energies of the last 30 ms, and their power spectrum (for :meth:`_voiced`)."""
         n = frame.size
         if n >= ANALYSIS_SAMPLES:
             self._recent = frame[-ANALYSIS_SAMPLES:].astype(np.float64)
@@ -287,9 +295,13 @@ class WebRtcVad:
         spectrum = np.fft.rfft(self._recent * self._window, self._n_fft)
         power = spectrum.real**2 + spectrum.imag**2
         energies = np.add.reduceat(power[::2], self._band_starts)[:-1] + _TINY
+        return energies, power
+
+    def _voiced(self, power: npt.NDArray[np.float64]) -> bool:
+        """Whether the last 30 ms (their power spectrum) are periodic at a speaking pitch."""
         autocorr = np.fft.irfft(power, self._n_fft)
         periodicity = (autocorr[self._lags] / self._window_ac).max() / (autocorr[0] + _TINY)
-        return energies, bool(periodicity >= self._voicing_threshold)
+        return bool(periodicity >= self._voicing_threshold)
 
     def _snr(
         self, energies: npt.NDArray[np.float64], floor: npt.NDArray[np.float64]
