@@ -26,6 +26,7 @@ import numpy.typing as npt
 import soxr
 
 from streamer.errors import AudioFormatError
+from streamer.wire import quote
 
 F32Array = npt.NDArray[np.float32]
 
@@ -67,11 +68,6 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _quote(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 @dataclass(frozen=True)
 class AudioFormat:
     """The format of incoming PCM: rate, sample encoding and interleaved channel count.
@@ -87,16 +83,16 @@ class AudioFormat:
     def __post_init__(self) -> None:
         if not isinstance(self.encoding, str) or self.encoding not in ENCODINGS:
             raise AudioFormatError(
-                f"unsupported encoding {_quote(self.encoding)} (supported: {', '.join(ENCODINGS)})"
+                f"unsupported encoding {quote(self.encoding)} (supported: {', '.join(ENCODINGS)})"
             )
         if not (_is_int(self.rate_hz) and MIN_RATE_HZ <= self.rate_hz <= MAX_RATE_HZ):
             raise AudioFormatError(
-                f"unsupported sample rate {_quote(self.rate_hz)} Hz "
+                f"unsupported sample rate {quote(self.rate_hz)} Hz "
                 f"(supported: {MIN_RATE_HZ}-{MAX_RATE_HZ} Hz)"
             )
         if not (_is_int(self.channels) and self.channels in CHANNELS):
             raise AudioFormatError(
-                f"unsupported channel count {_quote(self.channels)} "
+                f"unsupported channel count {quote(self.channels)} "
                 f"(supported: {CHANNELS[0]}-{CHANNELS[-1]})"
             )
 
@@ -112,7 +108,7 @@ class AudioFormat:
         encoding = INT_ENCODINGS.get(cast(int, width)) if _is_int(width) else None
         if encoding is None:
             raise AudioFormatError(
-                f"unsupported sample width {_quote(width)} bytes "
+                f"unsupported sample width {quote(width)} bytes "
                 f"(supported: {min(INT_ENCODINGS)}-{max(INT_ENCODINGS)})"
             )
         return cls(cast(int, rate_hz), encoding, cast(int, channels))

@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 import webrtcvad
 
+from streamer.audio import float_to_pcm16
 from streamer.errors import ConfigError
 
 SAMPLE_RATE_HZ: Final = 16_000
@@ -225,8 +226,7 @@ class WebRtcVad:
 
     def score(self, frame: npt.NDArray[np.float32]) -> float:
         """Return the next frame's speech score in [0, 1]."""
-        pcm = np.clip(frame * 32768.0, -32768.0, 32767.0).astype(np.int16).tobytes()
-        is_speech = self._webrtc.is_speech(pcm, SAMPLE_RATE_HZ)
+        is_speech = self._webrtc.is_speech(float_to_pcm16(frame), SAMPLE_RATE_HZ)
         energies, power = self._measure(frame)
         floor = self._floor.update(energies)
         gate = 1.0 if is_speech else self._non_speech_weight

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 from hypothesis import given, strategies as st
 
 from streamer import audio, endpoints, protocol as p
 from streamer.errors import ProtocolError
-from tests.test_protocol import _start
-
-
-def _attempt(fn: Callable[..., object], *args: object) -> object:
-    """Return what ``fn(*args)`` returns, or the ProtocolError it raises."""
-    try:
-        return fn(*args)
-    except ProtocolError as exc:
-        return exc
+from tests.test_protocol import _attempt, _start
 
 
 @given(

@@ -30,7 +30,6 @@ from streamer.app import build_services
 from streamer.audio import float_to_pcm16
 from streamer.config import Config, EngineConfig
 from streamer.errors import ConfigError
-from streamer.serve.wyoming import decode_pcm
 from streamer.serve.wyoming_server import WyomingServer, parse_uri
 from streamer.streams.services import Services
 from streamer.streams.sources import read_audio_file
@@ -300,18 +299,6 @@ async def test_drain_answers_the_request_in_progress(wyoming: Wyoming, speech: n
         while (event := await client.read_event()) is not None:
             got.append(event.type)
     assert got[got.index("transcript") :] == ["transcript", "transcript-stop", "intent"]
-
-
-def test_decode_pcm_widths() -> None:
-    """Signed little-endian PCM of 1-4 bytes decodes to the same floats; channels are averaged."""
-    values = np.array([0.0, 0.5, -0.5, -1.0])
-    for width in (1, 2, 3, 4):
-        scale = 2 ** (8 * width - 1)
-        ints = (values * scale).astype(np.int64)
-        raw = b"".join(int(v).to_bytes(width, "little", signed=True) for v in ints)
-        np.testing.assert_allclose(decode_pcm(raw, width=width, channels=1), values)
-        stereo = decode_pcm(raw, width=width, channels=2)
-        np.testing.assert_allclose(stereo, [0.25, -0.75])
 
 
 @pytest.mark.parametrize("uri", ["udp://x:1", "tcp://host", "tcp://:10300", "tcp://h:99999"])

@@ -19,7 +19,6 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from streamer import overload, protocol as proto
-from streamer.audio import AudioFormat
 from streamer.endpoints import IngestState
 from streamer.errors import ProtocolError, StreamerError
 from streamer.segmenter_config import SegmenterConfig
@@ -122,7 +121,7 @@ class Ingest:
             pipeline = StreamPipeline(
                 services,
                 stream=start.stream,
-                fmt=AudioFormat(start.sample_rate, start.encoding, start.channels),
+                fmt=start.audio_format,
                 models=models,
                 segmenter=seg,
                 emit=self._send,

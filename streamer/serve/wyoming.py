@@ -49,7 +49,7 @@ from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler
 
 from streamer import protocol as proto
-from streamer.audio import MIN_RATE_HZ, AudioFormat, F32Array, pcm_to_float
+from streamer.audio import AudioFormat, pcm_to_float
 from streamer.errors import AudioFormatError, ProtocolError, StreamerError
 from streamer.serve.wyoming_events import intent_events
 from streamer.streams.pipeline import StreamPipeline, sample_pipeline
@@ -71,26 +71,12 @@ class BadRequestError(StreamerError):
         self.code = code
 
 
-def decode_pcm(data: bytes, *, width: int, channels: int) -> F32Array:
-    """Decode signed little-endian integer PCM (``width`` bytes) to float32 mono in [-1, 1].
-
-    ``data`` must hold whole sample frames. Channels are averaged. This is the daemon's one
-    decoder, :func:`streamer.audio.pcm_to_float`, for a Wyoming width (the rate plays no part).
-
-    Raises:
-        AudioFormatError: a width or channel count :mod:`streamer.audio` does not accept.
-    """
-    return pcm_to_float(data, AudioFormat.from_width(MIN_RATE_HZ, width, channels))
-
-
 @dataclass
 class _Request:
     """One transcribe request: its input format, pipeline and the results so far."""
 
     stream: str
-    rate_hz: int
-    width: int
-    channels: int
+    fmt: AudioFormat
     language: str | None
     claim: StreamClaim
     pipeline: StreamPipeline | None = None
@@ -187,20 +173,18 @@ class WyomingHandler(AsyncEventHandler):
         req = self.request
         if req is None:  # audio-start is required, but be lenient as other servers are
             req = await self._open(chunk.rate, chunk.width, chunk.channels)
-        if (chunk.rate, chunk.width, chunk.channels) != (req.rate_hz, req.width, req.channels):
+        fmt = req.fmt
+        if (chunk.rate, chunk.width, chunk.channels) != (fmt.rate_hz, fmt.width, fmt.channels):
             raise BadRequestError(
                 proto.UNSUPPORTED_FORMAT, "audio-chunk format differs from audio-start"
             )
         if not isinstance(chunk.audio, bytes):
             raise BadRequestError(proto.BAD_AUDIO_FRAME, "audio-chunk without a byte payload")
-        frame = req.width * req.channels
         data = req.leftover + chunk.audio
-        usable = len(data) - len(data) % frame
+        usable = len(data) - len(data) % fmt.frame_bytes
         req.leftover = data[usable:]
         if usable and req.pipeline is not None:
-            req.pipeline.feed_samples(
-                decode_pcm(data[:usable], width=req.width, channels=req.channels)
-            )
+            req.pipeline.feed_samples(pcm_to_float(data[:usable], fmt))
             await req.pipeline.wait_backlog(BACKLOG)
 
     async def _open(self, rate_hz: object, width: object, channels: object) -> _Request:
@@ -208,25 +192,24 @@ class WyomingHandler(AsyncEventHandler):
             fmt = AudioFormat.from_width(rate_hz, width, channels)
         except AudioFormatError as exc:
             raise BadRequestError(proto.UNSUPPORTED_FORMAT, str(exc)) from None
-        rate_hz, width, channels = fmt.rate_hz, fmt.width, fmt.channels
         services = self.services
         models = self._models()
         try:  # the registry refuses as it does for ingest (busy: the engine is far behind)
             claim = services.streams.admit(services.streams.unused_name(ENDPOINT))
         except ProtocolError as exc:
             raise BadRequestError(exc.code, str(exc)) from None
-        req = _Request(claim.name, rate_hz, width, channels, self._language(), claim)
+        req = _Request(claim.name, fmt, self._language(), claim)
         req.pipeline = sample_pipeline(
             services,
             stream=req.stream,
-            rate_hz=rate_hz,
+            rate_hz=fmt.rate_hz,
             models=models,
             emit=functools.partial(self._emit, req),
         )
         claim.attach(req.pipeline)
         self.request = req
-        log.debug("wyoming: %s opened at %d Hz, %d byte(s), %d channel(s)", req.stream, rate_hz,
-                  width, channels)  # fmt: skip
+        log.debug("wyoming: %s opened at %d Hz, %d byte(s), %d channel(s)", req.stream,
+                  fmt.rate_hz, fmt.width, fmt.channels)  # fmt: skip
         await self._send(TranscriptStart(language=req.language))
         return req
 
