@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streamer.errors import ConfigError  # noqa: E402
-from streamer.scoring import matched_boundaries  # noqa: E402
+from streamer.scoring import boundary_hits, f1_from_hits  # noqa: E402
 from streamer.segmenter import Segmenter, UtteranceReady  # noqa: E402
 from streamer.segmenter_config import SegmenterConfig  # noqa: E402
 
@@ -359,14 +359,6 @@ def webrtc_merge_detector(mode: int, *, frame_ms: int = 30, gap_s: float = 0.3) 
     return detect
 
 
-def f1(hits: int, n_pred: int, n_true: int) -> float:
-    """F1 from boundary hits and the boundary counts (two per utterance)."""
-    if hits == 0:
-        return 1.0 if n_pred == n_true == 0 else 0.0
-    precision, recall = hits / (2 * n_pred), hits / (2 * n_true)
-    return 2 * precision * recall / (precision + recall)
-
-
 def evaluate(detect: Detector, evalset: EvalSet) -> dict[str, float]:
     """Run one detector over one set; return the row's figures."""
     hits = n_pred = n_true = noise_utts = one_word = none = 0
@@ -378,10 +370,9 @@ def evaluate(detect: Detector, evalset: EvalSet) -> dict[str, float]:
         cpu += time.process_time() - t0
         audio_s += clip.samples.size / RATE_HZ
         if evalset.kind == "stream":
-            h = matched_boundaries([s for s, _ in speech], [s for s, _ in clip.truth])
-            h += matched_boundaries([e for _, e in speech], [e for _, e in clip.truth])
+            h = boundary_hits(speech, clip.truth)
             hits, n_pred, n_true = hits + h, n_pred + len(speech), n_true + len(clip.truth)
-            worst = min(worst, f1(h, len(speech), len(clip.truth)))
+            worst = min(worst, f1_from_hits(h, len(speech), len(clip.truth)))
             noise_utts += sum(any(a <= s < b for a, b in clip.noise_only) for s, _ in speech)
         elif evalset.kind == "word":
             a, b = word_extent_s(clip.samples)
@@ -392,7 +383,7 @@ def evaluate(detect: Detector, evalset: EvalSet) -> dict[str, float]:
     n = len(evalset.clips)
     return {
         "n": n,
-        "f1": f1(hits, n_pred, n_true) if evalset.kind == "stream" else float("nan"),
+        "f1": f1_from_hits(hits, n_pred, n_true) if evalset.kind == "stream" else float("nan"),
         "worst": worst if evalset.kind == "stream" else float("nan"),
         "one": one_word / n if evalset.kind == "word" else float("nan"),
         "none": none / n if evalset.kind == "word" else float("nan"),

@@ -36,16 +36,27 @@ def matched_boundaries(
     return len(used_p)
 
 
+def boundary_hits(pred: Spans, true: Spans, *, tolerance_s: float = TOLERANCE_S) -> int:
+    """Matched boundaries: starts matched to starts, ends to ends (at most two per utterance)."""
+    hits = matched_boundaries([s for s, _ in pred], [s for s, _ in true], tolerance_s=tolerance_s)
+    hits += matched_boundaries([e for _, e in pred], [e for _, e in true], tolerance_s=tolerance_s)
+    return hits
+
+
+def f1_from_hits(hits: int, n_pred: int, n_true: int) -> float:
+    """Boundary F1 from :func:`boundary_hits` and the utterance counts (summed over files, too).
+
+    Two empty segmentations agree perfectly (1.0); one empty against one not scores 0.0.
+    """
+    if hits == 0:
+        return 1.0 if n_pred == n_true == 0 else 0.0
+    precision, recall = hits / (2 * n_pred), hits / (2 * n_true)
+    return 2 * precision * recall / (precision + recall)
+
+
 def boundary_f1(pred: Spans, true: Spans, *, tolerance_s: float = TOLERANCE_S) -> float:
     """F1 over utterance starts and ends (each matched only to its own kind).
 
     Two empty segmentations agree perfectly (1.0); one empty against one not scores 0.0.
     """
-    if not pred or not true:
-        return 1.0 if not pred and not true else 0.0
-    hits = matched_boundaries([s for s, _ in pred], [s for s, _ in true], tolerance_s=tolerance_s)
-    hits += matched_boundaries([e for _, e in pred], [e for _, e in true], tolerance_s=tolerance_s)
-    if hits == 0:
-        return 0.0
-    precision, recall = hits / (2 * len(pred)), hits / (2 * len(true))
-    return 2 * precision * recall / (precision + recall)
+    return f1_from_hits(boundary_hits(pred, true, tolerance_s=tolerance_s), len(pred), len(true))
