@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis.asyncio as aredis
 from live_server import UNIT_S, Daemon, config, http_get, send_audio, speech, start_msg
 from onnx_graphs import write_bundle
 from websockets.asyncio.client import ClientConnection, connect
@@ -29,6 +30,7 @@ from streamer import protocol as proto
 from streamer.app import build_services, server_info
 from streamer.errors import ConfigError
 from streamer.serve import bus_wire as wire
+from streamer.serve.bus import APPEND_BATCH, Bus
 from streamer.serve.cluster import join_bus
 from streamer.serve.journal import print_journal
 from streamer.serve.websocket import StreamerServer
@@ -103,12 +105,21 @@ class RedisServer:
         assert REDIS is not None
         args = [REDIS, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
         args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder)]
+        args += ["--enable-debug-command", "local"]  # DEBUG SLEEP: a stalled bus
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
         for _ in range(200):
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
                 return
             subprocess.run(["sleep", "0.02"], check=True)
         raise RuntimeError("redis-server did not start")
+
+    async def stall(self, seconds: float) -> None:
+        """Freeze the server for ``seconds`` (every client's commands wait, none fails)."""
+        client = aredis.Redis.from_url(self.url)
+        try:
+            await client.execute_command("DEBUG", "SLEEP", str(seconds))
+        finally:
+            await client.aclose()
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -183,6 +194,17 @@ async def readyz_becomes(d: Daemon, status: int) -> None:
             await asyncio.sleep(0.05)
 
 
+async def lease_freed(bus_server: RedisServer, name: str) -> None:
+    """Wait until no replica holds ``name``'s lease."""
+    client = aredis.Redis.from_url(bus_server.url)
+    try:
+        async with asyncio.timeout(UNIT_S):
+            while await client.exists(f"streamer:events:lease:{name}"):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        await client.aclose()
+
+
 def utterances(events: list[dict[str, Any]], stream: str | None = None) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == "utterance" and stream in (None, e["stream"])]
 
@@ -228,6 +250,7 @@ async def test_one_name_cluster_wide(bus_server: RedisServer, models: dict[str, 
             assert error["code"] == proto.STREAM_IN_USE, error
             assert "another replica" in error["message"]
             assert second.close_code == proto.CLOSE_POLICY
+        await lease_freed(bus_server, "kitchen")  # freeing is asynchronous (never on the loop)
         events = await ingest(b, "kitchen", speech(seconds=2))
         assert events[0]["type"] == "started"
 
@@ -239,8 +262,6 @@ async def test_lost_lease_ends_the_stream(bus_server: RedisServer, models: dict[
         async with connect(a.url + proto.INGEST_PATH) as ws:
             await ws.send(start_msg("hall"))
             assert json.loads(await ws.recv())["type"] == "started"
-            import redis.asyncio as aredis
-
             other = aredis.Redis.from_url(bus_server.url)
             await other.set("streamer:events:lease:hall", "someone-else")
             await other.aclose()
@@ -315,3 +336,203 @@ async def test_bus_down_and_back(bus_server: RedisServer, models: dict[str, Path
         assert utterances(await read_until_ended(on_b, {"again"}))
         await on_b.close()
         await local.close()
+
+
+def note(stream: str, i: int = 0) -> str:
+    """A small event of stream ``stream`` (the hub carries any JSON object)."""
+    return json.dumps({"type": "note", "stream": stream, "i": i})
+
+
+async def recv_json(ws: ClientConnection, timeout_s: float = UNIT_S) -> dict[str, Any]:
+    async with asyncio.timeout(timeout_s):
+        return dict(json.loads(await ws.recv()))
+
+
+async def quiet_for(ws: ClientConnection, seconds: float) -> list[dict[str, Any]]:
+    """Whatever ``ws`` gets within ``seconds``."""
+    got: list[dict[str, Any]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while True:
+                got.append(json.loads(await ws.recv()))
+    return got
+
+
+def bus_of(d: Daemon) -> Bus:
+    bus = getattr(d.services.hub, "bus", None)
+    assert isinstance(bus, Bus)
+    return bus
+
+
+@needs_redis
+async def test_replica_started_while_bus_down_reads_from_its_end(
+    bus_server: RedisServer, models: dict[str, Path]
+) -> None:
+    """A replica that starts before the bus does not replay the bus's history once it is up."""
+    async with replica(models, bus_server.url) as a:
+        for i in range(3):
+            a.services.hub.publish("note", "history", note("history", i))
+        assert await bus_of(a).caught_up(UNIT_S)
+        assert bus_of(a).last_cursor == 3
+        bus_server.kill()
+        async with replica(models, bus_server.url) as b:
+            on_b = await subscriber(b)
+            bus_server.start()  # the same history (append-only file)
+            await readyz_becomes(b, 200)
+            await readyz_becomes(a, 200)
+            a.services.hub.publish("note", "fresh", note("fresh"))
+            first = await recv_json(on_b)
+            await on_b.close()
+    assert (first["stream"], first["cursor"]) == ("fresh", 4)
+
+
+@needs_redis
+async def test_close_writes_every_queued_event_in_order(
+    bus_server: RedisServer, models: dict[str, Path]
+) -> None:
+    """Leaving the bus right after a burst still appends every event, in publish order."""
+    services = build_services(config(bus={"url": bus_server.url}), models)
+    cluster = await join_bus(services)
+    n = 5 * APPEND_BATCH + 7
+    for i in range(n):
+        services.hub.publish("note", "burst", note("burst", i))
+    await cluster.close()
+    services.runner.close()
+    client = aredis.Redis.from_url(bus_server.url)
+    try:
+        found = wire.entries(await client.xrange("streamer:events"))
+    finally:
+        await client.aclose()
+    written = [wire.parse_entry(*e) for e in found]
+    assert [json.loads(e.event)["i"] for e in written if e is not None] == list(range(n))
+
+
+@needs_redis
+async def test_since_after_the_end_gets_live_events(
+    bus_server: RedisServer, models: dict[str, Path]
+) -> None:
+    """since=CURSOR beyond the bus's last cursor replays nothing and then gets the live events."""
+    async with replica(models, bus_server.url) as a:
+        a.services.hub.publish("note", "before", note("before"))
+        assert await bus_of(a).caught_up(UNIT_S)
+        end = bus_of(a).last_cursor
+        ws = await subscriber(a, f"?since={end + 100}")
+        a.services.hub.publish("note", "live", note("live"))
+        live = await recv_json(ws)
+        assert await quiet_for(ws, 0.2) == []
+        await ws.close()
+    assert (live["stream"], live["cursor"]) == ("live", end + 1)
+
+
+@needs_redis
+@pytest.mark.parametrize(
+    "query",
+    ["?" + "&".join(f"k{i}=v" for i in range(40)), "?since=1&since=2"],
+    ids=["too_many_fields", "since_twice"],
+)
+async def test_bad_events_query_is_bad_field(
+    bus_server: RedisServer, models: dict[str, Path], query: str
+) -> None:
+    """A /v1/events URL whose query cannot be read gets bad_field (1007), not an internal error."""
+    async with (
+        replica(models, bus_server.url) as a,
+        connect(a.url + proto.EVENTS_PATH + query) as ws,
+    ):
+        error = await recv_json(ws)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.recv()
+    assert error["code"] == proto.BAD_FIELD, error
+    assert ws.close_code == proto.CLOSE_INVALID_DATA
+
+
+@needs_redis
+async def test_drain_delivers_the_last_events(
+    bus_server: RedisServer, models: dict[str, Path]
+) -> None:
+    """Shutting down, local subscribers get the events still on their way through the bus."""
+    async with replica(models, bus_server.url) as a:
+        ws = await subscriber(a)
+        for i in range(50):
+            a.services.hub.publish("note", "last", note("last", i))
+        await a.server.drain(UNIT_S)
+        got: list[dict[str, Any]] = []
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                got.append(await recv_json(ws))
+    assert [e["i"] for e in got] == list(range(50))
+    assert ws.close_code == proto.CLOSE_GOING_AWAY
+
+
+@needs_redis
+async def test_generated_names_are_unique_cluster_wide(
+    bus_server: RedisServer, models: dict[str, Path]
+) -> None:
+    """Two replicas making up a name (as for Wyoming clients) both get their stream admitted."""
+    async with replica(models, bus_server.url) as a, replica(models, bus_server.url) as b:
+        names = [d.services.streams.unused_name("wyoming") for d in (a, b)]
+        claims = [d.services.streams.admit(n) for d, n in zip((a, b), names, strict=True)]
+        for claim in claims:
+            claim.end()
+    assert names[0] != names[1]
+    assert all(n.startswith("wyoming-") for n in names)
+
+
+@needs_redis
+async def test_unanswered_append_is_delivered_once(
+    bus_server: RedisServer, models: dict[str, Path]
+) -> None:
+    """An append whose answer timed out but which the bus took reaches subscribers once."""
+    async with replica(models, bus_server.url, timeout_s=0.2, block_ms=200) as a:
+        ws = await subscriber(a)
+        a.services.hub.publish("note", "warm", note("warm"))
+        assert (await recv_json(ws))["stream"] == "warm"
+        stall = asyncio.create_task(bus_server.stall(1.0))
+        await asyncio.sleep(0.1)
+        a.services.hub.publish("note", "late", note("late"))
+        got = [await recv_json(ws, 3 * UNIT_S)]
+        got += await quiet_for(ws, 0.5)
+        await stall
+        await ws.close()
+        assert bus_of(a).status()["unconfirmed_events"] == 1
+    assert [(e["stream"], "cursor" in e) for e in got] == [("late", True)]
+
+
+@needs_redis
+async def test_stalled_bus_never_holds_the_event_loop_for_leases(
+    bus_server: RedisServer, models: dict[str, Path]
+) -> None:
+    """Renewing and freeing leases while the bus is frozen leaves the event loop running."""
+    async with (
+        replica(models, bus_server.url, lease_ms=300, timeout_s=0.5) as a,
+        connect(a.url + proto.INGEST_PATH) as ws,
+    ):
+        await ws.send(start_msg("hall"))
+        assert json.loads(await ws.recv())["type"] == "started"
+        stall = asyncio.create_task(bus_server.stall(1.2))
+        await asyncio.sleep(0.05)
+        loop = asyncio.get_running_loop()
+        longest, tick = 0.0, loop.time()
+        for step in range(40):  # renewals every 100 ms, and the stream ends halfway
+            await asyncio.sleep(0.02)
+            longest, tick = max(longest, loop.time() - tick), loop.time()
+            if step == 20:
+                await ws.close()
+        await stall
+    assert longest < 0.25
+
+
+@needs_redis
+async def test_leases_are_freed_at_shutdown(
+    bus_server: RedisServer, models: dict[str, Path]
+) -> None:
+    """A replica shutting down with a live stream frees its name on the bus."""
+    async with replica(models, bus_server.url) as a:
+        ws = await connect(a.url + proto.INGEST_PATH)
+        await ws.send(start_msg("porch"))
+        assert json.loads(await ws.recv())["type"] == "started"
+    await ws.close()
+    client = aredis.Redis.from_url(bus_server.url)
+    try:
+        assert not await client.exists("streamer:events:lease:porch")
+    finally:
+        await client.aclose()

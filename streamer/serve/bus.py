@@ -10,11 +10,12 @@ Bus down: publishing falls back to local delivery (this replica's subscribers st
 streams; the other replicas do not), each such event is counted as the *gap* and logged when
 the bus is back, ``/readyz`` answers 503, and the bus is retried with a doubling backoff.
 
-Stream names: :class:`Leases` holds one lease per live name (``SET NX PX``, renewed every third
-of ``bus.lease_ms``), so a name live on any replica is ``stream_in_use`` on every other. Lease
-commands run synchronously on the event loop (one round trip each, bounded by
-``bus.timeout_s``, skipped while the bus is down: the name is then held locally and taken on the
-bus once it is back). A replica that finds its lease taken by another calls ``on_lost``.
+An append whose answer timed out may or may not have reached the bus: its events are left to
+the reader (delivered if the bus took them) and counted as *unconfirmed*, never delivered twice.
+:meth:`Bus.close` writes what is queued before it stops (bounded), and :meth:`Bus.caught_up`
+waits until the reader delivered this replica's last events (a draining daemon's subscribers).
+
+Stream names are leased on the bus too: see :class:`streamer.serve.cluster.Leases`.
 """
 
 from __future__ import annotations
@@ -26,15 +27,14 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import redis
 import redis.asyncio as aredis
 
-from streamer import protocol as proto
-from streamer.errors import ConfigError, ProtocolError
+from streamer.errors import ConfigError
 from streamer.pubsub import Hub
 from streamer.serve import bus_wire as wire
 from streamer.serving_config import BusConfig
@@ -46,18 +46,18 @@ READ_COUNT = 500
 APPEND_BATCH = 200  # events one append script carries at most
 
 
-def client_options(config: BusConfig, *, blocking: bool = True) -> dict[str, Any]:
+def client_options(config: BusConfig) -> dict[str, Any]:
     """Keyword arguments of ``Redis.from_url`` for ``config`` (password file, CA, timeouts).
 
-    ``blocking``: the client also makes blocking reads (``XREAD BLOCK``), so its reads may last
-    ``bus.block_ms`` longer.
+    The client also makes blocking reads (``XREAD BLOCK``), so its reads may last
+    ``bus.block_ms`` longer than ``bus.timeout_s``.
 
     Raises:
         ConfigError: the password file cannot be read.
     """
     options: dict[str, Any] = {
         "socket_connect_timeout": config.timeout_s,
-        "socket_timeout": config.timeout_s + (config.block_ms / 1000 if blocking else 0.0),
+        "socket_timeout": config.timeout_s + config.block_ms / 1000,
     }
     if config.password_file is not None:
         try:
@@ -97,28 +97,49 @@ class BusHub(Hub[str]):
 class Bus:
     """One replica's connection to the bus: its writer, its reader and its state."""
 
-    def __init__(self, config: BusConfig, hub: BusHub, *, origin: str | None = None) -> None:
-        """Prepare the bus for ``hub``; :meth:`start` connects."""
+    def __init__(self, config: BusConfig, hub: BusHub) -> None:
+        """Prepare the bus for ``hub``; :meth:`start` connects.
+
+        Raises:
+            ConfigError: no ``bus.url``, or the password file cannot be read.
+        """
         if config.url is None:
             raise ConfigError("bus.url is not set")
         self.config = config
         self.hub = hub
-        self.origin = origin or uuid.uuid4().hex[:12]
-        self.client = aredis.Redis.from_url(config.url, **client_options(config))
+        #: This replica's id on the bus (entries' ``origin``, lease tokens, generated names).
+        self.origin = uuid.uuid4().hex[:12]
+        #: The bus's URL without its password, for logs and ``/readyz``.
+        self.shown_url = wire.redact_url(config.url)
+        #: ``Redis.from_url`` options of the bus (the password file is read once, here).
+        self.options = client_options(config)
+        self.client = aredis.Redis.from_url(config.url, **self.options)
         self.up = False
         self.durability: dict[str, str] = {}
         self.n_gap = 0
-        self.n_appended = 0
-        self.last_cursor = 0
+        #: Events whose append timed out: on the bus or not, the reader delivers them if so.
+        self.n_unconfirmed = 0
+        self._cursor: int | None = None  # None: never connected, start reading at the end
+        self._appended_to = 0  # the last cursor this replica's appends were given
+        self._flushing = False
+        self._closing = False
+        self._told_down = False
         self._gap_since_up = 0
         self._down_at: float | None = time.monotonic()
         self._pending: collections.deque[tuple[str, str, str]] = collections.deque()
         self._wake = asyncio.Event()
+        self._moved = asyncio.Event()  # set whenever the reader or the writer got further
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
         self._append = self.client.register_script(wire.APPEND_SCRIPT)
         self._seq_key = f"{config.key}:seq"
+
+    @property
+    def last_cursor(self) -> int:
+        """The cursor of the last entry the reader delivered (0: none yet)."""
+        return self._cursor or 0
 
     async def start(self) -> None:
         """Connect (or keep trying in the background) and start the reader and the writer."""
@@ -126,28 +147,58 @@ class Bus:
         self._loop_thread = threading.get_ident()
         await self._connect()
         self.hub.bus = self
-        self._tasks = [
-            asyncio.create_task(self._read_loop(), name="bus-reader"),
-            asyncio.create_task(self._write_loop(), name="bus-writer"),
-        ]
+        self._reader = asyncio.create_task(self._read_loop(), name="bus-reader")
+        self._writer = asyncio.create_task(self._write_loop(), name="bus-writer")
 
-    async def close(self) -> None:
-        """Write what is queued (if the bus is up), stop the tasks and disconnect."""
+    async def close(self, timeout_s: float) -> None:
+        """Write what is queued (waiting ``timeout_s`` at most), stop reading and disconnect.
+
+        Events published from now on reach the local subscribers only.
+        """
         self.hub.bus = None
-        if self.up and self._pending:
-            await self._flush()
-        for task in self._tasks:
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:  # it ends once nothing is queued (or the bus failed)
+            await asyncio.wait([self._writer], timeout=timeout_s)
+            if not self._writer.done():
+                log.error(
+                    "bus %s: %d event(s) not written within %.1f s; closing anyway",
+                    self.shown_url,
+                    len(self._pending),
+                    timeout_s,
+                )
+        # Python 3.11's asyncio.wait_for (inside redis-py) can swallow a cancellation; the
+        # reader then stops at its next turn, having seen _closing.
+        tasks = [t for t in (self._reader, self._writer) if t is not None]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.aclose()
+
+    async def caught_up(self, timeout_s: float) -> bool:
+        """Wait until the reader delivered every event queued so far (True), or ``timeout_s``.
+
+        Also True at once while the bus is down: its events were delivered locally.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.up and (
+                    self._pending or self._flushing or self.last_cursor < self._appended_to
+                ):
+                    self._moved.clear()
+                    await self._moved.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def status(self) -> dict[str, Any]:
         """What ``/readyz`` reports of the bus."""
         return {
-            "url": wire.redact_url(self.config.url or ""),
+            "url": self.shown_url,
             "state": "up" if self.up else "down",
             "durability": self.durability,
             "gap_events": self.n_gap,
+            "unconfirmed_events": self.n_unconfirmed,
             "cursor": self.last_cursor,
             "replica": self.origin,
         }
@@ -206,41 +257,44 @@ class Bus:
 
     async def _connect(self) -> bool:
         try:
+            if self._told_down:  # pooled connections may predate a restart of the bus
+                await self.client.connection_pool.disconnect(inuse_connections=False)
             await self.client.ping()
             self.durability = await _durability(self.client)
-            if not self._tasks:  # the first connection: read from the bus's end
-                self.last_cursor = await self._end_cursor()
-            elif await self._end_cursor() < self.last_cursor:
+            end = await self._end_cursor()
+            if self._cursor is None:  # the first connection: read from the bus's end
+                self._cursor = end
+            elif end < self._cursor:
                 log.error(
                     "bus %s lost its history (restarted without persistence?): reading it "
                     "from its start; cursors start over",
-                    wire.redact_url(self.config.url or ""),
+                    self.shown_url,
                 )
-                self.last_cursor = 0
+                self._cursor = self._appended_to = 0
         except (redis.RedisError, OSError) as exc:
             self._went_down(exc)
             return False
         down_s = time.monotonic() - (self._down_at or time.monotonic())
-        self.up, self._down_at = True, None
         log.info(
             "bus %s up (replica %s, durability %s)%s",
-            wire.redact_url(self.config.url or ""),
+            self.shown_url,
             self.origin,
             self.durability,
             f" after {down_s:.1f} s down; {self._gap_since_up} event(s) meanwhile reached "
             "this replica's subscribers only (the gap)"
-            if self._tasks
+            if self._told_down
             else "",
         )
+        self.up, self._down_at, self._told_down = True, None, False
         self._gap_since_up = 0
         return True
 
     def _went_down(self, exc: BaseException) -> None:
-        if self.up or not self._tasks:
-            log.error(
-                "bus %s down: %s; delivering locally", wire.redact_url(self.config.url or ""), exc
-            )
+        if self.up or not self._told_down:  # once per outage
+            log.error("bus %s down: %s; delivering locally", self.shown_url, exc)
+            self._told_down = True
         self.up = False
+        self._moved.set()
         if self._down_at is None:
             self._down_at = time.monotonic()
 
@@ -250,14 +304,15 @@ class Bus:
 
     async def _reconnect(self) -> None:
         attempt = 0
-        while not await self._connect():
+        while not self._closing and not await self._connect():
             await asyncio.sleep(wire.reconnect_delay_s(attempt, self.config.reconnect_max_s))
             attempt += 1
 
     async def _read_loop(self) -> None:
-        while True:
+        while not self._closing:
             if not self.up:
                 await self._reconnect()
+                continue
             try:
                 answer = await self.client.xread(
                     {self.config.key: wire.entry_id(self.last_cursor)},
@@ -269,10 +324,13 @@ class Bus:
                 continue
             for stream_answer in answer if isinstance(answer, list) else ():
                 for entry_id, fields in wire.entries(stream_answer[1]):
-                    self.last_cursor = wire.cursor_of_id(entry_id)
                     entry = wire.parse_entry(entry_id, fields)
-                    if entry is not None:
-                        self.hub.deliver(entry.type, entry.stream, entry.payload)
+                    if entry is None:  # foreign: skipped
+                        self._cursor = wire.cursor_of_id(entry_id)
+                        continue
+                    self._cursor = entry.cursor
+                    self.hub.deliver(entry.type, entry.stream, entry.payload)
+            self._moved.set()
 
     async def _write_loop(self) -> None:
         while True:
@@ -280,22 +338,37 @@ class Bus:
             self._wake.clear()
             while self._pending:
                 await self._flush()
+            if self._closing:
+                return
 
     async def _flush(self) -> None:
         batch = [self._pending.popleft() for _ in range(min(APPEND_BATCH, len(self._pending)))]
+        self._flushing = True
         try:
-            await self._append(
+            cursor = await self._append(
                 keys=[self.config.key, self._seq_key],
                 args=wire.append_args(self.config.max_events, batch, self.origin),
             )
-            self.n_appended += len(batch)
+            self._appended_to = max(self._appended_to, int(cursor))
         except (redis.RedisError, OSError) as exc:
             self._went_down(exc)
+            if isinstance(exc, redis.TimeoutError | TimeoutError):  # it may have run: the reader
+                self.n_unconfirmed += len(batch)
+                log.warning(
+                    "bus %s: %d event(s) unconfirmed (no answer in time); they reach the "
+                    "subscribers through the bus if it took them",
+                    self.shown_url,
+                    len(batch),
+                )
+                batch = []
             batch += [self._pending.popleft() for _ in range(len(self._pending))]
             self.n_gap += len(batch)
             self._gap_since_up += len(batch)
             for kind, stream, payload in batch:
                 self.hub.deliver(kind, stream, payload)
+        finally:
+            self._flushing = False
+            self._moved.set()
 
 
 async def _durability(client: aredis.Redis) -> dict[str, str]:
@@ -305,96 +378,3 @@ async def _durability(client: aredis.Redis) -> dict[str, str]:
     except redis.ResponseError:  # managed servers may forbid CONFIG
         return {"appendonly": "unknown", "appendfsync": "unknown"}
     return {str(k): str(v) for k, v in found.items()}
-
-
-class Leases:
-    """Cluster-wide stream names: one lease per live name on this replica (a registry hook)."""
-
-    def __init__(self, bus: Bus, *, on_lost: Callable[[str], None] | None = None) -> None:
-        """Hold names on ``bus``; ``on_lost(name)`` is called when another replica took one."""
-        self.bus = bus
-        self.config = bus.config
-        self.on_lost = on_lost
-        self.client = redis.Redis.from_url(
-            self.bus.config.url or "", **client_options(bus.config, blocking=False)
-        )
-        self._renew = self.client.register_script(wire.RENEW_SCRIPT)
-        self._release = self.client.register_script(wire.RELEASE_SCRIPT)
-        self._held: dict[str, str] = {}  # name -> this claim's token
-        self._task: asyncio.Task[None] | None = None
-        self._n = 0
-
-    def key(self, name: str) -> str:
-        """The Redis key of ``name``'s lease."""
-        return f"{self.config.key}:lease:{name}"
-
-    def acquire(self, name: str) -> None:
-        """Take ``name``'s lease (held locally only while the bus is down).
-
-        Raises:
-            ProtocolError: ``stream_in_use`` (close code 1008): another replica holds it.
-        """
-        self._n += 1
-        token = f"{self.bus.origin}:{self._n}"
-        if self.bus.up:
-            try:
-                taken = self.client.set(self.key(name), token, nx=True, px=self.config.lease_ms)
-            except (redis.RedisError, OSError) as exc:
-                log.warning("bus: lease of stream %r not taken (%s); held locally", name, exc)
-            else:
-                if not taken:
-                    raise ProtocolError(
-                        proto.STREAM_IN_USE,
-                        f"stream {name!r} is already live on another replica",
-                        close_code=proto.CLOSE_POLICY,
-                    )
-        self._held[name] = token
-
-    def release(self, name: str) -> None:
-        """Free ``name``'s lease if this replica still holds it."""
-        token = self._held.pop(name, None)
-        if token is None or not self.bus.up:
-            return  # an unreleased lease expires after bus.lease_ms
-        try:
-            self._release(keys=[self.key(name)], args=[token])
-        except (redis.RedisError, OSError) as exc:
-            log.warning("bus: lease of stream %r not freed (%s); it expires", name, exc)
-
-    def start(self) -> None:
-        """Renew the held leases every third of ``bus.lease_ms`` from now on."""
-        self._task = asyncio.create_task(self._renew_loop(), name="bus-leases")
-
-    async def close(self) -> None:
-        """Stop renewing and free every held lease."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for name in list(self._held):
-            self.release(name)
-        self.client.close()
-
-    def renew(self) -> list[str]:
-        """Renew (or take again) every held lease now; return the names another replica took."""
-        if not self.bus.up or not self._held:
-            return []
-        held = list(self._held.items())
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for name, token in held:
-                self._renew(keys=[self.key(name)], args=[token, self.config.lease_ms], client=pipe)
-            answers = pipe.execute()
-        except (redis.RedisError, OSError) as exc:
-            log.warning("bus: leases not renewed: %s", exc)
-            return []
-        lost = [name for (name, _), ok in zip(held, answers, strict=True) if not ok]
-        for name in lost:
-            self._held.pop(name, None)
-        return lost
-
-    async def _renew_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.lease_ms / 3000)
-            for name in self.renew():
-                log.error("bus: stream %r: another replica took its name; ending it here", name)
-                if self.on_lost is not None:
-                    self.on_lost(name)

@@ -171,7 +171,6 @@ async def _print_bus(bus: BusConfig, *, since: str | None, stream: str | None, o
     from redis import RedisError
 
     from streamer.serve.bus import Bus, BusHub
-    from streamer.serve.bus_wire import redact_url
 
     since_seq, since_time = parse_since(since) if since is not None else (None, None)
     reader = Bus(bus, BusHub(queue_len=1))
@@ -181,7 +180,7 @@ async def _print_bus(bus: BusConfig, *, since: str | None, stream: str | None, o
                 line = f'{{"seq":{entry.cursor},"time":{entry.time},"event":{entry.event}}}'
                 print(line, file=out)
     except (RedisError, OSError) as exc:
-        raise ConfigError(f"bus {redact_url(bus.url or '')}: {exc}") from None
+        raise ConfigError(f"bus {reader.shown_url}: {exc}") from None
     finally:
         await reader.client.aclose()
     return 0

@@ -14,13 +14,14 @@ import importlib.resources
 import json
 from collections.abc import Callable
 from typing import Any, Final
-from urllib.parse import parse_qs, quote
+from urllib.parse import quote
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from streamer.serve.bus import Bus
 from streamer.serve.metrics import CONTENT_TYPE, METRICS_PATH
+from streamer.serve.security import TOKEN_PARAM, query_param
 from streamer.streams.services import Services, accepting_streams
 
 Handler = Callable[[Request], Response]
@@ -108,12 +109,11 @@ def bus_readyz_route(
 
 def _asset_query(request: Request) -> str:
     """``?token=...`` (URL-encoded) when the page was opened with one, else empty."""
-    query = request.path.partition("?")[2]
     try:
-        values = parse_qs(query, max_num_fields=32).get("token", [])
+        token = query_param(request, TOKEN_PARAM)
     except ValueError:
         return ""
-    return f"?token={quote(values[0], safe='')}" if len(values) == 1 else ""
+    return "" if token is None else f"?token={quote(token, safe='')}"
 
 
 def _response(body: bytes, content_type: str) -> Response:

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 HEALTH_PATH: Final = "/healthz"
 #: Query parameter that may carry the token (browsers cannot set headers on WebSockets).
 TOKEN_PARAM: Final = "token"
-_MAX_QUERY_FIELDS: Final = 32
+#: Fields a request's query may have; one with more is malformed (see :func:`query_param`).
+MAX_QUERY_FIELDS: Final = 32
 
 
 def load_token(config: SecurityConfig) -> str | None:
@@ -124,14 +125,29 @@ def presented_token(request: Request) -> str | None:
             return None
         scheme, _, value = headers[0].strip().partition(" ")
         return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-    query = request.path.partition("?")[2]
+    try:
+        return query_param(request, TOKEN_PARAM)
+    except ValueError:  # too many fields, or several tokens
+        return None
+
+
+def query_param(target: Request | str, name: str) -> str | None:
+    """The value of query parameter ``name`` in a request's URL (or a path); None without one.
+
+    A parameter with an empty value counts as absent.
+
+    Raises:
+        ValueError: the query has more than :data:`MAX_QUERY_FIELDS` fields, or gives ``name``
+            more than once.
+    """
+    path = target if isinstance(target, str) else target.path
+    query = path.partition("?")[2]
     if not query:
         return None
-    try:
-        values = parse_qs(query, max_num_fields=_MAX_QUERY_FIELDS).get(TOKEN_PARAM, [])
-    except ValueError:  # too many fields
-        return None
-    return values[0] if len(values) == 1 else None
+    values = parse_qs(query, max_num_fields=MAX_QUERY_FIELDS).get(name, [])
+    if len(values) > 1:
+        raise ValueError(f"query parameter {name!r} given {len(values)} times")
+    return values[0] if values else None
 
 
 def refusal(status: http.HTTPStatus) -> Response:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from urllib.parse import parse_qs
 
 import redis
 from websockets.asyncio.server import ServerConnection
@@ -30,6 +29,7 @@ from streamer.serve.bus import Bus, BusHub
 from streamer.serve.bus_wire import cursor_of
 from streamer.serve.client_errors import close_discarding
 from streamer.serve.journal import parse_since
+from streamer.serve.security import query_param
 from streamer.streams.services import Services
 
 log = logging.getLogger(__name__)
@@ -93,18 +93,22 @@ class Subscription:
         Raises:
             ProtocolError: ``bad_field``: unreadable, or the daemon has no bus to replay.
         """
-        query = self.ws.request.path.partition("?")[2] if self.ws.request else ""
-        values = parse_qs(query, max_num_fields=8).get("since", [])
-        if not values:
+        try:
+            value = query_param(self.ws.request.path if self.ws.request else "", "since")
+        except ValueError as exc:
+            raise ProtocolError(
+                proto.BAD_FIELD, f"the URL's query: {exc}", close_code=proto.CLOSE_INVALID_DATA
+            ) from None
+        if value is None:
             return None
-        if len(values) > 1 or self._bus() is None:
+        if self._bus() is None:
             raise ProtocolError(
                 proto.BAD_FIELD,
-                "since: give it once, on a daemon with an event bus",
+                "since: only on a daemon with an event bus",
                 close_code=proto.CLOSE_INVALID_DATA,
             )
         try:
-            return parse_since(values[0])
+            return parse_since(value)
         except ConfigError as exc:
             raise ProtocolError(
                 proto.BAD_FIELD,
@@ -123,7 +127,8 @@ class Subscription:
         try:
             if since_time is not None:
                 after = max(after, await bus.cursor_before(since_time))
-            if (end := bus.last_cursor) - after > limit:
+            after = min(after, end := bus.last_cursor)  # none after the end: the live ones
+            if end - after > limit:
                 await self.ws.send(proto.Dropped(count=end - after - limit).encode())
                 after = end - limit
             self.replayed_to = after
@@ -164,7 +169,13 @@ class Subscription:
         return wake
 
     async def settle(self) -> None:
-        """Wait until every event queued for this subscriber was written to the socket."""
+        """Wait until every event queued for this subscriber was written to the socket.
+
+        On a bus, first until the bus delivered this replica's last events (the drain finished
+        the streams just before: their final events are still travelling through the bus).
+        """
+        if (bus := self._bus()) is not None:
+            await bus.caught_up(self.services.config.server.shutdown_timeout_s)
         # Polling is bounded by the drain timeout and runs only during shutdown.
         while self.current is not None and (len(self.current) or not self.sent.is_set()):  # noqa: ASYNC110
             await asyncio.sleep(0.01)

@@ -36,6 +36,11 @@ class LiveStream(Protocol):
 class NameLeases(Protocol):
     """The cluster-wide half of a name (a lease on the event bus, :mod:`streamer.serve.bus`)."""
 
+    @property
+    def replica(self) -> str:
+        """This daemon's id, unique in the cluster (part of the names it makes up)."""
+        ...
+
     def acquire(self, name: str) -> None:
         """Take ``name`` for this daemon; raise ``stream_in_use`` when another daemon holds it."""
         ...
@@ -114,7 +119,13 @@ class StreamRegistry:
         return claim
 
     def unused_name(self, prefix: str) -> str:
-        """A name no live stream uses: ``PREFIX-N``, N counting up from 1 per registry."""
+        """A name no live stream uses: ``PREFIX-N``, N counting up from 1 per registry.
+
+        With ``leases`` the name is ``PREFIX-REPLICA-N``: no other replica makes up the same
+        one, so it is free cluster-wide too (without a round trip to the bus).
+        """
+        if self.leases is not None:
+            prefix = f"{prefix}-{self.leases.replica}"
         while (name := f"{prefix}-{next(self._ids)}") in self._live:
             pass
         return name
