@@ -1,9 +1,10 @@
 """Configuration: frozen dataclasses with units in the names, loaded from TOML, env and flags.
 
 Precedence, lowest first: defaults here < ``--config FILE`` (TOML, one table per section:
-``[server]``, ``[engine]``, ``[decoder]``, ``[segmenter]``) < ``STREAMER_<SECTION>_<FIELD>``
-environment variables (e.g. ``STREAMER_SERVER_PORT=9000``) < command-line flags. Every limit the
-daemon enforces is a field here, so it has a name, a unit and a default.
+``[server]``, ``[engine]``, ``[decoder]``, ``[segmenter]``, ``[partials]`` and the serving
+sections) < ``STREAMER_<SECTION>_<FIELD>`` environment variables (e.g.
+``STREAMER_SERVER_PORT=9000``) < command-line flags. Every limit the daemon enforces is a field
+here, so it has a name, a unit and a default.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from streamer.contexts import DEFAULT_MAX_GAP_PER_FRAME
 from streamer.errors import ConfigError
+from streamer.partials import PartialsConfig
 from streamer.segmenter_config import SegmenterConfig
 from streamer.serving_config import BusConfig, JournalConfig, SecurityConfig, positive
 
@@ -176,6 +178,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     journal: JournalConfig = field(default_factory=JournalConfig)
     bus: BusConfig = field(default_factory=BusConfig)
+    partials: PartialsConfig = field(default_factory=PartialsConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -186,6 +189,7 @@ SECTIONS: dict[str, type[Any]] = {
     "security": SecurityConfig,
     "journal": JournalConfig,
     "bus": BusConfig,
+    "partials": PartialsConfig,
 }
 
 

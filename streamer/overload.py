@@ -4,6 +4,11 @@ The engine's load is its pending utterances (``Runner.pending``) as a fraction o
 ``engine.max_pending_utterances``. As it rises the server degrades in a fixed order, each step
 keeping everything the previous one kept:
 
+0. **Drop partials** (any load): a partial transcript run (:mod:`streamer.partials`) is not
+   started while an utterance waits for the engine, while the engine's load is at
+   ``engine.shed_unwatched_at`` or more, or while partial runs took more than
+   ``partials.engine_share`` of the engine's time; the next interval tries again. So partials
+   go before any result is delayed or refused.
 1. **Behind** (any load): a result that waited at least ``engine.lag_report_ms`` between the
    segmenter's decision and its emission, beyond its own compute (engine queue plus earlier
    utterances of its stream), carries ``lag_ms``.
@@ -47,6 +52,13 @@ STREAMS_PER_CONNECTION: Final = 1
 def load_fraction(pending: int, max_pending: int) -> float:
     """The engine's load: ``pending`` utterances over the ``max_pending`` allowed (0 to 1)."""
     return pending / max_pending
+
+
+def partial_allowed(
+    load: float, *, shed_at: float, utterance_waiting: bool, share: float, max_share: float
+) -> bool:
+    """Whether a partial run may start now (step 0 of the contract)."""
+    return load < shed_at and not utterance_waiting and share < max_share
 
 
 def accepting_streams(load: float, *, refuse_at: float) -> bool:

@@ -21,6 +21,17 @@ from typing import ClassVar, Final
 from streamer.audio import AudioFormat
 from streamer.errors import AudioFormatError, ProtocolError
 
+# Result parts live in streamer.results; re-exported (``X as X``) for callers.
+from streamer.results import (
+    Alternative as Alternative,
+    Intent as Intent,
+    Latency as Latency,
+    ModelInfo as ModelInfo,
+    PartialWord as PartialWord,
+    Transcript as Transcript,
+    Word as Word,
+)
+
 # The error and close codes are defined with the codec; re-exported (``X as X``) for callers.
 from streamer.wire import (
     AUDIO_BEFORE_START as AUDIO_BEFORE_START,
@@ -60,8 +71,9 @@ EVENTS_PATH: Final = "/v1/events"
 MAX_LIST_LEN: Final = 256
 MAX_MESSAGE_BYTES: Final = 65_536
 MAX_FRAME_BYTES: Final = 1_048_576
-#: Extras a client may ask for in ``start.want``.
-EXTRAS: Final = ("embedding",)
+#: Extras a client may ask for in ``start.want``: the utterance's embedding, ``partial`` events
+#: while it is spoken, ``eager`` results when silence begins (see docs/protocol.md).
+EXTRAS: Final = ("embedding", "partial", "eager")
 #: Endpointing knobs a client may override: name -> (lowest, highest) allowed value.
 ENDPOINTING_KNOBS: Final[dict[str, tuple[float, float]]] = {
     "min_speech_ms": (10, 5000),
@@ -71,8 +83,13 @@ ENDPOINTING_KNOBS: Final[dict[str, tuple[float, float]]] = {
     "post_roll_ms": (0, 2000),
     "vad_mode": (0, 3),
 }
+#: Live event types a ``"*"`` filter leaves out: a subscriber (or the journal) names them.
+OPT_IN_EVENTS: Final = frozenset({"partial", "eager", "resumed"})
 #: Event types a subscriber may ask for.
-SUBSCRIBABLE: Final = ("started", "speech_started", "utterance", "ended", "error")
+SUBSCRIBABLE: Final = (
+    *("started", "speech_started", "utterance", "ended", "error"),
+    *sorted(OPT_IN_EVENTS),
+)
 #: What a stream, model or context name may be (the server never maps a name to a path).
 NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -182,78 +199,6 @@ CLIENT_MESSAGES: Final[dict[str, type[ClientMessage]]] = {
     c.type: c for c in (Start, Flush, End, Subscribe)
 }
 
-# ---------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class Word:
-    """One recognised word; times in ms from the stream's first sample."""
-
-    word: str
-    start_ms: float
-    end_ms: float
-    confidence: float
-
-
-@dataclass(frozen=True)
-class Transcript:
-    """A CTC transcript: lower-case text and its words.
-
-    ``grammar`` names the intent whose word list held the search (the bundle's grammar for the
-    utterance's intent); None when the search was free.
-    """
-
-    text: str
-    words: tuple[Word, ...] = ()
-    grammar: str | None = None
-
-
-class Alternative(typing.NamedTuple):
-    """A runner-up label and its probability."""
-
-    name: str
-    confidence: float
-
-
-@dataclass(frozen=True)
-class Intent:
-    """The best label of one label set, its runners-up, and whether it is too unsure to act on.
-
-    From a context (:mod:`streamer.contexts`) rather than a classifier, it also carries
-    ``context`` (the context's name), ``slots`` (slot name -> value as written in the context)
-    and ``understood`` (False: the utterance is out of context; ``name`` and ``slots`` are then
-    the best in-context parse, not to be acted on, and ``abstain`` is True). All three stay None
-    (left out on the wire) for a classifier's intent.
-    """
-
-    name: str
-    confidence: float
-    alternatives: tuple[Alternative, ...] = ()
-    abstain: bool = False
-    slots: dict[str, str] | None = None
-    understood: bool | None = None
-    context: str | None = None
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Where an utterance's time went, in ms."""
-
-    end_of_speech_to_emit: float
-    queued: float
-    encode: float
-    decode: float
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """A model a stream's utterances run through."""
-
-    name: str
-    task: str
-    arch: str
-
-
 # ---------------------------------------------------------------- server -> client
 
 
@@ -309,6 +254,59 @@ class Utterance(WireMessage):
 
 
 @dataclass(frozen=True)
+class Partial(WireMessage):
+    """What the open utterance says so far (``want: ["partial"]``).
+
+    ``text`` is ``stable_text`` plus the unstable tail; a later partial of the same utterance has
+    a higher ``revision`` and a ``stable_text`` that starts with this one's (replace the tail,
+    append to the stable text). The final ``utterance`` event replaces them all.
+    """
+
+    type: ClassVar[str] = "partial"
+    stream: str
+    utterance_id: str
+    seq: int
+    revision: int
+    stable_text: str
+    text: str
+    words: tuple[PartialWord, ...] = ()
+
+
+@dataclass(frozen=True)
+class Eager(WireMessage):
+    """The result the utterance will have if silence goes on (``want: ["eager"]``).
+
+    Sent when silence has lasted ``partials.eager_silence_ms`` and the cut can no longer move;
+    the final ``utterance`` follows with the same results, or ``resumed`` withdraws it. Its
+    fields are those of :class:`Utterance`.
+    """
+
+    type: ClassVar[str] = "eager"
+    stream: str
+    utterance_id: str
+    seq: int
+    start_ms: float
+    end_ms: float
+    models: tuple[str, ...]
+    latency_ms: Latency
+    transcript: Transcript | None = None
+    intent: Intent | None = None
+    labels: tuple[Intent, ...] | None = None
+    value: float | None = None
+    embedding: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Resumed(WireMessage):
+    """Speech went on after an ``eager`` result: withdraw it; the utterance continues."""
+
+    type: ClassVar[str] = "resumed"
+    stream: str
+    utterance_id: str
+    seq: int
+
+
+@dataclass(frozen=True)
 class Ended(WireMessage):
     """Every result of the stream was sent; the server closes with 1000 next."""
 
@@ -351,10 +349,10 @@ class Error(WireMessage):
         return cls(code=exc.code, message=str(exc), stream=stream)
 
 
-ServerEvent = Started | SpeechStarted | Utterance | Ended | Subscribed | Dropped | Error
-SERVER_EVENTS: Final[dict[str, type[ServerEvent]]] = {
-    c.type: c for c in (Started, SpeechStarted, Utterance, Ended, Subscribed, Dropped, Error)
-}
+LiveEvent = Partial | Eager | Resumed
+ServerEvent = Started | SpeechStarted | Utterance | LiveEvent | Ended | Subscribed | Dropped | Error
+_EVENTS = (Started, SpeechStarted, Utterance, Partial, Eager, Resumed, Ended, Subscribed, Dropped)
+SERVER_EVENTS: Final[dict[str, type[ServerEvent]]] = {c.type: c for c in (*_EVENTS, Error)}
 
 # ---------------------------------------------------------------- reading
 

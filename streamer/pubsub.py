@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
+from streamer.protocol import OPT_IN_EVENTS
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -57,6 +59,9 @@ class Subscriber(Generic[T]):
         if queue_len < 1:
             raise ValueError(f"queue_len must be at least 1, got {queue_len}")
         stream_set, event_set = frozenset(streams), frozenset(events)
+        #: With ``"*"``: the event types left out anyway (live revisions such as ``partial``,
+        #: which a subscriber names explicitly; :data:`streamer.protocol.OPT_IN_EVENTS`).
+        self.opt_in = OPT_IN_EVENTS - event_set
         self.streams: frozenset[str] | None = None if ALL in stream_set else stream_set
         self.events: frozenset[str] | None = None if ALL in event_set else event_set
         self.queue_len = queue_len
@@ -69,9 +74,11 @@ class Subscriber(Generic[T]):
 
     def matches(self, event_type: str, stream: str) -> bool:
         """Whether an event of ``event_type`` from ``stream`` passes this subscriber's filter."""
-        return (self.streams is None or stream in self.streams) and (
-            self.events is None or event_type in self.events
-        )
+        if self.streams is not None and stream not in self.streams:
+            return False
+        if self.events is None:
+            return event_type not in self.opt_in
+        return event_type in self.events
 
     def offer(self, payload: T) -> None:
         """Queue ``payload``, dropping the oldest queued one if full; never blocks."""

@@ -173,6 +173,70 @@ class Segmenter:
         """Samples fed so far (the stream clock), including a buffered partial frame."""
         return self._n_frames * self.frame_samples + int(self._pending.size)
 
+    @property
+    def speaking(self) -> bool:
+        """Whether an utterance is open."""
+        return self._speaking
+
+    @property
+    def open_end_sample(self) -> int | None:
+        """Where the open utterance's speech ends so far (None: none is open)."""
+        return self._edge_end * self.frame_samples if self._speaking else None
+
+    def open_audio(self, since_sample: int) -> tuple[int, npt.NDArray[np.float32]] | None:
+        """The open utterance's audio from ``since_sample`` to the last whole frame heard.
+
+        ``since_sample`` is rounded down to a frame and clamped to the oldest held frame.
+        Returns (stream sample of the first returned sample, samples); None when no utterance
+        is open. The audio is a copy: the segmenter goes on as if nothing was read.
+        """
+        if not self._speaking:
+            return None
+        first = max(self._first, since_sample // self.frame_samples)
+        frames = list(self._frames)[first - self._first :]
+        return first * self.frame_samples, np.concatenate(frames)
+
+    def eager_cut(self, silence_ms: float) -> UtteranceReady | None:
+        """The utterance :meth:`feed` will return if nothing but silence follows, once certain.
+
+        Certain means: the open utterance's last ``silence_ms`` (at least) were non-speech
+        frames (below ``keep_threshold``), its weak tail is over so its end can no longer move,
+        every sample it will hold (up to ``post_roll_ms`` after its end) was heard, and silence
+        ends it before ``max_utterance_s`` forces a cut. Then the returned value equals, audio
+        included, the ``UtteranceReady`` that silence (or :meth:`flush`) produces. None
+        otherwise (including an utterance too short to be kept).
+        """
+        if not self._speaking:
+            return None
+        n = self.frame_samples
+        i = self._n_frames - 1
+        frame_ms = n * 1000 / SAMPLE_RATE_HZ
+        if i - self._last_keep < max(1, math.ceil(silence_ms / frame_ms)):
+            return None
+        if self._edge_end > i and i + 1 - self._last_keep <= self._edge_ext:
+            return None  # a weak tail may still extend the end
+        hangover = self._hangover()
+        close = min(
+            self._last_keep + hangover,
+            self._last_confident + max(self._max_unconfident, hangover),
+        )
+        if close + 1 - self._start >= self._max_frames:
+            return None  # max_utterance_s cuts first
+        end = self._edge_end
+        audio_end = min(end + self._post_roll, close + 1)
+        if audio_end > self._n_frames or end <= self._start:
+            return None
+        audio = np.concatenate(list(self._frames)[: audio_end - self._first])
+        if audio.size < self.config.min_utterance_samples:
+            return None
+        return UtteranceReady(
+            audio=audio,
+            speech_start_sample=self._start * n,
+            speech_end_sample=end * n,
+            audio_start_sample=self._first * n,
+            forced_cut=False,
+        )
+
     def feed(self, samples: npt.NDArray[np.float32]) -> list[SegmenterEvent]:
         """Consume samples; return the events they completed.
 

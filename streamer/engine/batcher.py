@@ -22,6 +22,9 @@ Scheduling, on the event loop (call contract: every method from the loop's threa
   (utterances of streams that run an intent model). The lowest rank always runs next.
 - The next run takes the head of the queue plus every queued request of the same model and length,
   lowest rank first, up to ``max_batch`` requests and ``max_batch_samples`` samples in all.
+- *Background* work (partial transcripts, :mod:`streamer.partials`) is a lane of its own: it
+  starts only when no other request is queued, one background run at a time, and never shares
+  a run with other work; :meth:`MicroBatcher.background_share` says how much engine time it took.
 - While every worker is busy, requests gather in the queue; a worker that frees up starts the next
   batch at once. An idle engine waits at most ``wait_s`` after the head's submission for more
   requests of its length, and not at all when the batch is already full (a long utterance, whose
@@ -33,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -67,6 +70,7 @@ class _Request:
     rank: float
     submitted: float
     future: asyncio.Future[RunResult]
+    background: bool = False
 
 
 @dataclass
@@ -77,6 +81,8 @@ class BatchStats:
     requests: int = 0
     busy_s: float = 0.0
     """Wall-clock seconds the runs took (summed over workers)."""
+    background_s: float = 0.0
+    """The part of ``busy_s`` spent on background runs."""
     sizes: Counter[int] = field(default_factory=Counter)
 
     @property
@@ -112,6 +118,8 @@ class MicroBatcher:
         self._clock = clock
         self._queue: list[_Request] = []
         self._busy = 0
+        self._busy_background = 0
+        self._background_runs: deque[tuple[float, float]] = deque()  # (finished, seconds)
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.stats = BatchStats()
@@ -122,8 +130,25 @@ class MicroBatcher:
             return 1
         return max(1, min(self.max_batch, self.max_batch_samples // max(n_samples, 1)))
 
-    async def submit(self, encoder: Encoder, audio: Audio, *, priority: bool = False) -> RunResult:
+    @property
+    def foreground_waiting(self) -> bool:
+        """Whether a request other than background work waits in the queue."""
+        return any(not r.background for r in self._queue)
+
+    def background_share(self, window_s: float) -> float:
+        """Share of engine time (all workers) that background runs took in the last ``window_s``."""
+        since = self._clock() - window_s
+        while self._background_runs and self._background_runs[0][0] < since:
+            self._background_runs.popleft()
+        busy = sum(seconds for _, seconds in self._background_runs)
+        return busy / (window_s * self.workers)
+
+    async def submit(
+        self, encoder: Encoder, audio: Audio, *, priority: bool = False, background: bool = False
+    ) -> RunResult:
         """Queue one checked utterance for ``encoder``; return its share of the run.
+
+        ``background``: run it only when nothing else waits (see the module's scheduling rules).
 
         Raises:
             ModelError: the run failed, or the batcher was closed before it ran.
@@ -133,7 +158,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         now = self._clock()
         rank = now - (self.priority_boost_s if priority else 0.0)
-        request = _Request(encoder, audio, rank, now, loop.create_future())
+        request = _Request(encoder, audio, rank, now, loop.create_future(), background)
         self._queue.append(request)
         self._dispatch()
         try:
@@ -160,7 +185,10 @@ class MicroBatcher:
             self._timer.cancel()
             self._timer = None
         while self._busy < self.workers and self._queue:
-            head = min(self._queue, key=lambda r: r.rank)
+            foreground = [r for r in self._queue if not r.background]
+            if not foreground and self._busy_background:
+                return  # one background run at a time
+            head = min(foreground or self._queue, key=lambda r: r.rank)
             batch = self._gather(head)
             wait_s = head.submitted + self.wait_s - self._clock()
             full = len(batch) >= self.capacity(head.encoder, head.audio.shape[0])
@@ -174,7 +202,9 @@ class MicroBatcher:
         same = [
             r
             for r in self._queue
-            if r.encoder is head.encoder and r.audio.shape[0] == head.audio.shape[0]
+            if r.encoder is head.encoder
+            and r.audio.shape[0] == head.audio.shape[0]
+            and r.background == head.background
         ]
         same.sort(key=lambda r: r.rank)
         return same[:limit]
@@ -199,6 +229,7 @@ class MicroBatcher:
             _fail(batch, ModelError("the engine is shutting down"))
             return
         self._busy += 1
+        self._busy_background += batch[0].background
         self.stats.runs += 1
         self.stats.requests += len(batch)
         self.stats.sizes[len(batch)] += 1
@@ -208,6 +239,7 @@ class MicroBatcher:
         self, batch: list[_Request], done: asyncio.Future[tuple[Outputs, float, float]]
     ) -> None:
         self._busy -= 1
+        self._busy_background -= batch[0].background
         if done.cancelled():
             _fail(batch, ModelError("the engine is shutting down"))
         elif (exc := done.exception()) is not None:
@@ -216,6 +248,9 @@ class MicroBatcher:
             outputs, started, finished = done.result()
             encode_ms = (finished - started) * 1000.0
             self.stats.busy_s += finished - started
+            if batch[0].background:
+                self.stats.background_s += finished - started
+                self._background_runs.append((finished, finished - started))
             for i, request in enumerate(batch):
                 if request.future.done():  # its awaiting task was cancelled
                     continue

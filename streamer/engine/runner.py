@@ -67,11 +67,18 @@ class Runner:
         self._pending -= 1
 
     async def infer(
-        self, model: str, audio: npt.NDArray[np.float32], *, priority: bool = False
+        self,
+        model: str,
+        audio: npt.NDArray[np.float32],
+        *,
+        priority: bool = False,
+        background: bool = False,
     ) -> RunResult:
         """Run ``audio`` through ``model`` in the pool; the caller holds a reserved slot.
 
         ``priority`` marks work whose result a voice assistant waits for (docs/throughput.md).
+        ``background`` marks a partial run: it holds no slot, runs only when nothing else waits
+        and is the first work dropped under load (:mod:`streamer.partials`).
 
         Raises:
             ModelError: unknown model, bad input, or the run failed.
@@ -80,7 +87,7 @@ class Runner:
         if encoder is None:
             raise ModelError(f"unknown model {model!r}")
         encoder.check_input(audio)
-        return await self.batcher.submit(encoder, audio, priority=priority)
+        return await self.batcher.submit(encoder, audio, priority=priority, background=background)
 
     def close(self) -> None:
         """Stop the pool; runs already started finish, queued ones fail with ModelError."""

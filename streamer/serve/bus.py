@@ -35,6 +35,7 @@ import redis
 import redis.asyncio as aredis
 
 from streamer.errors import ConfigError
+from streamer.protocol import OPT_IN_EVENTS
 from streamer.pubsub import Hub
 from streamer.serve import bus_wire as wire
 from streamer.serving_config import BusConfig
@@ -83,9 +84,14 @@ class BusHub(Hub[str]):
         self.bus: Bus | None = None
 
     def publish(self, event_type: str, stream: str, payload: str) -> int:
-        """Send the event to the bus, or to the local subscribers while the bus is down."""
+        """Send the event to the bus, or to the local subscribers while the bus is down.
+
+        Live revisions (``partial``, ``eager``, ``resumed``) stay on this replica: they are
+        superseded within a second, and the bus stream is the journal.
+        """
         bus = self.bus
-        if bus is not None and bus.append(event_type, stream, payload):
+        live = event_type in OPT_IN_EVENTS
+        if bus is not None and not live and bus.append(event_type, stream, payload):
             return 0  # delivered (to every replica) once the bus has it
         return self.deliver(event_type, stream, payload)
 

@@ -118,6 +118,7 @@ class Ingest:
             models = start.models or tuple(services.decoders)
             seg = segmenter_config(services, start.endpointing, models)
             context = stream_context(services, start.context, models)
+            check_partial(services, start.want, models)
             pipeline = StreamPipeline(
                 services,
                 stream=start.stream,
@@ -200,6 +201,22 @@ def _started(
         want=start.want,
         context=context,
     )
+
+
+def check_partial(services: Services, want: Iterable[str], models: Iterable[str]) -> None:
+    """Check that a stream asking for ``partial`` events runs a ctc model (they are transcripts).
+
+    Raises:
+        ProtocolError: ``bad_field`` (1007).
+    """
+    if "partial" in want and not any(
+        services.runner.encoders[m].manifest.task == "ctc" for m in models
+    ):
+        raise ProtocolError(
+            proto.BAD_FIELD,
+            "want partial needs a ctc model among the stream's models",
+            close_code=proto.CLOSE_INVALID_DATA,
+        )
 
 
 def stream_context(services: Services, name: str | None, models: Iterable[str]) -> str | None:

@@ -12,6 +12,7 @@ stream's results leave in ``seq`` order even when a later utterance finishes inf
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
@@ -33,6 +34,7 @@ from streamer.decoding import Decoded, decode_utterance
 from streamer.errors import OverloadedError, StreamerError
 from streamer.segmenter import Segmenter, SpeechStarted, UtteranceReady
 from streamer.segmenter_config import SegmenterConfig
+from streamer.streams.live import LiveResults
 from streamer.streams.services import Services, admit_utterance
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,21 @@ class StreamPipeline:
         self._last: asyncio.Task[None] | None = None
         self._current_id: str | None = None
         self._finished = False
+        ctc = [m for m in self.models if services.runner.encoders[m].manifest.task == "ctc"]
+        self.live: LiveResults | None = None
+        if "partial" in want or "eager" in want:
+            self.live = LiveResults(
+                services,
+                self.segmenter,
+                stream=stream,
+                rate_hz=rate,
+                ctc_model=ctc[0] if ctc else None,
+                partial="partial" in want,
+                eager="eager" in want,
+                infer=self._infer,
+                publish=self.publish,
+                align=self.buckets.align,
+            )
 
     def feed_pcm(self, data: bytes) -> None:
         """Feed raw PCM bytes in the stream's format (already checked by the protocol)."""
@@ -109,6 +126,8 @@ class StreamPipeline:
             self._segment(self.converter.finish())
             self.flush()
         await self.drain()
+        if self.live is not None:
+            await self.live.close()
 
     @property
     def backlog(self) -> int:
@@ -128,6 +147,8 @@ class StreamPipeline:
     def _segment(self, samples: npt.NDArray[np.float32]) -> None:
         if samples.size:
             self._handle(self.segmenter.feed(samples))
+            if self.live is not None:
+                self.live.after_feed(self._last)
 
     def _handle(self, events: Sequence[object]) -> None:
         for event in events:
@@ -141,11 +162,14 @@ class StreamPipeline:
                         start_ms=self._ms(event.start_sample),
                     )
                 )
+                if self.live is not None:
+                    self.live.started(self._current_id, self.n_utterances, event.start_sample)
             elif isinstance(event, UtteranceReady):
                 self._schedule(event)
 
     def _schedule(self, utt: UtteranceReady) -> None:
         utt = self.buckets.align(utt)  # equal lengths can share a run (streamer/buckets.py)
+        eager = self.live.cut(utt) if self.live is not None else None
         utt_id = self._current_id or uuid.uuid4().hex[:12]
         self._current_id = None
         seq = self.n_utterances
@@ -156,7 +180,7 @@ class StreamPipeline:
         heard_after_s = max(0, self.segmenter.samples_seen - utt.speech_end_sample) / self.rate_hz
         end_of_speech = time.perf_counter() - heard_after_s
         task = asyncio.get_running_loop().create_task(
-            self._process(utt, utt_id, seq, end_of_speech, self._last),
+            self._process(utt, utt_id, seq, end_of_speech, self._last, eager),
             name=f"utterance-{self.stream}-{seq}",
         )
         self._tasks.add(task)
@@ -170,10 +194,11 @@ class StreamPipeline:
         seq: int,
         ready_at: float,
         previous: asyncio.Task[None] | None,
+        eager: asyncio.Task[proto.Utterance] | None = None,
     ) -> None:
         decided_at = time.perf_counter()  # the segmenter's decision: what lag_ms counts from
         try:
-            event: proto.ServerEvent = await self._infer(utt, utt_id, seq, ready_at)
+            event: proto.ServerEvent = await self._result(utt, utt_id, seq, ready_at, eager)
         except StreamerError as exc:
             self.n_errors += 1
             code = proto.OVERLOADED if isinstance(exc, OverloadedError) else proto.MODEL_FAILED
@@ -203,6 +228,20 @@ class StreamPipeline:
             )
         self.services.metrics.utterance_done(self.stream, seq, event)
         self.publish(event)
+
+    async def _result(
+        self,
+        utt: UtteranceReady,
+        utt_id: str,
+        seq: int,
+        ready_at: float,
+        eager: asyncio.Task[proto.Utterance] | None,
+    ) -> proto.Utterance:
+        """The utterance's result: the eager run on the same audio when there was one."""
+        if eager is not None:
+            with contextlib.suppress(StreamerError):  # it failed (shed, overloaded): run again
+                return await eager
+        return await self._infer(utt, utt_id, seq, ready_at)
 
     async def _infer(
         self, utt: UtteranceReady, utt_id: str, seq: int, ready_at: float

@@ -118,6 +118,19 @@ def load(services: Services) -> float:
     )
 
 
+def admit_partial(services: Services) -> bool:
+    """Whether a partial run may start now (step 0 of the overload contract)."""
+    batcher = services.runner.batcher
+    partials = services.config.partials
+    return overload.partial_allowed(
+        load(services),
+        shed_at=services.config.engine.shed_unwatched_at,
+        utterance_waiting=batcher.foreground_waiting,
+        share=batcher.background_share(partials.share_window_s),
+        max_share=partials.engine_share,
+    )
+
+
 def accepting_streams(services: Services) -> bool:
     """Whether a new stream would be admitted now (what ``/readyz`` reports)."""
     return overload.accepting_streams(

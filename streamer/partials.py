@@ -1,0 +1,124 @@
+"""Words while they are spoken: the stable prefix of partial hypotheses, and its settings. No I/O.
+
+A partial run decodes a bounded window of the open utterance (:func:`partial_window`: from
+``lookback_ms`` before the end of the last stable word to now, at most ``max_window_s``), so its
+cost does not grow with the utterance. :class:`StableWords` turns the successive hypotheses into
+what a caption can show without flicker (LocalAgreement-2):
+
+* a word becomes **stable** when two consecutive hypotheses agree on it, in order, right after
+  the words already stable, and it ends at least ``guard_ms`` before the end of the window that
+  heard it (the last few hundred ms of a window are still being spoken, and a CTC model rereads
+  them when the next audio arrives);
+* a stable word is never changed or withdrawn: later hypotheses only ever add stable words;
+* hypotheses are aligned by time: a window starts before the last stable word ends (so the model
+  hears context), and its words whose middle lies before that end are the stable words heard
+  again, not new ones (no duplicated words where windows overlap).
+
+The final ``utterance`` event is decoded from the whole utterance as if no partial had run: it
+replaces the partials; it is not glued from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from streamer.errors import ConfigError
+from streamer.results import PartialWord, Word
+from streamer.serving_config import positive
+
+
+@dataclass(frozen=True)
+class PartialsConfig:
+    """Partial transcripts and eager results: the ``[partials]`` config section.
+
+    A stream opts in with ``start.want`` (``partial``, ``eager``).
+    """
+
+    interval_ms: int = 500
+    """Audio between two partial runs of an open utterance."""
+    lookback_ms: int = 1000
+    """A partial window starts this long before the end of the last stable word."""
+    max_window_s: float = 4.0
+    """A partial window is at most this long, however long the utterance (bounded cost)."""
+    guard_ms: int = 300
+    """Words ending within this of the window's end are never made stable."""
+    engine_share: float = 0.3
+    """Share of the engine's time (all workers) partial runs may take, over ``share_window_s``;
+    past it a partial run is skipped. Partial runs never start while an utterance waits."""
+    share_window_s: float = 10.0
+    """The sliding window over which ``engine_share`` is measured."""
+    eager_silence_ms: int = 200
+    """Silence after which an ``eager`` result is computed (once the cut can no longer move)."""
+
+    def __post_init__(self) -> None:
+        positive(self, "interval_ms", "max_window_s", "share_window_s", "eager_silence_ms")
+        if self.lookback_ms < 0 or self.guard_ms < 0:
+            raise ConfigError("partials.lookback_ms and partials.guard_ms must be >= 0")
+        if not 0 < self.engine_share <= 1:
+            raise ConfigError(f"partials.engine_share must be in (0, 1], got {self.engine_share}")
+
+
+def partial_window(
+    *,
+    audio_start_ms: float,
+    now_ms: float,
+    stable_end_ms: float | None,
+    config: PartialsConfig,
+) -> float:
+    """Stream time (ms) where the next partial window starts.
+
+    ``audio_start_ms``: the open utterance's first held sample; ``stable_end_ms``: the end of its
+    last stable word (None: no stable word yet).
+    """
+    start = audio_start_ms
+    if stable_end_ms is not None:
+        start = max(start, stable_end_ms - config.lookback_ms)
+    return max(start, now_ms - config.max_window_s * 1000.0)
+
+
+class StableWords:
+    """The stable prefix of one utterance's partial hypotheses (LocalAgreement-2, see module)."""
+
+    def __init__(self, *, guard_ms: float) -> None:
+        """Start an utterance with no stable word; ``guard_ms``: see :class:`PartialsConfig`."""
+        self.guard_ms = guard_ms
+        self.stable: list[Word] = []
+        self.revision = 0
+        self._previous: list[Word] = []
+
+    @property
+    def stable_end_ms(self) -> float | None:
+        """End of the last stable word (None before the first)."""
+        return self.stable[-1].end_ms if self.stable else None
+
+    def update(self, words: Sequence[Word], *, window_end_ms: float) -> tuple[PartialWord, ...]:
+        """Take the hypothesis of a new window (words in stream time); return the partial's words.
+
+        The result is every stable word (flag set), then this hypothesis's words after them.
+        """
+        fresh = self._after_stable(words)
+        before = self._after_stable(self._previous)
+        limit = window_end_ms - self.guard_ms
+        n = 0
+        while (
+            n < len(fresh)
+            and n < len(before)
+            and fresh[n].word == before[n].word
+            and fresh[n].end_ms <= limit
+        ):
+            n += 1
+        self.stable.extend(fresh[:n])
+        self._previous = fresh
+        self.revision += 1
+        return (*(_flagged(w, True) for w in self.stable), *(_flagged(w, False) for w in fresh[n:]))
+
+    def _after_stable(self, words: Sequence[Word]) -> list[Word]:
+        end = self.stable_end_ms
+        if end is None:
+            return list(words)
+        return [w for w in words if (w.start_ms + w.end_ms) / 2 > end]
+
+
+def _flagged(word: Word, stable: bool) -> PartialWord:
+    return PartialWord(word.word, word.start_ms, word.end_ms, word.confidence, stable)
