@@ -196,7 +196,8 @@ def test_the_eager_cut_is_what_silence_cuts(scores: list[float], silence_ms: int
                 if got:
                     break
                 got = twin.feed(_frames([0.0]))
-            assert len(got) == 1 and isinstance(got[0], UtteranceReady), finish
+            assert len(got) == 1, finish
+            assert isinstance(got[0], UtteranceReady), finish
             assert _same(got[0], cut), finish
 
 
