@@ -122,6 +122,14 @@ class Metrics:
             ["endpoint"],
             registry=reg,
         )
+        self.live = Counter(
+            "streamer_live_work",
+            "Partial and eager work (start.want), by kind (partial, eager) and outcome: run, "
+            "sent, skipped (the stream's previous partial still running), dropped (step 0 of "
+            "the overload order), reused (an eager run became the final), resumed.",
+            ["kind", "outcome"],
+            registry=reg,
+        )
         self.dropped_retired = 0
         self._pending: dict[tuple[str, int], float] = {}
         self._subscribers: dict[int, tuple[str, Subscriber[str]]] = {}
@@ -149,6 +157,10 @@ class Metrics:
             self.encode.labels(model).observe(run.encode_ms / 1000.0)
             self.queued.labels(model).observe(run.queued_ms / 1000.0)
             self.batch.labels(model).observe(run.batch_size)
+
+    def live_work(self, kind: str, outcome: str) -> None:
+        """Count one partial or eager step (see :class:`streamer.streams.live.LiveCounters`)."""
+        self.live.labels(kind, outcome).inc()
 
     def error(self, code: str) -> None:
         """Count one error event of ``code``."""
@@ -225,6 +237,15 @@ class _LiveState(Collector):
             "Pending utterances allowed before new ones get an overloaded error.",
             runner.config.max_pending_utterances,
         )
+        stats = runner.batcher.stats
+        busy = CounterMetricFamily(
+            "streamer_engine_busy_seconds",
+            "Engine run time summed over workers, by lane (background: partial runs).",
+            labels=["lane"],
+        )
+        busy.add_metric(["utterance"], stats.busy_s - stats.background_s)
+        busy.add_metric(["background"], stats.background_s)
+        yield busy
         streams = self.streams.backlogs()
         yield _gauge(
             "streamer_streams", "Live streams (ingest, microphone, Wyoming).", len(streams)

@@ -143,7 +143,7 @@ class LiveResults:
         if eager is None:
             return None
         if _same_cut(eager.cut, utt):
-            self.counters.eager_reused += 1
+            self._count("eager_reused", "eager", "reused")
             return eager.task
         eager.task.cancel()
         return None
@@ -167,7 +167,7 @@ class LiveResults:
         self._eager = None
         eager.task.cancel()
         if eager.sent and self._utterance is not None:
-            self.counters.resumed += 1
+            self._count("resumed", "eager", "resumed")
             utterance_id, seq = self._utterance
             self.publish(proto.Resumed(stream=self.stream, utterance_id=utterance_id, seq=seq))
 
@@ -176,7 +176,7 @@ class LiveResults:
         utterance_id, seq = self._utterance
         heard_after_s = max(0, self.segmenter.samples_seen - cut.speech_end_sample) / self.rate_hz
         ready_at = time.perf_counter() - heard_after_s
-        self.counters.eager_runs += 1
+        self._count("eager_runs", "eager", "run")
         task = asyncio.get_running_loop().create_task(
             self.infer(cut, utterance_id, seq, ready_at), name=f"eager-{self.stream}-{seq}"
         )
@@ -198,7 +198,7 @@ class LiveResults:
         if self._eager is not eager:
             return  # resumed, or already cut: the final follows at once
         event = done.result()
-        self.counters.eager_sent += 1
+        self._count("eager_sent", "eager", "sent")
         eager.sent = True
         self.publish(proto.Eager(**{f.name: getattr(event, f.name) for f in _EAGER_FIELDS}))
 
@@ -206,10 +206,10 @@ class LiveResults:
 
     def _tick_partial(self) -> None:
         if self._partial is not None and not self._partial.done():
-            self.counters.partials_skipped += 1
+            self._count("partials_skipped", "partial", "skipped")
             return
         if not admit_partial(self.services):
-            self.counters.partials_dropped += 1
+            self._count("partials_dropped", "partial", "dropped")
             return
         words, utterance = self._words, self._utterance
         if words is None or utterance is None or self.ctc_model is None:
@@ -226,7 +226,7 @@ class LiveResults:
         if held is None or held[1].size < min_samples:
             return
         first, audio = held
-        self.counters.partial_runs += 1
+        self._count("partial_runs", "partial", "run")
         self._partial = asyncio.get_running_loop().create_task(
             self._run_partial(utterance, words, first, audio),
             name=f"partial-{self.stream}",
@@ -252,7 +252,7 @@ class LiveResults:
             return  # the utterance was cut meanwhile: its final replaces every partial
         end_ms = self._ms(first + audio.size)
         flagged = words.update(transcript.words, window_end_ms=end_ms)
-        self.counters.partials_sent += 1
+        self._count("partials_sent", "partial", "sent")
         self.publish(
             proto.Partial(
                 stream=self.stream,
@@ -264,6 +264,10 @@ class LiveResults:
                 words=flagged,
             )
         )
+
+    def _count(self, counter: str, kind: str, outcome: str) -> None:
+        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+        self.services.metrics.live_work(kind, outcome)
 
     def _samples(self, ms: float) -> int:
         return round(ms * self.rate_hz / 1000.0)
