@@ -17,6 +17,10 @@ class ModelError(StreamerError):
     """A model bundle cannot be loaded or a run of it failed."""
 
 
+class PreemptedError(ModelError):
+    """A background run (a partial) was stopped midway because an utterance needed the engine."""
+
+
 class OverloadedError(StreamerError):
     """The engine is too far behind to run an utterance (see :mod:`streamer.overload`)."""
 

@@ -78,7 +78,7 @@ class Blocker:
     def __init__(self, release: threading.Event) -> None:
         self.release = release
 
-    def run_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def run_batch(self, batch: np.ndarray, options: Any = None) -> dict[str, np.ndarray]:
         self.release.wait(30)
         return {"logits": np.zeros((batch.shape[0], 1, 1), np.float32)}
 

@@ -23,7 +23,7 @@ from streamer.app import build_services
 from streamer.audio import AudioFormat
 from streamer.config import Config
 from streamer.engine.bundles import resolve_models
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, PreemptedError
 from streamer.partials import PartialsConfig, StableWords, partial_window
 from streamer.results import Word
 from streamer.segmenter import Segmenter, UtteranceReady
@@ -417,3 +417,26 @@ async def test_live_events_over_websocket_reach_only_who_asked() -> None:
     assert partials[0]["stream"] == "kitchen"
     assert refused[-1]["code"] == "bad_field"
     assert "ctc" in refused[-1]["message"]
+
+
+async def test_an_utterance_stops_a_running_partial_run() -> None:
+    """Pre-emption: with the only worker busy on background work, a request for an utterance
+    stops that run (PreemptedError) and runs within a fraction of the background run's time."""
+    services = _services()
+    runner = services.runner
+    audio = (0.1 * np.random.default_rng(0).standard_normal(16000 * 20)).astype(np.float32)
+    try:
+        await runner.infer("commands-ctc", audio[:16000])  # warm up
+        started = asyncio.get_running_loop().time()
+        await runner.infer("commands-ctc", audio, background=True)
+        whole_s = asyncio.get_running_loop().time() - started
+        partial = asyncio.create_task(runner.infer("commands-ctc", audio, background=True))
+        await asyncio.sleep(whole_s / 10)  # the background run is under way
+        started = asyncio.get_running_loop().time()
+        await runner.infer("commands-ctc", audio[:16000])
+        waited_s = asyncio.get_running_loop().time() - started
+        with pytest.raises(PreemptedError):
+            await partial
+    finally:
+        runner.close()
+    assert waited_s < whole_s / 2

@@ -25,6 +25,9 @@ Scheduling, on the event loop (call contract: every method from the loop's threa
 - *Background* work (partial transcripts, :mod:`streamer.partials`) is a lane of its own: it
   starts only when no other request is queued, one background run at a time, and never shares
   a run with other work; :meth:`MicroBatcher.background_share` says how much engine time it took.
+  A request that arrives while every worker is busy and one runs background work stops that run
+  (it fails with :class:`~streamer.errors.PreemptedError`), so an utterance waits a few ms for a
+  partial, not a whole run.
 - While every worker is busy, requests gather in the queue; a worker that frees up starts the next
   batch at once. An idle engine waits at most ``wait_s`` after the head's submission for more
   requests of its length, and not at all when the batch is already full (a long utterance, whose
@@ -40,11 +43,12 @@ from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from streamer.engine.encoder import Encoder, Outputs
+from streamer.engine.encoder import Encoder, Outputs, stoppable
 from streamer.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -119,6 +123,7 @@ class MicroBatcher:
         self._queue: list[_Request] = []
         self._busy = 0
         self._busy_background = 0
+        self._stoppable: Any = None  # the running background run's RunOptions
         self._background_runs: deque[tuple[float, float]] = deque()  # (finished, seconds)
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -160,6 +165,8 @@ class MicroBatcher:
         rank = now - (self.priority_boost_s if priority else 0.0)
         request = _Request(encoder, audio, rank, now, loop.create_future(), background)
         self._queue.append(request)
+        if not background and self._busy >= self.workers and self._stoppable is not None:
+            self._stoppable.terminate = True  # pre-empt the partial: its worker frees up
         self._dispatch()
         try:
             return await request.future
@@ -213,13 +220,14 @@ class MicroBatcher:
         for request in batch:
             self._queue.remove(request)
         encoder = batch[0].encoder
+        options = stoppable() if batch[0].background else None
         audio = (
             batch[0].audio[np.newaxis, :] if len(batch) == 1 else np.stack([r.audio for r in batch])
         )
 
         def work() -> tuple[Outputs, float, float]:
             started = self._clock()
-            outputs = encoder.run_batch(audio)
+            outputs = encoder.run_batch(audio, options)
             return outputs, started, self._clock()
 
         loop = asyncio.get_running_loop()
@@ -230,6 +238,8 @@ class MicroBatcher:
             return
         self._busy += 1
         self._busy_background += batch[0].background
+        if options is not None:
+            self._stoppable = options
         self.stats.runs += 1
         self.stats.requests += len(batch)
         self.stats.sizes[len(batch)] += 1
@@ -240,6 +250,8 @@ class MicroBatcher:
     ) -> None:
         self._busy -= 1
         self._busy_background -= batch[0].background
+        if batch[0].background:
+            self._stoppable = None
         if done.cancelled():
             _fail(batch, ModelError("the engine is shutting down"))
         elif (exc := done.exception()) is not None:

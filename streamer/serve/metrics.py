@@ -126,7 +126,8 @@ class Metrics:
             "streamer_live_work",
             "Partial and eager work (start.want), by kind (partial, eager) and outcome: run, "
             "sent, skipped (the stream's previous partial still running), dropped (step 0 of "
-            "the overload order), reused (an eager run became the final), resumed.",
+            "the overload order), preempted (a partial run stopped for an utterance), reused (an "
+            "eager run became the final), resumed.",
             ["kind", "outcome"],
             registry=reg,
         )
