@@ -2,7 +2,8 @@
 
 The daemon runs in this process over TLS with a token, on the shipped default bundles, and the
 test asserts that the page shows exactly the utterances the server produced from what the
-browser captured, each with its intent and latency (not that the demo models heard right).
+browser captured, each with its intent and latency (not that the demo models heard right), and
+that a line shows the server's partials while its utterance is spoken, until the final comes.
 ``CAPTIONS_PNG=$PWD/docs/captions.png make pytest PYTEST_ARGS="-k captions_page"`` refreshes the
 README's screenshot.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +30,7 @@ import soundfile
 from streamer import protocol as proto
 from streamer.app import build_services, server_info
 from streamer.config import Config, ServerConfig
+from streamer.partials import PartialsConfig
 from streamer.serve.routes import read_page_file, routes
 from streamer.serve.security import SecurityConfig
 from streamer.serve.websocket import StreamerServer
@@ -47,6 +51,36 @@ CAPTIONS_JS = """items => items.map(li => ({
     server: li.querySelector('.latency') && li.querySelector('.latency').dataset.serverMs,
     classes: li.className,
 }))"""
+#: Records, from before the page's script runs, every state of each caption line that shows a
+#: partial (stable words and the dimmed tail), and whether the line already had its final then.
+PARTIALS_SEEN_JS = """(() => {
+    window.partialsSeen = [];
+    const last = new Map();
+    const record = () => {
+        for (const li of document.querySelectorAll('#captions li')) {
+            const stable = li.querySelector('.text .stable');
+            const tail = li.querySelector('.text .tail');
+            if (!stable && !tail) continue;
+            const seen = {
+                id: li.dataset.utteranceId,
+                revision: Number(li.dataset.revision),
+                stable: stable ? stable.textContent : null,
+                tail: tail ? tail.textContent : null,
+                tailHidden: tail ? tail.getAttribute('aria-hidden') : null,
+                dimmed: tail && getComputedStyle(tail).color !== getComputedStyle(li).color,
+                final: 'seq' in li.dataset,
+            };
+            const key = JSON.stringify(seen);
+            if (last.get(seen.id) !== key) {
+                last.set(seen.id, key);
+                window.partialsSeen.push(seen);
+            }
+        }
+    };
+    new MutationObserver(record).observe(document, {
+        subtree: true, childList: true, characterData: true, attributes: true,
+    });
+})()"""
 CHROMIUM_FLAGS = [
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
@@ -73,16 +107,28 @@ def _skip_reason() -> str | None:
 pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 
 
-@pytest.fixture(scope="module")
-def fake_mic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    """A 16-bit WAV: 0.5 s silence, "turn on the living room light", 1.5 s silence."""
-    speech = read_audio_file(AUDIO / "cmd_living_room_light.wav")
+def mic_file(speech_wav: Path, out: Path) -> tuple[Path, float]:
+    """Write ``out``: 0.5 s silence, the speech, 1.5 s silence (16-bit); return it, its length."""
+    speech = read_audio_file(speech_wav)
     assert speech.rate_hz == 16000
     silence = np.zeros(8000, dtype=np.float32)
     samples = np.concatenate([silence, speech.samples, silence, silence, silence])
-    path = tmp_path_factory.mktemp("mic") / "speech.wav"
-    soundfile.write(path, samples, 16000, subtype="PCM_16")
-    return path, len(samples) / 16000
+    soundfile.write(out, samples, 16000, subtype="PCM_16")
+    return out, len(samples) / 16000
+
+
+@pytest.fixture(scope="module")
+def fake_mic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """A 16-bit WAV: 0.5 s silence, "turn on the living room light", 1.5 s silence."""
+    out = tmp_path_factory.mktemp("mic") / "speech.wav"
+    return mic_file(AUDIO / "cmd_living_room_light.wav", out)
+
+
+@pytest.fixture(scope="module")
+def sentence_mic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """A 16-bit WAV: 0.5 s silence, a 2.9 s spoken sentence, 1.5 s silence."""
+    out = tmp_path_factory.mktemp("mic") / "sentence.wav"
+    return mic_file(AUDIO / "sent_harvard_spk1_snt1.wav", out)
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +152,18 @@ def models() -> dict[str, Path]:
 
 
 async def start_daemon(
-    models: dict[str, Path], tls: tuple[Path, Path], *, port: int = 0
+    models: dict[str, Path],
+    tls: tuple[Path, Path],
+    *,
+    port: int = 0,
+    partials: PartialsConfig | None = None,
 ) -> StreamerServer:
     """The daemon over TLS with a token, serving the page (as `streamer serve` does)."""
     cert, key = tls
     config = Config(
         server=ServerConfig(host="127.0.0.1", port=port),
         security=SecurityConfig(token=TOKEN, certfile=str(cert), keyfile=str(key)),
+        partials=partials or PartialsConfig(),
     )
     services = build_services(config, models)
     server = StreamerServer(services, info=server_info(services), routes=routes(services))
@@ -286,3 +337,119 @@ async def test_page_reconnects_after_a_daemon_restart(
             await stop_daemon(second)
     assert len(sockets) >= 2
     assert set(sockets) == {f"wss://127.0.0.1:{port}/v1/stream?token={TOKEN}"}
+
+
+def record_frames(page: Any, frames: list[dict[str, Any]]) -> None:
+    """Append every JSON message the page sends on its WebSockets to ``frames``."""
+
+    def on_frame(data: str | bytes) -> None:
+        if isinstance(data, str):
+            frames.append(json.loads(data))
+
+    page.on("websocket", lambda ws: ws.on("framesent", on_frame))
+
+
+async def test_page_shows_partials_then_the_final(
+    models: dict[str, Path],
+    tls: tuple[Path, Path],
+    sentence_mic: tuple[Path, float],
+    tmp_path: Path,
+) -> None:
+    """While a sentence is spoken its line shows partials (stable, dimmed tail), then the final."""
+    wav, duration_s = sentence_mic
+    daemon = await start_daemon(models, tls, partials=PartialsConfig(interval_ms=200))
+    sub = daemon.services.hub.subscribe(streams=(STREAM,), events=("partial", "utterance"))
+    frames: list[dict[str, Any]] = []
+    errors: list[str] = []
+    try:
+        async with chromium(tmp_path / "profile", f"{wav}%noloop") as page:
+            record_frames(page, frames)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.add_init_script(script=PARTIALS_SEEN_JS)
+            await page.goto(f"https://127.0.0.1:{daemon.ports[0]}/?token={TOKEN}&stream={STREAM}")
+            await page.click("#start")
+            await page.wait_for_function(
+                "() => document.body.dataset.state === 'live'", timeout=3 * UNIT_S * 1000
+            )
+            need = int(16000 * (duration_s - 0.5))
+            await page.wait_for_function(
+                f"() => Number(document.body.dataset.samplesSent || 0) >= {need}",
+                timeout=3 * UNIT_S * 1000,
+            )
+            await page.click("#stop")
+            await page.wait_for_function(
+                "() => document.body.dataset.state === 'idle'", timeout=UNIT_S * 1000
+            )
+            seen = await page.evaluate("window.partialsSeen")
+            lines = await page.eval_on_selector_all(
+                "#captions[aria-live] li",
+                """items => items.map(li => ({
+                    id: li.dataset.utteranceId,
+                    text: li.querySelector('.text').textContent,
+                    spans: li.querySelectorAll('.text .stable, .text .tail').length,
+                    hidden: li.querySelectorAll('[aria-hidden]').length,
+                    busy: li.getAttribute('aria-busy'),
+                    classes: li.className,
+                }))""",
+            )
+    finally:
+        await stop_daemon(daemon)
+    published = [proto.decode_event(text) for text in sub.drain()[0]]
+    utterances = [e for e in published if isinstance(e, proto.Utterance)]
+    assert len(utterances) == 1, [(u.start_ms, u.end_ms) for u in utterances]
+    final = utterances[0]
+    partials = {e.revision: e for e in published if isinstance(e, proto.Partial)}
+    assert partials, "the server sent no partial while the sentence was spoken"
+    assert {p.utterance_id for p in partials.values()} == {final.utterance_id}
+    assert [f.get("want") for f in frames if f["type"] == "start"] == [["partial"]]
+    # before its final, the line showed what a partial said: stable words, then the dimmed tail
+    shown = [s for s in seen if s["id"] == final.utterance_id]
+    assert shown, f"the page showed none of the partials {list(partials.values())}"
+    for s in shown:
+        assert not s["final"]  # the final replaced the partial's spans at once
+        partial = partials[s["revision"]]
+        assert s["stable"].split() == partial.stable_text.split()
+        assert (s["stable"] + s["tail"]).split() == partial.text.split()
+        assert s["tailHidden"] == "true"
+        assert s["dimmed"] or not s["tail"].strip()
+    revisions = [s["revision"] for s in shown]
+    assert revisions == sorted(revisions)
+    stable = [s["stable"].split() for s in shown]
+    assert all(b[: len(a)] == a for a, b in itertools.pairwise(stable))
+    # at the end the line holds the final text, readable, with nothing dimmed or hidden left
+    assert final.transcript is not None
+    assert lines == [
+        {
+            "id": final.utterance_id,
+            "text": final.transcript.text or "(no words)",
+            "spans": 0,
+            "hidden": 0,
+            "busy": None,
+            "classes": "utt",
+        }
+    ]
+    assert errors == []
+
+
+async def test_page_streams_without_partials_when_no_ctc_model_runs(
+    daemon: StreamerServer, fake_mic: tuple[Path, float], tmp_path: Path
+) -> None:
+    """A stream of intent models only refuses partials; the page starts it again without them."""
+    wav, _ = fake_mic
+    frames: list[dict[str, Any]] = []
+    async with chromium(tmp_path / "profile", f"{wav}%noloop") as page:
+        record_frames(page, frames)
+        await page.goto(
+            f"https://127.0.0.1:{daemon.ports[0]}/?token={TOKEN}&stream={STREAM}&models=intent"
+        )
+        await page.click("#start")
+        await page.wait_for_selector("#captions li[data-seq]", timeout=3 * UNIT_S * 1000)
+        error = await page.text_content("#error")
+        info = await page.text_content("#info")
+        await page.click("#stop")
+    starts = [f for f in frames if f["type"] == "start"]
+    assert [(f["models"], f.get("want")) for f in starts] == [
+        (["intent"], ["partial"]),
+        (["intent"], None),
+    ]
+    assert (error, info) == ("", "intent")

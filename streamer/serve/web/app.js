@@ -1,6 +1,8 @@
 // Live captions: microphone → AudioWorklet → 16-bit PCM over /v1/stream → captions and intents.
-// No build step, no dependencies. Page parameters: ?token=T (sent as the token query parameter
-// of every request), ?stream=NAME (default browser-XXXXXX), ?models=a,b (default: all).
+// While an utterance is spoken its line shows the server's partial transcript (stable words, then
+// a dimmed tail that may still change); the final utterance replaces it. No build step, no
+// dependencies. Page parameters: ?token=T (sent as the token query parameter of every request),
+// ?stream=NAME (default browser-XXXXXX), ?models=a,b (default: all).
 
 const CHUNK_MS = 40; // audio per WebSocket frame
 const BACKOFF_MS = [500, 1000, 2000, 4000, 8000]; // reconnect delays, the last one repeats
@@ -29,6 +31,9 @@ const conn = {
 const totals = { sent: 0, dropped: 0, utterances: 0 };
 const unsent = { chunks: [], samples: 0 }; // captured while not connected, oldest first
 let running = false;
+// partial transcripts are asked for until the server refuses them (no ctc model among the
+// stream's models); the stream then starts again without them
+let wantPartial = true;
 
 function url(path, scheme) {
   const u = new URL(path, location.href);
@@ -177,7 +182,7 @@ function sentAt(ms) {
 
 function connect() {
   clearTimeout(conn.timer);
-  Object.assign(conn, { live: false, sent: 0, marks: [] });
+  Object.assign(conn, { live: false, sent: 0, marks: [], withoutPartial: false });
   if (!conn.attempt) setState("connecting");
   const ws = new WebSocket(url("/v1/stream", location.protocol === "https:" ? "wss:" : "ws:"));
   ws.binaryType = "arraybuffer";
@@ -185,6 +190,7 @@ function connect() {
   ws.onopen = () => {
     const msg = { type: "start", sample_rate: audio.rate, encoding: "pcm_s16le", channels: 1, stream: streamName };
     if (models) msg.models = models.split(",");
+    if (wantPartial) msg.want = ["partial"];
     ws.send(JSON.stringify(msg));
   };
   ws.onmessage = (e) => {
@@ -194,8 +200,9 @@ function connect() {
     if (conn.ws !== ws) return;
     conn.ws = null;
     conn.live = false;
-    if (running) reconnect(e);
-    else setState("idle");
+    if (!running) setState("idle");
+    else if (conn.withoutPartial) connect(); // refused partials: at once, not as a failure
+    else reconnect(e);
   };
 }
 
@@ -220,14 +227,23 @@ function onEvent(ev) {
     case "speech_started":
       captionFor(ev.utterance_id).classList.add("listening");
       break;
+    case "partial":
+      showPartial(ev);
+      break;
     case "utterance":
       showUtterance(ev);
       break;
     case "error":
+      if (refusedPartial(ev)) {
+        wantPartial = false;
+        conn.withoutPartial = true; // the server closes the connection next
+        break;
+      }
       showError(`${ev.code}: ${ev.message}`);
       if (ev.utterance_id) {
         const li = captionFor(ev.utterance_id);
-        li.classList.remove("listening");
+        li.classList.remove("listening", "partial");
+        li.removeAttribute("aria-busy");
         li.classList.add("failed");
         li.querySelector(".text").textContent = `(${ev.code})`;
       }
@@ -236,6 +252,11 @@ function onEvent(ev) {
       setState("idle");
       break;
   }
+}
+
+/** Whether ``ev`` refuses this stream's ``want: ["partial"]`` (none of its models is a ctc model). */
+function refusedPartial(ev) {
+  return wantPartial && !conn.live && ev.code === "bad_field" && /\bpartial\b/.test(ev.message || "");
 }
 
 // ---------------------------------------------------------------- captions
@@ -253,11 +274,53 @@ function captionFor(id) {
   return li;
 }
 
+/** The caption line of ``id`` if it has its final result (or failed), else null. */
+function finishedCaption(id) {
+  const li = ui.captions.querySelector(`li[data-utterance-id="${CSS.escape(id)}"]`);
+  return li && ("seq" in li.dataset || li.classList.contains("failed")) ? li : null;
+}
+
+const words = (text) => text.split(" ").filter(Boolean);
+
+/**
+ * Show a partial transcript: the stable words (they only ever grow), then the unstable tail,
+ * dimmed and hidden from screen readers (it will change). The line stays aria-busy until its
+ * final result, so assistive technology reads the final text rather than every revision.
+ */
+function showPartial(ev) {
+  if (finishedCaption(ev.utterance_id)) return; // late: the final replaced every partial
+  const li = captionFor(ev.utterance_id);
+  if (Number(li.dataset.revision || 0) >= ev.revision) return; // older than the one shown
+  li.dataset.revision = String(ev.revision);
+  const text = li.querySelector(".text");
+  let stable = text.querySelector(".stable");
+  const shown = stable ? words(stable.textContent) : [];
+  let now = words(ev.stable_text);
+  if (shown.some((w, i) => now[i] !== w)) now = shown; // stable words are never taken back
+  const tailWords = words(ev.text).slice(now.length);
+  if (!now.length && !tailWords.length) return; // nothing heard yet: the line keeps "…"
+  if (!stable) {
+    stable = document.createElement("span");
+    stable.className = "stable";
+    const tail = document.createElement("span");
+    tail.className = "tail";
+    tail.setAttribute("aria-hidden", "true");
+    text.replaceChildren(stable, tail);
+  }
+  stable.textContent = now.join(" ");
+  const gap = now.length && tailWords.length ? " " : "";
+  text.querySelector(".tail").textContent = gap + tailWords.join(" ");
+  li.classList.remove("listening");
+  li.classList.add("partial");
+  li.setAttribute("aria-busy", "true");
+}
+
 function showUtterance(ev) {
   const arrived = performance.now();
   totals.utterances += 1;
   const li = captionFor(ev.utterance_id);
-  li.classList.remove("listening");
+  li.classList.remove("listening", "partial");
+  li.removeAttribute("aria-busy"); // the final text replaces the partial's spans
   li.dataset.seq = String(ev.seq);
   const text = ev.transcript ? ev.transcript.text : "";
   li.querySelector(".text").textContent = ev.transcript ? text || "(no words)" : "";
