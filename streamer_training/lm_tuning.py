@@ -17,6 +17,9 @@ LM_ORDER = 3
 LM_DISCOUNT = 0.5
 LM_SENTENCES = 100_000
 LM_SEED = 11
+LM_REAL_REPEAT = 20
+"""Each transcript of the real train speakers counts this many times among the LM's sentences
+(AN4's letters and numbers, the Speech Commands words, the wake phrases, digits)."""
 LM_ALPHAS = (0.2, 0.3, 0.5, 0.8)
 LM_BETAS = (1.0, 2.0, 3.0)
 
@@ -24,8 +27,8 @@ LM_BETAS = (1.0, 2.0, 3.0)
 def stage_lm(paths: Paths) -> None:
     """Write the grammar's word n-gram LM, tune its fusion weights, attach it to the ctc bundles.
 
-    The weights are chosen per graph (fp32, int8) on the dev corpus (new sentences, training
-    voices), never on the held-out voices; the whole grid goes to ``lm_tuning.json``.
+    The weights are chosen per graph (fp32, int8) on :func:`dev_sets` (new sentences, training
+    voices, and validation speakers), never on test speakers; the grid goes to ``lm_tuning.json``.
     """
     from streamer.ctc import CtcBeamDecoder
     from streamer.engine.bundles import load_manifest, write_manifest
@@ -33,35 +36,46 @@ def stage_lm(paths: Paths) -> None:
     from streamer_export.exporter import LM_NAME, attach_lm
     from streamer_training import lm
 
-    sentences = lm.grammar_sentences(LM_SENTENCES, seed=LM_SEED)
+    real = real_sentences()
+    sentences = lm.grammar_sentences(LM_SENTENCES, seed=LM_SEED) + real * LM_REAL_REPEAT
     arpa = lm.write_arpa(sentences, paths.work_dir / LM_NAME, order=LM_ORDER, discount=LM_DISCOUNT)
-    dev = data.Corpus.load(paths.synth_dev).items
-    refs = [u.text for u in dev]
+    devsets = dev_sets(paths)
     tuning: dict[str, Any] = {
         "lm": {
             "order": LM_ORDER,
             "sentences": LM_SENTENCES,
+            "real_transcripts": len(real),
+            "real_repeat": LM_REAL_REPEAT,
             "seed": LM_SEED,
             "discount": LM_DISCOUNT,
         },
-        "dev": {"n": len(dev), "seed": SYNTH_DEV_SEED},
+        "dev": {name: len(items) for name, items in devsets.items()},
+        "dev_seed": SYNTH_DEV_SEED,
     }
     for variant in ("fp32", "int8"):
         bundle_dir = paths.work_dir / "bundles" / f"commands-ctc-{variant}"
         bundle = evaluate.Bundle(bundle_dir)
-        logits = [bundle.run(u.audio)[0][0] for u in dev]
+        logits = {
+            name: [bundle.run(audio)[0][0] for audio, _ in items]
+            for name, items in devsets.items()
+        }
         attached = attach_lm(bundle_dir, load_manifest(bundle_dir), arpa, alpha=0.0, beta=0.0)
-        grid = []
+        grid: list[dict[str, Any]] = []
         for alpha in LM_ALPHAS:
             for beta in LM_BETAS:
                 trial = dataclasses.replace(
                     attached, lm=LanguageModel(file=LM_NAME, alpha=alpha, beta=beta)
                 )
                 decoder = CtcBeamDecoder(trial, lm_path=bundle_dir / LM_NAME)
-                hyps = [decoder.decode(x).text for x in logits]
-                grid.append(
-                    {"alpha": alpha, "beta": beta, "wer": evaluate.word_error_rate(refs, hyps)}
-                )
+                wers = {
+                    name: evaluate.word_error_rate(
+                        [text for _, text in devsets[name]],
+                        [decoder.decode(x).text for x in logits[name]],
+                    )
+                    for name in devsets
+                }
+                mean = sum(wers.values()) / len(wers)
+                grid.append({"alpha": alpha, "beta": beta, "wer": mean, "sets": wers})
                 log.info(
                     "lm %s alpha %g beta %g: dev WER %.3f", variant, alpha, beta, grid[-1]["wer"]
                 )
@@ -72,6 +86,33 @@ def stage_lm(paths: Paths) -> None:
         )
         tuning[variant] = {"grid": grid, "chosen": best}
     (paths.work_dir / "lm_tuning.json").write_text(json.dumps(tuning, indent=1))
+
+
+def real_sentences() -> list[str]:
+    """Transcripts of the real datasets' train speakers (never a validation or test speaker)."""
+    from streamer_training import speakers
+
+    records = speakers.load_records(datasets=("an4", "speech_commands", "fsdd", "wake_words"))
+    return [r.transcript for r in records if r.part == "train" and r.transcript]
+
+
+def dev_sets(paths: Paths) -> dict[str, list[tuple[Any, str]]]:
+    """What the fusion weights are tuned on (mean WER over the sets).
+
+    New synthetic sentences in training voices, and the validation speakers of AN4 and Speech
+    Commands (a fixed subset): never a test speaker.
+    """
+    from streamer_training import real_voices, speakers
+
+    out: dict[str, list[tuple[Any, str]]] = {
+        "synth_dev": [(u.audio, u.text) for u in data.Corpus.load(paths.synth_dev).items]
+    }
+    found = speakers.split_items(
+        "validation", max_per_set=150, sets=("an4", "sc_commands", "sc_digits")
+    )
+    for name, records in found.items():
+        out[name] = [(real_voices.read_16k(r.path), r.transcript or "") for r in records]
+    return out
 
 
 def grammars() -> tuple[IntentGrammar, ...]:

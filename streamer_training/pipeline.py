@@ -164,6 +164,40 @@ def stage_ctc(paths: Paths, *, steps: int, resume: bool) -> Path:
     )
 
 
+def stage_real(paths: Paths, *, steps: int, resume: bool, init_bundle: Path | None) -> Path:
+    """Fine-tune the SEW-D model on the real train speakers; return its folder.
+
+    Starts from the ``ctc`` stage's model, or from the weights of ``init_bundle`` (a released
+    commands-ctc bundle, :mod:`streamer_training.recover`) when given.
+    """
+    from streamer_training import real_voices, recover, train_ctc
+
+    recipe = real_voices.RealRecipe(steps=steps)
+    model = train_ctc.build_model(train_ctc.CtcRecipe())
+    if init_bundle is not None:
+        recover.load_released(model, init_bundle, train_ctc.save_hf)
+    else:
+        import torch
+
+        state = torch.load(paths.work_dir / "ctc" / "checkpoint.pt", weights_only=True)
+        model.load_state_dict(state["model"])
+    mixture = real_voices.RealMixture(
+        real_voices.load_part("train", max_s=recipe.max_s),
+        data.Corpus.load(paths.synth_train),
+        augment.load_noises(data.noise_paths(SHARED_AUDIO)),
+        recipe,
+    )
+    evalsets = real_voices.validation_sets(data.Corpus.load(paths.synth_dev))
+    return real_voices.train(
+        mixture,
+        evalsets,
+        init=model,
+        work_dir=paths.work_dir / "real",
+        recipe=recipe,
+        resume=resume,
+    )
+
+
 def export(source: Path, out: Path, *, quantize: bool) -> None:
     """Run ``bin/export_onnx`` on a checkpoint folder.
 
@@ -182,17 +216,29 @@ def export(source: Path, out: Path, *, quantize: bool) -> None:
 
 
 def stage_export(paths: Paths) -> None:
-    """Write both checkpoint folders from the last training checkpoints, export fp32 and int8."""
-    from streamer_training import train_ctc, train_intent
+    """Write the checkpoint folders from the last training checkpoints, export fp32 and int8.
 
-    sources = {
-        "commands-ctc": train_ctc.save_from_checkpoint(
+    commands-ctc comes from the ``real`` stage when it ran (its best validation checkpoint),
+    else from the ``ctc`` stage. A model whose stage did not run here (no checkpoint) is not
+    exported: a ``real`` run started from a released bundle keeps the released commands-intent.
+    """
+    from streamer_training import real_voices, train_ctc, train_intent
+
+    sources: dict[str, Path] = {}
+    if (paths.work_dir / "real" / "best.pt").exists():
+        sources["commands-ctc"] = real_voices.save_best(
+            paths.work_dir / "real", real_voices.RealRecipe()
+        )
+    else:
+        sources["commands-ctc"] = train_ctc.save_from_checkpoint(
             paths.work_dir / "ctc", train_ctc.CtcRecipe()
-        ),
-        "commands-intent": train_intent.save_from_checkpoint(
+        )
+    if (paths.work_dir / "intent" / "checkpoint.pt").exists():
+        sources["commands-intent"] = train_intent.save_from_checkpoint(
             paths.work_dir / "intent", train_intent.IntentRecipe()
-        ),
-    }
+        )
+    else:
+        log.warning("no intent checkpoint under %s: commands-intent not exported", paths.work_dir)
     for name, source in sources.items():
         for quantize in (False, True):
             out = paths.work_dir / "bundles" / f"{name}-{'int8' if quantize else 'fp32'}"

@@ -1,0 +1,51 @@
+"""Weights recovered from an exported bundle are the exported model's (fine-tuning a release)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamer_training import loop, train_ctc
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = train_ctc.CtcRecipe(hidden_size=32, n_layers=1, n_heads=2, intermediate_size=64)
+
+
+def _export(source: Path, out: Path, *args: str) -> Path:
+    command = [sys.executable, str(REPO / "bin" / "export_onnx"), str(source), "--out", str(out)]
+    subprocess.run([*command, *args], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_recovered_weights_give_the_exported_models_outputs(
+    tmp_path: Path, quantize: bool
+) -> None:
+    torch = pytest.importorskip("torch", reason="torch is part of the export extra")
+    from streamer_training.recover import load_released
+
+    torch.manual_seed(1)
+    trained = train_ctc.build_model(SMALL)
+    with torch.no_grad():  # a "trained" model: no parameter at its initial value
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    train_ctc.save_hf(trained, tmp_path / "hf")
+    args = ("--quantize", "int8") if quantize else ()
+    bundle = _export(tmp_path / "hf", tmp_path / "bundle", *args)
+
+    torch.manual_seed(2)
+    fresh = train_ctc.build_model(SMALL)
+    load_released(fresh, bundle, train_ctc.save_hf)
+    trained.eval()
+    fresh.eval()
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    values = torch.from_numpy(loop.normalize(audio))[None]
+    with torch.inference_mode():
+        want = trained(values).logits.numpy()
+        got = fresh(values).logits.numpy()
+    # fp32: the same weights; int8: MatMul weights rounded to 8 bits
+    assert np.abs(got - want).max() < (0.05 if quantize else 1e-4)
