@@ -72,7 +72,7 @@ from streamer_training.speakers import (  # noqa: E402
     EVAL_SETS,
     FSDD_DIGITS,
     Record,
-    unseen_speaker_items,
+    split_items,
 )
 
 RATE_HZ = 16_000
@@ -415,10 +415,17 @@ def main() -> int:
     )
     parser.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH")
     parser.add_argument("--dump", type=Path, help="write every clip's hypotheses here (JSONL)")
+    parser.add_argument(
+        "--part",
+        choices=("test", "validation"),
+        default="test",
+        help="speakers to score: test (the figures to report, once) or validation (for "
+        "choosing checkpoints and knobs)",
+    )
     args = parser.parse_args()
     args.system = args.system or ["daemon", "tiny.en", "base"]
     logging.basicConfig(level=logging.WARNING)
-    items = unseen_speaker_items(max_per_set=args.max_clips, seed=args.seed, sets=args.sets)
+    items = split_items(args.part, max_per_set=args.max_clips, seed=args.seed, sets=args.sets)
     clips = [r for records in items.values() for r in records]
     _describe(items, args)
     by_kind: dict[tuple[str, str], Score] = {}
@@ -461,13 +468,13 @@ def _dump(
 
 def _describe(items: dict[str, list[Record]], args: argparse.Namespace) -> None:
     print(
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; test speakers only; at most "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs; {args.part} speakers only; at most "
         f"{args.max_clips} clips per set (hash subset, seed {args.seed})."
     )
     for name, records in items.items():
         speakers = sorted({r.speaker for r in records if r.speaker})
         shown = ", ".join(speakers) if len(speakers) <= 12 else f"{len(speakers)} speakers"
-        print(f"- {name}: {len(records)} clips; test speakers: {shown or 'none (noise)'}")
+        print(f"- {name}: {len(records)} clips; {args.part} speakers: {shown or 'none (noise)'}")
 
 
 def _print_tables(

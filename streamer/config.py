@@ -10,6 +10,7 @@ here, so it has a name, a unit and a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -146,6 +147,10 @@ class DecoderConfig:
     grammars: bool = True
     """Hold a ctc bundle's transcript to the word list it ships for the utterance's intent (as
     said by a classify bundle served beside it); false: always the free search."""
+    grammar_max_gap_per_frame: float = math.inf
+    """The word list holds the transcript only when its best path scores at most this many nats
+    per emitting frame below the free path; past it the word list does not fit what was said
+    (a command word the intent model took for digits) and the free search reads it."""
     contexts: str = ""
     """Contexts (Rhino-format YAML) compiled at start: ``[NAME=]FILE`` items separated by commas
     (the name defaults to the file's stem); the first is every stream's default (``--context``)."""
@@ -155,6 +160,8 @@ class DecoderConfig:
     bench/contexts.py)."""
 
     def __post_init__(self) -> None:
+        if not self.grammar_max_gap_per_frame >= 0:
+            raise ConfigError("decoder.grammar_max_gap_per_frame must be >= 0")
         if not self.context_max_gap_per_frame >= 0:
             raise ConfigError("decoder.context_max_gap_per_frame must be >= 0")
         if not 0.0 <= self.abstain_below <= 1.0:

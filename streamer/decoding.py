@@ -14,10 +14,12 @@ Decoding does no I/O; the one file read is a ctc bundle's language model, once, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import numpy.typing as npt
 
 from streamer.contexts import DEFAULT_MAX_GAP_PER_FRAME, Context, Understanding
@@ -71,6 +73,7 @@ class OutputDecoder:
         beam_width: int = 64,
         beam_token_min_logp: float = -8.0,
         grammars: bool = True,
+        grammar_max_gap_per_frame: float = math.inf,
     ) -> None:
         """Check the manifest and build the task's decoder.
 
@@ -81,7 +84,9 @@ class OutputDecoder:
         (with the LM if there is one); ``"greedy"`` never searches. :attr:`ctc_search` says
         which one was built and why. With ``grammars`` a ctc bundle's grammars (manifest) are
         built, and :meth:`decode` holds an utterance to the one for its intent; the searched
-        intents are named at the end of :attr:`ctc_search`.
+        intents are named at the end of :attr:`ctc_search`, unless the word list's best path
+        scores more than ``grammar_max_gap_per_frame`` nats per emitting frame below the free
+        path (then the utterance is read freely: it is not one of the list's words).
 
         Raises:
             ModelError: the manifest's outputs do not fit its task, the bundle's LM file is
@@ -92,6 +97,8 @@ class OutputDecoder:
         self.ctc: CtcGreedyDecoder | CtcBeamDecoder | None = None
         self.ctc_search = ""
         self.grammars: dict[str, WordLoop] = {}
+        self.grammar_max_gap_per_frame = grammar_max_gap_per_frame
+        self._blank = manifest.blank_id
         self._reader: CtcGreedyDecoder | None = None
         if manifest.task == "ctc":
             self.ctc, self.ctc_search = build_search(
@@ -182,9 +189,30 @@ class OutputDecoder:
         if name is None:
             return self.ctc.decode(logits, offset_ms=offset_ms)
         x = checked(logits, "ctc logits", (None, self._reader.n_vocab))
-        path = self.grammars[name].best_path(log_softmax(x))
+        log_probs = log_softmax(x)
+        path = self.grammars[name].best_path(log_probs)
+        if word_list_gap(log_probs, path, blank=self._blank) > self.grammar_max_gap_per_frame:
+            return self.ctc.decode(logits, offset_ms=offset_ms)
         found = self._reader.read_path(x, path, offset_ms=offset_ms)
         return Transcript(text=found.text, words=found.words, grammar=name)
+
+
+def word_list_gap(
+    log_probs: npt.NDArray[np.float64], path: npt.NDArray[np.int64], *, blank: int | None
+) -> float:
+    """How far ``path`` scores below the free best path, in nats per emitting frame.
+
+    A frame emits when either path has a non-blank token there (leading and trailing silence,
+    blank on both, does not dilute the gap); as in :mod:`streamer.contexts`.
+    """
+    if not len(path):
+        return 0.0
+    free = log_probs.argmax(axis=1)
+    rows = np.arange(len(path))
+    gap = float(log_probs[rows, free].sum() - log_probs[rows, path].sum())
+    silent = blank if blank is not None else -1
+    emitting = max(1, int(np.count_nonzero((path != silent) | (free != silent))))
+    return max(0.0, gap) / emitting
 
 
 def decode_utterance(

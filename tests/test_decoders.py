@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -16,10 +17,11 @@ import pytest
 from hypothesis import given, strategies as st
 
 from streamer.ctc import CtcGreedyDecoder, _without_kenlm_banner
-from streamer.decoding import Decoded, OutputDecoder, decode_utterance
+from streamer.decoding import Decoded, OutputDecoder, decode_utterance, word_list_gap
 from streamer.errors import ConfigError, ManifestError, ModelError
 from streamer.heads import Classification, IntentDecoder, decode_embedding, decode_value
 from streamer.manifest import IntentGrammar, LanguageModel, Manifest, Source, TensorSpec
+from streamer.outputs import log_softmax
 from streamer.protocol import Alternative, Intent, Transcript, Word
 
 VOCAB = ("<pad>", "<s>", "</s>", "<unk>", "|", *"ABCDEHILNORTW'")
@@ -520,6 +522,27 @@ def test_utterance_with_a_word_list_intent_reads_the_word_list() -> None:
     assert (got.transcript.text, got.transcript.grammar) == ("two", "digits")
     assert got.transcript.words[0].start_ms == 100.0
     assert got.transcript == decoders["ctc"].transcribe(TWE, 100.0, intent=got.intent)
+
+
+def test_a_word_list_far_from_what_was_said_gives_way_to_the_free_search() -> None:
+    """With decoder.grammar_max_gap_per_frame, a word-list path scoring far below the free path
+    (a command word the intent model took for digits) is not forced into the list."""
+    clear = _soft_frames([{"T": 0.95}, {"W": 0.95}, {"E": 0.95}, {"<pad>": 0.95}])
+    held = dataclasses.replace(_ctc(), grammars=(IntentGrammar("digits", DIGIT_WORDS),))
+    digits = Intent("digits", 0.99)
+    log_probs = log_softmax(np.asarray(clear, np.float64))
+    loop = OutputDecoder(held).grammars["digits"]
+    gap = word_list_gap(log_probs, loop.best_path(log_probs), blank=held.blank_id)
+    assert gap > 0.5
+    assert word_list_gap(log_probs, log_probs.argmax(axis=1), blank=held.blank_id) == 0.0
+    for limit, text in ((math.inf, "two"), (gap + 0.01, "two"), (gap - 0.01, "twe")):
+        decoder = OutputDecoder(held, grammar_max_gap_per_frame=limit)
+        assert decoder.transcribe(clear, 0.0, intent=digits).text == text
+    # TWE's third frame nearly says "O": the word list is close, so it holds at a small limit
+    assert (
+        OutputDecoder(held, grammar_max_gap_per_frame=0.5).transcribe(TWE, 0.0, intent=digits).text
+        == "two"
+    )
 
 
 @pytest.mark.parametrize(
