@@ -10,10 +10,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from onnx_graphs import write_bundle
 
 from streamer.tools.bench import ProcessProbe, daemon_batches, format_table, percentiles, summarize
+from streamer.tools.bench_partials import (
+    PAUSE_S,
+    LiveStream,
+    eager_advances,
+    first_appearances,
+    format_table as format_partials_table,
+    measure,
+    same_word,
+    stable_contradictions,
+    stream_audio,
+)
 from streamer.tools.replay import StreamReport, _score
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
@@ -145,3 +157,167 @@ def test_daemon_batch_line_is_parsed() -> None:
         "busy_s": 1.25,
     }
     assert daemon_batches("nothing") is None
+
+
+def test_daemon_partials_time_is_parsed() -> None:
+    """The engine's shutdown line also gives the seconds partial runs took, when it has them."""
+    line = (
+        "INFO streamer.engine.runner: engine: 12 utterance runs in 5 batches "
+        "(mean 2.40, sizes {1: 2, 5: 2}), busy 1.250 s (partials 0.310 s)"
+    )
+    assert daemon_batches(line) == {
+        "utterance_runs": 12,
+        "batches": 5,
+        "mean_batch": 2.4,
+        "busy_s": 1.25,
+        "partials_busy_s": 0.31,
+    }
+
+
+def _word(word: str, start_ms: float, end_ms: float, stable: bool | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"word": word, "start_ms": start_ms, "end_ms": end_ms, "confidence": 0.9}
+    return out if stable is None else {**out, "stable": stable}
+
+
+def _partial(utterance_id: str, *words: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "partial", "utterance_id": utterance_id, "words": list(words)}
+
+
+def _final(
+    utterance_id: str, seq: int, *words: dict[str, Any], kind: str = "utterance", emit_ms: float = 1
+) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "stream": "s",
+        "utterance_id": utterance_id,
+        "seq": seq,
+        "start_ms": 0.0,
+        "end_ms": 900.0,
+        "latency_ms": {"end_of_speech_to_emit": emit_ms, "encode": 5.0},
+        "transcript": {"text": " ".join(w["word"] for w in words), "words": list(words)},
+    }
+
+
+def test_stable_words_are_counted_once_and_matched_by_text_and_time() -> None:
+    """A stable word counts once; the final must hold it within 200 ms, or it is contradicted."""
+    turn, on = _word("turn", 0, 200, True), _word("on", 250, 400, True)
+    events = [
+        (1.0, _partial("u1", _word("turn", 0, 200, False), _word("on", 250, 400, False))),
+        (1.5, _partial("u1", turn, on, _word("the", 450, 520, False))),
+        (
+            2.0,
+            _partial("u1", turn, on, _word("of", 450, 500, True), _word("light", 1500, 1700, True)),
+        ),
+        (2.5, _partial("u1", turn, on, _word("lamp", 2300, 2400, True))),
+        (2.6, _partial("u2", _word("stop", 3000, 3200, True))),  # refused: no final
+        (3.0, {"type": "error", "code": "overloaded", "utterance_id": "u2"}),
+        (
+            3.1,
+            _final(
+                "u1",
+                0,
+                _word("turn", 10, 210),
+                _word("on", 260, 390),
+                _word("the", 450, 520),
+                _word("light", 1950, 2100),  # 250 ms away: a different word
+                _word("lamp", 2550, 2700),  # 150 ms away: the same word
+            ),
+        ),
+    ]
+    assert stable_contradictions(events) == (5, 2)  # "of" and "light"
+    assert same_word(_word("a", 0, 100), _word("a", 300, 400))
+    assert not same_word(_word("a", 0, 100), _word("a", 301, 400))
+    assert not same_word(_word("a", 0, 100), _word("b", 0, 100))
+
+
+def test_first_appearance_runs_from_sending_the_word_end_to_the_first_partial_with_it() -> None:
+    """Each final word's delay is the first partial holding it minus when its end was sent."""
+    events = [
+        (10.25, _partial("u1", _word("turn", 0, 150, False))),
+        (10.35, _partial("u1", _word("turn", 0, 150, True), _word("on", 160, 290, False))),
+        (10.45, _partial("u9", _word("off", 300, 390, False))),  # another utterance's word
+        (
+            10.6,
+            _final("u1", 0, _word("turn", 0, 140), _word("on", 170, 280), _word("off", 300, 390)),
+        ),
+    ]
+    report = StreamReport(stream="s", file="f")
+    stream = LiveStream(report, events, [1600, 3200, 4800, 6400], [10.0, 10.1, 10.2, 10.3], 16000)
+    delays, n_words = first_appearances(stream)
+    assert delays == pytest.approx([150.0, 150.0])  # turn: sent 10.1, seen 10.25; on: 10.2, 10.35
+    assert n_words == 3
+
+
+def test_eager_advance_counts_only_confirmed_results() -> None:
+    """An eager result counts when no resumed withdrew it and the final has its results."""
+    word = _word("stop", 100, 400)
+    events = [
+        (5.0, _final("u1", 0, word, kind="eager", emit_ms=200)),
+        (5.3, _final("u1", 0, word, emit_ms=500)),
+        (6.0, _final("u2", 1, word, kind="eager")),
+        (6.1, {"type": "resumed", "utterance_id": "u2"}),
+        (7.0, _final("u2", 1, word, kind="eager")),
+        (7.2, _final("u2", 1, word)),
+        (8.0, _final("u3", 2, word, kind="eager")),
+        (8.3, _final("u3", 2, _word("go", 100, 400))),  # differs: not confirmed
+    ]
+    advances = eager_advances(events)
+    assert [round(a) for a, _ in advances] == [300, 200]
+    assert [ms for _, ms in advances] == [900.0, 900.0]
+
+
+def test_finals_compared_without_timings_and_ids_and_the_table() -> None:
+    """Finals match by stream and seq, timings and ids aside; the table shows every target."""
+    go, stop = _word("go", 0, 300), _word("stop", 0, 300)
+
+    def stream(*events: tuple[float, dict[str, Any]]) -> LiveStream:
+        return LiveStream(StreamReport("s", "f"), list(events), [1600], [1.0], 16000)
+
+    off = [stream((1.0, _final("a", 0, go)), (2.0, _final("b", 1, go)), (3.0, _final("c", 2, go)))]
+    on = [
+        stream(
+            (0.8, _partial("x", _word("go", 0, 300, True))),
+            (0.9, _final("x", 0, go, kind="eager")),
+            (1.1, {**_final("x", 0, go, emit_ms=9.0), "lag_ms": 3.0}),
+            (2.0, _final("y", 1, stop)),
+        )
+    ]
+    figures = measure(off, on)
+    assert figures["finals"] == {
+        "matched": 2,
+        "identical": 1,
+        "only_off": 1,
+        "only_on": 0,
+        "differing": ["s#1"],
+    }
+    assert (figures["stable_words"], figures["stable_contradicted"]) == (1, 0)
+    assert figures["eager_confirmed_commands"] == 1
+    assert figures["counts"]["on"] == {"partial": 1, "eager": 1, "resumed": 0, "utterance": 2}
+    run = summarize(
+        [StreamReport("s", "f", audio_s=3.0)], wall_s=3, cpu_s=1, peak_rss_mb=1, realtime=True
+    )
+    figures |= {"engine_share": 0.05, "engine_share_max": 0.3}
+    figures["runs"] = {
+        "off": {**run, "daemon_batches": None},
+        "on": {**run, "daemon_batches": {"busy_s": 1.0, "partials_busy_s": 0.1}},
+    }
+    table = format_partials_table(figures)
+    assert (
+        "| finals, partials+eager on vs off | identical "
+        "| 1 / 2 identical (1 only off, 0 only on) | no |" in table
+    )
+    assert "| stable words later contradicted by the final | ≤ 2% | 0.0% (0 / 1) | yes |" in table
+    assert "| engine time on partials | ≤ 30% | 5.0% | yes |" in table
+    assert "| on | 3 | 1 | 1 | 0 | 2 (0) |" in table
+    assert "| 1.0 | 0.1 |" in table
+
+
+def test_stream_audio_is_seeded_and_ends_with_a_pause() -> None:
+    """A stream's audio is the same on every call: lead-in noise, files, pauses, past its length."""
+    clip = np.full(8000, 0.5, dtype=np.float32)
+    audio = stream_audio([clip], 3, rate_hz=16000, duration_s=4.0)
+    assert np.array_equal(audio, stream_audio([clip], 3, rate_hz=16000, duration_s=4.0))
+    assert audio.size >= 4 * 16000
+    assert np.abs(audio[:16000]).max() < 0.01
+    assert np.array_equal(audio[16000:24000], clip)
+    assert np.abs(audio[-int(PAUSE_S[0] * 16000) :]).max() < 0.01

@@ -94,12 +94,14 @@ class Runner:
         stats = self.batcher.stats
         if stats.runs:
             log.info(
-                "engine: %d utterance runs in %d batches (mean %.2f, sizes %s), busy %.3f s",
+                "engine: %d utterance runs in %d batches (mean %.2f, sizes %s), busy %.3f s"
+                " (partials %.3f s)",
                 stats.requests,
                 stats.runs,
                 stats.mean_batch,
                 dict(sorted(stats.sizes.items())),
                 stats.busy_s,
+                stats.background_s,
             )
         self.batcher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

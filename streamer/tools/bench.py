@@ -9,6 +9,8 @@ End-of-speech→final latency is measured at the client: from sending the frame 
 utterance's ``end_ms`` to receiving its ``utterance`` event, so it includes the segmenter's
 hangover, the queue, the encoder and the network. The daemon's CPU time and peak RSS are read
 from ``/proc/PID`` of the daemon this command starts (not available with ``--url``).
+``--partials`` compares runs with partial and eager results off and on
+(:mod:`streamer.tools.bench_partials`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from streamer.errors import StreamerError
+from streamer.tools import bench_partials
 from streamer.tools.replay import MAX_IN_FLIGHT, StreamReport, play
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,10 @@ START_TIMEOUT_S = 120.0
 _LISTENING = re.compile(r"listening on wss?://\S+:(\d+)")
 _BATCHES = re.compile(
     r"engine: (\d+) utterance runs in (\d+) batches \(mean ([\d.]+).*?\), busy ([\d.]+) s"
+    r"(?: \(partials ([\d.]+) s\))?"
 )
+#: Plays stream ``i`` given the daemon's URL, ``i`` and its start delay.
+Player = Callable[[str, int, float], Awaitable[StreamReport]]
 
 
 class ProcessProbe:
@@ -146,11 +152,12 @@ async def run_streams(
     stream_models: Sequence[Sequence[str] | None] = (None,),
     token: str | None = None,
     probe: ProcessProbe | None = None,
+    player: Player | None = None,
 ) -> dict[str, Any]:
     """Play ``n_streams`` streams at once; return the summary (see :func:`summarize`).
 
     Stream ``i`` plays ``files[i % len(files)]`` and asks for the models
-    ``stream_models[i % len(stream_models)]``.
+    ``stream_models[i % len(stream_models)]``; or ``player`` plays it (``--partials``).
     """
     rng = random.Random(0)
     delays = [0.0] + [rng.uniform(0.0, stagger_s) for _ in range(n_streams - 1)]
@@ -158,7 +165,9 @@ async def run_streams(
     t0 = time.perf_counter()
     reports = await asyncio.gather(
         *(
-            play(
+            player(url, i, delays[i])
+            if player is not None
+            else play(
                 url,
                 f"bench-{i}",
                 files[i % len(files)],
@@ -292,7 +301,7 @@ def add_daemon_figures(result: dict[str, Any], log_text: str) -> None:
 
 
 def daemon_batches(log_text: str) -> dict[str, float] | None:
-    """The batch counts the daemon logs when it stops, if it did."""
+    """The batch counts (and partial runs' busy seconds) the daemon logs when it stops, if any."""
     found = _BATCHES.search(log_text)
     if not found:
         return None
@@ -301,6 +310,7 @@ def daemon_batches(log_text: str) -> dict[str, float] | None:
         "batches": int(found.group(2)),
         "mean_batch": float(found.group(3)),
         "busy_s": float(found.group(4)),
+        **({"partials_busy_s": float(found.group(5))} if found.group(5) else {}),
     }
 
 
@@ -331,6 +341,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--chunk-ms", type=int, default=100, help="audio per frame (default 100)")
     p.add_argument("--stagger-s", type=float, default=1.0, help="spread of stream starts")
     p.add_argument("--duration-s", type=float, help="loop each file to this length")
+    p.add_argument("--partials", action="store_true", help="partial+eager results off vs on")
     p.set_defaults(handler=main)
 
 
@@ -341,6 +352,10 @@ def main(args: argparse.Namespace) -> int:
     for path in args.files:
         if not path.is_file():
             raise StreamerError(f"{path} is not a file")
+    if args.partials:
+        players = bench_partials.players(args)
+        runs = {arm: asyncio.run(_bench(args, player)) for arm, player in players.items()}
+        return bench_partials.report(args, players, runs)
     result = asyncio.run(_bench(args))
     print(format_table([result]))
     if result.get("compare"):
@@ -354,7 +369,7 @@ def main(args: argparse.Namespace) -> int:
     return 1 if lost else 0
 
 
-async def _bench(args: argparse.Namespace) -> dict[str, Any]:
+async def _bench(args: argparse.Namespace, player: Player | None = None) -> dict[str, Any]:
     daemon = None if args.url else Daemon(global_args(args))
     log_text = ""
     try:
@@ -369,6 +384,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             duration_s=args.duration_s,
             token=args.token,
             probe=daemon.probe if daemon else None,
+            player=player,
         )
     finally:
         if daemon is not None:
@@ -376,7 +392,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
     add_daemon_figures(result, log_text)
     result["machine"] = machine()
     result["command"] = sys.argv
-    if args.compare:
+    if args.compare and player is None:
         from streamer.tools.baseline import compare
 
         result["compare"] = compare(args, result)

@@ -1,0 +1,392 @@
+"""``streamer bench --partials``: the same streams with partial and eager results off, then on.
+
+Each stream plays the files in turn (stream ``i`` starts with file ``i``), each followed by a
+pause of faint noise, for ``--duration-s``. Both runs send the same samples at the same pace and
+start offsets; ``streamer bench`` runs each against a fresh daemon (or both against ``--url``),
+the first asking for nothing extra, the second for ``"want": ["partial", "eager"]``.
+
+The figures come from the events, when each arrived and when each frame left: finals on vs off
+(:func:`compare_finals`), stable words the final contradicts (:func:`stable_contradictions`),
+when a word first shows in a partial (:func:`first_appearances`), how early a confirmed
+``eager`` came (:func:`eager_advances`), the finals' ``end_of_speech_to_emit``, and the engine
+time partial runs took (the daemon logs it when it stops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from streamer import protocol as proto
+from streamer.config import load_config
+from streamer.errors import StreamerError
+from streamer.streams.sources import read_audio_file
+from streamer.tools.replay import MAX_IN_FLIGHT, StreamReport, _Flow, _score, _Sender
+
+Audio = npt.NDArray[np.float32]
+Event = dict[str, Any]
+Timed = list[tuple[float, Event]]
+
+WANT = ("partial", "eager")
+#: A partial word and a final word are the same word: same text, times overlapping or this close.
+MATCH_TOLERANCE_MS = 200.0
+#: Utterances with at most this much speech count as commands for the eager figure.
+COMMAND_MAX_MS = 1500.0
+#: Pauses of faint noise between two files of a stream (uniform, seconds), and their level.
+PAUSE_S = (0.8, 2.0)
+NOISE_RMS = 1e-3
+DEFAULT_DURATION_S = 60.0
+_IGNORED = ("latency_ms", "lag_ms", "utterance_id")
+_NOT_RESULTS = ("type", "latency_ms", "lag_ms")
+
+
+@dataclass
+class LiveStream:
+    """One stream's events (receive time, event) and when each frame left (wall clock)."""
+
+    report: StreamReport
+    events: Timed
+    sent_ends: list[int]
+    sent_at: list[float]
+    rate_hz: int
+
+    def sent_time(self, ms: float) -> float:
+        """When the frame holding stream time ``ms`` was sent."""
+        i = bisect.bisect_left(self.sent_ends, round(ms * self.rate_hz / 1000.0))
+        return self.sent_at[min(i, len(self.sent_at) - 1)]
+
+
+def stream_audio(files: Sequence[Audio], index: int, *, rate_hz: int, duration_s: float) -> Audio:
+    """Stream ``index``: 1 s of noise, then files from ``index`` on, each paused, ≥ duration_s."""
+    rng = np.random.default_rng(index)
+    n_total = round(duration_s * rate_hz)
+    parts = [_noise(rng, rate_hz)]
+    n, k = parts[0].size, index
+    while n < n_total:
+        clip = files[k % len(files)]
+        pause = _noise(rng, round(rng.uniform(*PAUSE_S) * rate_hz))
+        parts += [clip, pause]
+        n, k = n + clip.size + pause.size, k + 1
+    return np.concatenate(parts)
+
+
+def _noise(rng: np.random.Generator, n: int) -> Audio:
+    return (rng.standard_normal(n) * NOISE_RMS).astype(np.float32)
+
+
+class LivePlayer:
+    """Plays stream ``i`` of ``audio`` in real time asking for ``want``; keeps what it saw.
+
+    Call it as ``streamer.tools.bench.run_streams`` calls a player: ``(url, i, delay_s)``.
+    """
+
+    def __init__(
+        self,
+        audio: Sequence[Audio],
+        rate_hz: int,
+        *,
+        want: Sequence[str],
+        chunk_ms: int,
+        token: str | None,
+    ) -> None:
+        self.audio, self.rate_hz, self.want = audio, rate_hz, list(want)
+        self.chunk_ms, self.token = chunk_ms, token
+        self.streams: dict[int, LiveStream] = {}
+
+    async def __call__(self, url: str, index: int, delay_s: float) -> StreamReport:
+        """Play stream ``index`` over one ingest connection; return its report."""
+        samples, rate_hz, stream = self.audio[index], self.rate_hz, f"bench-{index}"
+        report = StreamReport(stream=stream, file="turns", audio_s=samples.size / rate_hz)
+        start = {"type": "start", "sample_rate": rate_hz, "encoding": "pcm_s16le", "channels": 1}
+        start |= {"stream": stream, **({"want": self.want} if self.want else {})}
+        await asyncio.sleep(delay_s)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        flow = _Flow()
+        sender = _Sender(samples, rate_hz, samples.size, chunk_ms=self.chunk_ms)
+        async with connect(
+            url + proto.INGEST_PATH, additional_headers=headers, max_size=None, compression=None
+        ) as ws:
+            reader = asyncio.create_task(flow.read(ws))
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps(start))
+                await sender.send(ws, flow, realtime=True, max_in_flight=MAX_IN_FLIGHT)
+                await ws.send(json.dumps({"type": "end"}))
+            await reader
+        ends, sent_at = sender.ends or [0], sender.sent_at or [time.perf_counter()]
+        _score(report, flow.events, ends, sent_at, rate_hz)
+        self.streams[index] = LiveStream(report, flow.events, ends, sent_at, rate_hz)
+        return report
+
+    @property
+    def played(self) -> list[LiveStream]:
+        """The streams played so far, in stream order."""
+        return [self.streams[i] for i in sorted(self.streams)]
+
+
+def players(args: argparse.Namespace) -> dict[str, LivePlayer]:
+    """The two runs' players, ``off`` and ``on``, on the same audio.
+
+    Raises:
+        StreamerError: ``--fast``, or files of different sample rates.
+    """
+    if not args.realtime:
+        raise StreamerError("--partials runs in real time only (no --fast)")
+    clips = [read_audio_file(path) for path in args.files]
+    rates = {c.rate_hz for c in clips}
+    if len(rates) != 1:
+        raise StreamerError(f"--partials needs files of one sample rate, got {sorted(rates)}")
+    rate_hz, duration_s = rates.pop(), args.duration_s or DEFAULT_DURATION_S
+    audio = [
+        stream_audio([c.samples for c in clips], i, rate_hz=rate_hz, duration_s=duration_s)
+        for i in range(args.streams)
+    ]
+    options = {"chunk_ms": args.chunk_ms, "token": args.token}
+    return {
+        arm: LivePlayer(audio, rate_hz, want=w, **options) for arm, w in (("off", ()), ("on", WANT))
+    }
+
+
+def _of(events: Timed, kind: str) -> Iterator[tuple[float, Event]]:
+    return ((t, e) for t, e in events if e.get("type") == kind)
+
+
+def _words(event: Event) -> list[Event]:
+    return list((event.get("transcript") or {}).get("words") or [])
+
+
+def same_word(a: Event, b: Event, tolerance_ms: float = MATCH_TOLERANCE_MS) -> bool:
+    """Same text, and the times overlap or are at most ``tolerance_ms`` apart."""
+    gap_ms = max(a["start_ms"], b["start_ms"]) - min(a["end_ms"], b["end_ms"])  # < 0: overlap
+    return bool(a["word"] == b["word"] and gap_ms <= tolerance_ms)
+
+
+def compare_finals(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[str, Any]:
+    """Match the ``utterance`` events of two runs by stream and seq; count those that differ."""
+
+    def finals(streams: Sequence[LiveStream]) -> dict[tuple[str, int], Event]:
+        return {(e["stream"], e["seq"]): _without(e, _IGNORED) for e in _finals(streams)}
+
+    a, b = finals(off), finals(on)
+    both = sorted(a.keys() & b.keys())
+    differing = [f"{s}#{q}" for s, q in both if a[(s, q)] != b[(s, q)]]
+    return {
+        "matched": len(both),
+        "identical": len(both) - len(differing),
+        "only_off": len(a.keys() - b.keys()),
+        "only_on": len(b.keys() - a.keys()),
+        "differing": differing[:20],
+    }
+
+
+def stable_contradictions(events: Timed) -> tuple[int, int]:
+    """(stable words, of them contradicted by the final) of one stream's events.
+
+    Each distinct stable word of an utterance counts once; utterances without a final
+    transcript (refused, or no ctc result) are left out.
+    """
+    finals = {e["utterance_id"]: _words(e) for _, e in _of(events, "utterance") if _words(e)}
+    stable: dict[str, dict[tuple[str, float, float], Event]] = {}
+    for _, e in _of(events, "partial"):
+        for w in e.get("words") or []:
+            if w.get("stable") and e["utterance_id"] in finals:
+                key = (w["word"], w["start_ms"], w["end_ms"])
+                stable.setdefault(e["utterance_id"], {})[key] = w
+    ok = [any(same_word(w, f) for f in finals[u]) for u, ws in stable.items() for w in ws.values()]
+    return len(ok), ok.count(False)
+
+
+def first_appearances(stream: LiveStream) -> tuple[list[float], int]:
+    """Delays (ms) from a final word's end being sent to the first partial holding it.
+
+    Returns the delays of the final words some partial of the same utterance held, and the
+    number of final words in all.
+    """
+    partials: dict[str, list[tuple[float, list[Event]]]] = {}
+    for t, e in _of(stream.events, "partial"):
+        partials.setdefault(e["utterance_id"], []).append((t, e.get("words") or []))
+    delays: list[float] = []
+    n_words = 0
+    for _, final in _of(stream.events, "utterance"):
+        for word in _words(final):
+            n_words += 1
+            heard = partials.get(final["utterance_id"], [])
+            first = next((t for t, ws in heard if any(same_word(word, w) for w in ws)), None)
+            if first is not None:
+                delays.append((first - stream.sent_time(word["end_ms"])) * 1000.0)
+    return delays, n_words
+
+
+def eager_advances(events: Timed) -> list[tuple[float, float]]:
+    """(ms the eager result came before its final, speech ms) of each confirmed eager result.
+
+    Confirmed: not withdrawn by ``resumed``, and the final has the eager result's fields
+    (``latency_ms``, ``lag_ms`` and ``type`` aside).
+    """
+    pending: dict[str, tuple[float, Event]] = {}
+    out: list[tuple[float, float]] = []
+    for t, e in events:
+        kind = e.get("type")
+        if kind == "eager":
+            pending[e["utterance_id"]] = (t, e)
+        elif kind == "resumed":
+            pending.pop(e["utterance_id"], None)
+        elif kind == "utterance" and e["utterance_id"] in pending:
+            t_eager, eager = pending.pop(e["utterance_id"])
+            if _without(eager, _NOT_RESULTS) == _without(e, _NOT_RESULTS):
+                out.append(((t - t_eager) * 1000.0, float(e["end_ms"]) - float(e["start_ms"])))
+    return out
+
+
+def _without(event: Event, keys: Sequence[str]) -> Event:
+    return {k: v for k, v in event.items() if k not in keys}
+
+
+def _counts(streams: Sequence[LiveStream]) -> dict[str, int]:
+    kinds = Counter(e.get("type") for s in streams for _, e in s.events)
+    return {k: kinds[k] for k in ("partial", "eager", "resumed", "utterance")}
+
+
+def _finals(streams: Sequence[LiveStream]) -> Iterator[Event]:
+    return (e for s in streams for _, e in _of(s.events, "utterance"))
+
+
+def measure(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[str, Any]:
+    """Every figure of the comparison that the events give (engine time aside)."""
+    n_stable = n_bad = n_words = 0
+    delays: list[float] = []
+    advances: list[tuple[float, float]] = []
+    for s in on:
+        n, bad = stable_contradictions(s.events)
+        d, w = first_appearances(s)
+        n_stable, n_bad, n_words = n_stable + n, n_bad + bad, n_words + w
+        delays += d
+        advances += eager_advances(s.events)
+
+    def emit(streams: Sequence[LiveStream]) -> dict[str, float | None]:
+        return _stats([e["latency_ms"]["end_of_speech_to_emit"] for e in _finals(streams)])
+
+    return {
+        "finals": compare_finals(off, on),
+        "stable_words": n_stable,
+        "stable_contradicted": n_bad,
+        "first_appearance_ms": _stats(delays),
+        "final_words": n_words,
+        "final_words_seen_in_partial": len(delays),
+        "eager_advance_ms": _stats([a for a, _ in advances]),
+        "eager_advance_ms_commands": _stats([a for a, ms in advances if ms <= COMMAND_MAX_MS]),
+        "eager_confirmed": len(advances),
+        "eager_confirmed_commands": sum(ms <= COMMAND_MAX_MS for _, ms in advances),
+        "emit_ms": {"off": emit(off), "on": emit(on)},
+        "counts": {arm: _counts(streams) for arm, streams in (("off", off), ("on", on))},
+    }
+
+
+def report(
+    args: argparse.Namespace, played: dict[str, LivePlayer], runs: dict[str, dict[str, Any]]
+) -> int:
+    """Print the tables (and write ``--json``) from both runs' players and summaries.
+
+    Returns the exit code: 1 if an utterance was lost or a final differs.
+    """
+    result = measure(played["off"].played, played["on"].played)
+    config = load_config(path=args.config, env=os.environ)
+    on = runs["on"]
+    busy = (on.get("daemon_batches") or {}).get("partials_busy_s")
+    share = busy / (on["wall_s"] * config.engine.workers) if busy is not None else None
+    result["engine_share"] = share  # of the streaming wall time of all workers
+    result["engine_share_max"] = config.partials.engine_share
+    result["runs"] = runs
+    print(format_table(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    finals = result["finals"]
+    lost = sum(r["utterances_sent"] - r["results_received"] for r in runs.values())
+    return 1 if lost or finals["identical"] != finals["matched"] or finals["only_on"] else 0
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """The target rows: (measure, target, measured, met)."""
+    f, emit, first = r["finals"], r["emit_ms"], r["first_appearance_ms"]
+    unmatched = bool(f["only_off"] + f["only_on"])
+    extra = f" ({f['only_off']} only off, {f['only_on']} only on)" * unmatched
+    same = f"{f['identical']} / {f['matched']} identical{extra}"
+    same_ok = not extra and f["identical"] == f["matched"]
+    bad = r["stable_contradicted"] / r["stable_words"] if r["stable_words"] else None
+    bad_v = f"{_pct(bad)} ({r['stable_contradicted']} / {r['stable_words']})"
+    first_m = "a word's first appearance in a partial after it was spoken, p50"
+    first_v = f"{_fmt(first['p50'])} ms (p95 {_fmt(first['p95'])}; "
+    first_v += f"{r['final_words_seen_in_partial']} / {r['final_words']} final words seen)"
+    eager, eager_all = r["eager_advance_ms_commands"]["p50"], r["eager_advance_ms"]["p50"]
+    eager_m = f"eager before the final, commands (≤ {COMMAND_MAX_MS / 1000:g} s of speech), p50"
+    eager_v = f"{_fmt(eager)} ms ({r['eager_confirmed_commands']} confirmed; all lengths "
+    eager_v += f"{_fmt(eager_all)} ms, {r['eager_confirmed']})"
+    on95, off95 = emit["on"]["p95"], emit["off"]["p95"]
+    ratio = on95 / off95 if on95 is not None and off95 else None
+    emit_m = f"{r['runs']['on']['streams']} streams: finals' p95 end_of_speech_to_emit, on / off"
+    emit_v = f"{_fmt(ratio, 2)}x ({_fmt(on95)} / {_fmt(off95)} ms)"
+    share, share_max = r["engine_share"], r["engine_share_max"]
+    return [
+        ("finals, partials+eager on vs off", "identical", same, same_ok),
+        ("stable words later contradicted by the final", "≤ 2%", bad_v, _le(bad, 0.02)),
+        (first_m, "≤ 700 ms", first_v, _le(first["p50"], 700.0)),
+        (eager_m, "≥ 200 ms", eager_v, _le(200.0, eager)),
+        (emit_m, "≤ 1.05x", emit_v, _le(ratio, 1.05)),
+        ("engine time on partials", f"≤ {share_max:.0%}", _pct(share), _le(share, share_max)),
+    ]
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """The targets table, then the counts of both runs, as Markdown."""
+    lines = ["| measure | target | measured | met |", "| --- | --- | --- | --- |"]
+    lines += [f"| {m} | {t} | {v} | {'yes' if ok else 'no'} |" for m, t, v, ok in targets(r)]
+    lines += ["", _COUNTS_HEAD, "|" + " --- |" * 10]
+    for arm, run in r["runs"].items():
+        c, lat, e = r["counts"][arm], run["latency_ms"], r["emit_ms"][arm]
+        engine = run.get("daemon_batches") or {}
+        lines.append(
+            f"| {arm} | {run['audio_s']:.0f} | {c['partial']} | {c['eager']} | {c['resumed']} "
+            f"| {c['utterance']} ({run['errors']}) | {_fmt(lat['p50'])} / {_fmt(lat['p95'])} "
+            f"| {_fmt(e['p50'])} / {_fmt(e['p95'])} | {_fmt(engine.get('busy_s'), 1)} "
+            f"| {_fmt(engine.get('partials_busy_s'), 1)} |"
+        )
+    return "\n".join(lines)
+
+
+_COUNTS_HEAD = (
+    "| partials+eager | audio s | partials | eager | resumed | finals (errors) "
+    "| latency p50 / p95 ms | emit p50 / p95 ms | engine busy s | partials s |"
+)
+
+
+def _le(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and a <= b
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _stats(values: Sequence[float]) -> dict[str, float | None]:
+    """p50 and p95 of ``values`` (None when empty), rounded to 0.1."""
+    if not values:
+        return {"p50": None, "p95": None}
+    p50, p95 = np.percentile(np.asarray(values), [50, 95])
+    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1)}
+
+
+def _fmt(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
