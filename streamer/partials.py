@@ -6,9 +6,10 @@ cost does not grow with the utterance. :class:`StableWords` turns the successive
 what a caption can show without flicker (LocalAgreement-2):
 
 * a word becomes **stable** when two consecutive hypotheses agree on it, in order, right after
-  the words already stable, and it ends at least ``guard_ms`` before the end of the window that
-  heard it (the last few hundred ms of a window are still being spoken, and a CTC model rereads
-  them when the next audio arrives);
+  the words already stable, and in both it ends at least ``guard_ms`` before the end of the
+  window that heard it (the last few hundred ms of a window are still being spoken, and a CTC
+  model rereads them when the next audio arrives: two windows that both cut a word short agree
+  on the wrong word);
 * a stable word is never changed or withdrawn: later hypotheses only ever add stable words;
 * hypotheses are aligned by time: a window starts before the last stable word ends (so the model
   hears context), and its words whose middle lies before that end are the stable words heard
@@ -20,6 +21,7 @@ replaces the partials; it is not glued from them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -86,6 +88,7 @@ class StableWords:
         self.stable: list[Word] = []
         self.revision = 0
         self._previous: list[Word] = []
+        self._previous_end_ms = -math.inf
 
     @property
     def stable_end_ms(self) -> float | None:
@@ -100,16 +103,19 @@ class StableWords:
         fresh = self._after_stable(words)
         before = self._after_stable(self._previous)
         limit = window_end_ms - self.guard_ms
+        limit_before = self._previous_end_ms - self.guard_ms
         n = 0
         while (
             n < len(fresh)
             and n < len(before)
             and fresh[n].word == before[n].word
             and fresh[n].end_ms <= limit
+            and before[n].end_ms <= limit_before
         ):
             n += 1
         self.stable.extend(fresh[:n])
         self._previous = fresh
+        self._previous_end_ms = window_end_ms
         self.revision += 1
         return (*(_flagged(w, True) for w in self.stable), *(_flagged(w, False) for w in fresh[n:]))
 
