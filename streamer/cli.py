@@ -18,7 +18,7 @@ from typing import Any
 from streamer import __version__
 from streamer.config import Config, load_config
 from streamer.engine.bundles import resolve_models
-from streamer.errors import StreamerError
+from streamer.errors import ConfigError, StreamerError
 from streamer.tools import bench
 
 log = logging.getLogger(__name__)
@@ -197,6 +197,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     journal = (("journal", "path"), ("journal_fsync", "fsync"))
     out["journal"] = {k: getattr(args, f) for f, k in journal if getattr(args, f, None)}
     if getattr(args, "context", None):
+        commas = [c for c in args.context if "," in c]
+        if commas:  # decoder.contexts is a comma-separated list
+            raise ConfigError(f"--context {commas[0]}: a file name with a comma cannot be listed")
         out["decoder"] = {"contexts": ",".join(args.context)}
     out["bus"] = {"url": args.bus} if getattr(args, "bus", None) else {}
     return out

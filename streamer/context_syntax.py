@@ -142,7 +142,32 @@ def parse_expression(text: str, *, source: str = "<expression>", line: int = 1) 
         raise _error(source, line, f"{problem} in {text!r}")
     if not terms:
         raise _error(source, line, f"empty expression {text!r}")
+    twice = _slot_names(terms)[1]
+    if twice:
+        raise _error(source, line, f"slot name {twice!r} used twice on one path of {text!r}")
     return terms
+
+
+def _slot_names(terms: Phrase) -> tuple[set[str], str | None]:
+    """The slot names a phrase can report, and one that a single path would report twice.
+
+    Alternatives of a group may share a name (only one of them matches).
+    """
+    names: set[str] = set()
+    for term in terms:
+        found: set[str] = set()
+        if isinstance(term, SlotRef):
+            found = {term.name}
+        elif isinstance(term, Group):
+            for alternative in term.alternatives:
+                inner, twice = _slot_names(alternative)
+                if twice:
+                    return names, twice
+                found |= inner
+        if names & found:
+            return names, sorted(names & found)[0]
+        names |= found
+    return names, None
 
 
 def _tokens(text: str, source: str, line: int) -> Iterator[tuple[str, str]]:

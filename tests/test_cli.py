@@ -108,6 +108,7 @@ def test_transcribe_readable_and_bad_file(bundles: list[str], tmp_path: Path) ->
         (["--model", "/nonexistent/bundle", "serve"], "does not exist"),
         (["--model", "bad name=/tmp", "serve"], "model name"),
         (["--config", "/nonexistent.toml", "serve"], "config file"),
+        (["serve", "--context", "home=a,b.yaml"], "a file name with a comma"),
     ],
 )
 def test_bad_startup_is_one_line_exit_2(args: list[str], message: str) -> None:

@@ -86,6 +86,8 @@ def test_expression_syntax_parses_every_feature() -> None:
         ("turn () the light", "empty alternative"),
         ("turn on, off", "a comma outside"),
         ("call $contacts", "stray '$'"),
+        ("call $contacts:who and $contacts:who", "slot name 'who' used twice"),
+        ("call [$contacts:who, mom] (and $contacts:who)", "slot name 'who' used twice"),
     ],
 )
 def test_expression_syntax_errors_name_file_and_line(expression: str, problem: str) -> None:
@@ -96,6 +98,11 @@ def test_expression_syntax_errors_name_file_and_line(expression: str, problem: s
     assert message.startswith("ctx.yaml:5: "), message
     assert problem in message
     assert "\n" not in message
+
+
+def test_one_slot_name_in_alternatives_is_fine() -> None:
+    """Alternatives of a group may report the same slot name: only one of them matches."""
+    parse_expression("call [$contacts:who, the $contacts:who] now")
 
 
 @pytest.mark.parametrize(
