@@ -97,6 +97,9 @@ def make_vad(config: SegmenterConfig) -> Vad:
         full_scale_snr_db=config.full_scale_snr_db,
         thump_ratio_db=config.thump_ratio_db,
         noise_window_ms=config.noise_window_ms,
+        unvoiced_cap=config.unvoiced_cap,
+        voicing_threshold=config.voicing_threshold,
+        revise_drop_db=config.revise_drop_db,
     )
 
 
@@ -197,14 +200,12 @@ class Segmenter:
         return first * self.frame_samples, np.concatenate(frames)
 
     def eager_cut(self, silence_ms: float) -> UtteranceReady | None:
-        """The utterance :meth:`feed` will return if nothing but silence follows, once certain.
+        """The utterance :meth:`feed` will return if only silence follows, once that is certain.
 
-        Certain means: the open utterance's last ``silence_ms`` (at least) were non-speech
-        frames (below ``keep_threshold``), its weak tail is over so its end can no longer move,
-        every sample it will hold (up to ``post_roll_ms`` after its end) was heard, and silence
-        ends it before ``max_utterance_s`` forces a cut. Then the returned value equals, audio
-        included, the ``UtteranceReady`` that silence (or :meth:`flush`) produces. None
-        otherwise (including an utterance too short to be kept).
+        Certain: the last ``silence_ms`` were non-speech (below ``keep_threshold``), the weak
+        tail is over (the end cannot move), every sample up to ``post_roll_ms`` after the end
+        was heard, and silence ends it before ``max_utterance_s``. The result then equals, audio
+        included, what silence (or :meth:`flush`) cuts; else None (or too short to keep).
         """
         if not self._speaking:
             return None

@@ -63,6 +63,14 @@ class SegmenterConfig:
     much (dB) are knocks or rumble and score 0."""
     noise_window_ms: int = 1500
     """webrtc: the noise floor is the quietest 150 ms average within this window (ms)."""
+    unvoiced_cap: float = 0.45
+    """webrtc: the highest score of a frame without voicing (fricatives keep an utterance open;
+    only voiced frames start one)."""
+    voicing_threshold: float = 0.35
+    """webrtc: normalised autocorrelation (at a lag of 2.5-16 ms) from which a frame is voiced."""
+    revise_drop_db: float = 3.0
+    """webrtc: how far (dB) the noise floor must drop below the one the first frames were scored
+    with before they are scored again (a stream that starts inside speech)."""
 
     def __post_init__(self) -> None:
         """Validate every knob (frozen dataclass: this is the only place values are checked)."""
@@ -85,6 +93,9 @@ class SegmenterConfig:
         _check("min_utterance_samples", self.min_utterance_samples, low=0, high=10**9)
         _check("full_scale_snr_db", self.full_scale_snr_db, low=0.1, high=100)
         _check("thump_ratio_db", self.thump_ratio_db, low=-100, high=100)
+        _check("unvoiced_cap", self.unvoiced_cap, low=0.0, high=1.0)
+        _check("voicing_threshold", self.voicing_threshold, low=0.0, high=1.0)
+        _check("revise_drop_db", self.revise_drop_db, low=0.0, high=60.0)
         for name in ("start_threshold", "keep_threshold", "edge_threshold"):
             value = getattr(self, name)
             if value is not None:
