@@ -117,6 +117,11 @@ class BusConfig:
     """The Redis Stream every replica appends to; ``KEY:seq`` and ``KEY:lease:NAME`` beside it."""
     max_events: int = 1_000_000
     """Events the bus keeps (``MAXLEN ~``): the replay window of ``since`` and ``journal``."""
+    retention_s: float = 86_400.0
+    """Seconds the bus keeps an event at least (by the bus server's clock); 0: no age limit.
+
+    Older events are trimmed as new ones are appended, in whole stream nodes, so some stay a
+    little longer (docs/scaling.md); ``max_events`` applies too, whichever is reached first."""
     lease_ms: int = 10_000
     """A stream name's lease; renewed every third of it while the stream lives."""
     timeout_s: float = 1.0
@@ -133,3 +138,5 @@ class BusConfig:
             raise ConfigError(f"bus.url must be redis://HOST:PORT[/DB], got {self.url!r}")
         positive(self, "max_events", "lease_ms", "timeout_s", "block_ms", "reconnect_max_s")
         positive(self, "replay_max_events")
+        if not 0 <= self.retention_s < float("inf"):
+            raise ConfigError(f"bus.retention_s must be >= 0 (0: off), got {self.retention_s}")

@@ -1,7 +1,8 @@
 """Replicas on one real event bus (redis-server on 127.0.0.1), and the bus's pure parts.
 
 Each replica is a whole daemon (StreamerServer, real onnxruntime on a tiny bundle) on
-127.0.0.1 port 0, joined to the bus as ``streamer serve --bus`` joins it.
+127.0.0.1 port 0, joined to the bus as ``streamer serve --bus`` joins it; the crash test runs
+its replicas as ``python -m streamer serve`` processes (``streamer.tools.bench.Daemon``).
 """
 
 from __future__ import annotations
@@ -14,14 +15,23 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import redis.asyncio as aredis
-from live_server import UNIT_S, Daemon, config, http_get, send_audio, speech, start_msg
+from live_server import (
+    UNIT_S,
+    Daemon,
+    config,
+    http_get,
+    read_until,
+    send_audio,
+    speech,
+    start_msg,
+)
 from onnx_graphs import write_bundle
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -34,6 +44,7 @@ from streamer.serve.bus import APPEND_BATCH, Bus
 from streamer.serve.cluster import join_bus
 from streamer.serve.journal import print_journal
 from streamer.serve.websocket import StreamerServer
+from streamer.tools.bench import Daemon as DaemonProcess
 
 REDIS = shutil.which("redis-server") or shutil.which("valkey-server")
 needs_redis = pytest.mark.skipif(REDIS is None, reason="no redis-server (make install)")
@@ -75,12 +86,20 @@ def test_backoff_and_redaction() -> None:
     assert delays[-1] == 1.0
     assert wire.redact_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert wire.redact_url("redis://u:pw@h") == "redis://u:***@h"
-    assert wire.append_args(10, [("a", "s", "{}")], "r") == ["10", "a", "s", "r", "{}"]
+    args = wire.append_args([("a", "s", "{}")], "r", max_events=10, retention_s=60)
+    assert args == ["10", "60.0", "a", "s", "r", "{}"]
 
 
 def test_bus_url_is_checked() -> None:
     with pytest.raises(ConfigError, match=r"bus\.url"):
         config(bus={"url": "http://127.0.0.1:6379"})
+
+
+@pytest.mark.parametrize("retention_s", [-1.0, float("nan"), float("inf")])
+def test_bus_retention_is_checked(retention_s: float) -> None:
+    """bus.retention_s is 0 (off) or a finite number of seconds."""
+    with pytest.raises(ConfigError, match=r"bus\.retention_s"):
+        config(bus={"retention_s": retention_s})
 
 
 # ---------------------------------------------------------------- a real bus
@@ -159,7 +178,14 @@ async def replica(models: dict[str, Path], url: str, **bus: Any) -> AsyncIterato
 async def subscriber(
     d: Daemon, query: str = "", events: tuple[str, ...] = ("*",)
 ) -> ClientConnection:
-    ws = await connect(d.url + proto.EVENTS_PATH + query)
+    return await subscriber_at(d.url, query, events)
+
+
+async def subscriber_at(
+    url: str, query: str = "", events: tuple[str, ...] = ("*",)
+) -> ClientConnection:
+    """A /v1/events client of the daemon at ``url``, subscribed to every stream."""
+    ws = await connect(url + proto.EVENTS_PATH + query)
     await ws.send(json.dumps({"type": "subscribe", "streams": ["*"], "events": list(events)}))
     assert json.loads(await ws.recv())["type"] == "subscribed"
     return ws
@@ -387,6 +413,37 @@ async def test_replica_started_while_bus_down_reads_from_its_end(
 
 
 @needs_redis
+async def test_bus_back_without_its_last_events_is_read_on_from_its_end(
+    bus_server: RedisServer, models: dict[str, Path]
+) -> None:
+    """A bus back with fewer events than a replica read (a lossy failover) is not replayed."""
+    async with replica(models, bus_server.url) as a:
+        ws = await subscriber(a)
+        for i in range(5):
+            a.services.hub.publish("note", "before", note("before", i))
+        assert [(await recv_json(ws))["cursor"] for _ in range(5)] == [1, 2, 3, 4, 5]
+        kept = (await bus_entries(bus_server.url))[:3]  # as a standby that missed 4 and 5
+        client = aredis.Redis.from_url(bus_server.url)
+        await client.delete("streamer:events")
+        for e in kept:
+            fields: dict[Any, Any] = {"t": e.time, "type": e.type, "stream": e.stream}
+            fields |= {"origin": e.origin, "event": e.event}
+            await client.xadd("streamer:events", fields, id=f"{e.cursor}-0")
+        await client.set("streamer:events:seq", 3)
+        await client.aclose()
+        bus_server.kill()
+        bus_server.start()
+        async with asyncio.timeout(2 * UNIT_S):
+            while not (bus_of(a).up and bus_of(a).last_cursor == 3):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        a.services.hub.publish("note", "after", note("after"))
+        got = [await recv_json(ws)]
+        got += await quiet_for(ws, 0.3)
+        await ws.close()
+    assert [(e["stream"], e["cursor"]) for e in got] == [("after", 4)]
+
+
+@needs_redis
 async def test_close_writes_every_queued_event_in_order(
     bus_server: RedisServer, models: dict[str, Path]
 ) -> None:
@@ -536,3 +593,164 @@ async def test_leases_are_freed_at_shutdown(
         assert not await client.exists("streamer:events:lease:porch")
     finally:
         await client.aclose()
+
+
+# ---------------------------------------------------------------- retention by age
+
+
+async def bus_entries(url: str) -> list[wire.Entry]:
+    """Every entry of the bus stream, oldest first, read straight from the server."""
+    client = aredis.Redis.from_url(url)
+    try:
+        found = wire.entries(await client.xrange("streamer:events"))
+    finally:
+        await client.aclose()
+    return [e for e in (wire.parse_entry(*f) for f in found) if e is not None]
+
+
+async def bus_time_passes(url: str, when: float) -> None:
+    """Wait until the bus server's own clock reads ``when`` or later."""
+    client = aredis.Redis.from_url(url)
+    try:
+        async with asyncio.timeout(2 * UNIT_S):
+            while True:
+                seconds, micros = await client.time()
+                if seconds + micros / 1e6 >= when:
+                    return
+                await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
+@needs_redis
+@pytest.mark.parametrize("retention_s", [1.0, 0.0], ids=["one_second", "off"])
+async def test_retention_trims_by_age(
+    bus_server: RedisServer, models: dict[str, Path], retention_s: float
+) -> None:
+    """Events older than bus.retention_s leave the bus with the next append; 0 keeps them."""
+    node = 10  # entries per stream node: "MINID ~" trims whole nodes
+    client = aredis.Redis.from_url(bus_server.url)
+    await client.config_set("stream-node-max-entries", node)
+    await client.aclose()
+    async with replica(models, bus_server.url, retention_s=retention_s) as a:
+        for i in range(250):
+            a.services.hub.publish("note", "old", note("old", i))
+        assert await bus_of(a).caught_up(UNIT_S)
+        old = await bus_entries(bus_server.url)
+        await bus_time_passes(bus_server.url, old[-1].time + 1.05)
+        for i in range(30):
+            a.services.hub.publish("note", "young", note("young", i))
+        assert await bus_of(a).caught_up(UNIT_S)
+        kept = await bus_entries(bus_server.url)
+        replay = await subscriber(a, "?since=0")
+        replayed = await read_until(replay, lambda got: len(got) == len(kept))
+        await replay.close()
+    assert [e.cursor for e in old] == list(range(1, 251))
+    young = [json.loads(e.event)["i"] for e in kept if e.stream == "young"]
+    assert young == list(range(30))  # none younger than the retention is trimmed
+    stale = [e for e in kept if e.stream == "old"]
+    if retention_s:
+        assert len(stale) <= node  # the rest of one node at most
+        assert kept[0].cursor == 251 - len(stale)
+    else:
+        assert len(stale) == 250
+    assert [e["cursor"] for e in replayed] == [e.cursor for e in kept]  # since=0: what is kept
+
+
+# ---------------------------------------------------------------- replicas as processes
+
+
+class Collector:
+    """Reads one WebSocket in the background into :attr:`events` until it closes."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.events: list[dict[str, Any]] = []
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for message in self.ws:
+                self.events.append(json.loads(message))
+
+    async def until(self, done: Callable[[list[dict[str, Any]]], bool], timeout_s: float) -> None:
+        """Poll until ``done(events)`` holds (the reading goes on)."""
+        async with asyncio.timeout(timeout_s):
+            while not done(self.events):  # noqa: ASYNC110 - the reader task appends
+                await asyncio.sleep(0.02)
+
+    async def close(self) -> list[dict[str, Any]]:
+        await self.ws.close()
+        await self.task
+        return self.events
+
+
+def ended(name: str) -> Callable[[list[dict[str, Any]]], bool]:
+    return lambda events: any(e["type"] == "ended" and e["stream"] == name for e in events)
+
+
+async def stream_live(url: str, name: str, samples: np.ndarray) -> list[dict[str, Any]]:
+    """Stream ``samples`` as ``name`` in real time; the events its client got until it closed."""
+    ws = await connect(url + proto.INGEST_PATH)
+    own = Collector(ws)
+    with contextlib.suppress(ConnectionClosed):  # the replica may die under it
+        await ws.send(start_msg(name))
+        await send_audio(ws, samples, pace_s=0.1)
+        await ws.send(json.dumps({"type": "end"}))
+    async with asyncio.timeout(3 * UNIT_S):
+        await own.task
+    return own.events
+
+
+def without_cursor(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k != "cursor"}
+
+
+@needs_redis
+async def test_replica_killed_mid_stream(bus_server: RedisServer, models: dict[str, Path]) -> None:
+    """SIGKILL of replica B mid-stream: A and C go on, B's appended results stay on the bus."""
+    env = {"STREAMER_BUS": bus_server.url, "STREAMER_BUS_RECONNECT_MAX_S": "0.5"}
+    procs = [DaemonProcess(["--model", f"ctc={models['ctc']}"], env=env) for _ in range(3)]
+    try:
+        a, b, c = await asyncio.gather(*(p.wait_ready(6 * UNIT_S) for p in procs))
+        on_a, on_c, away = [Collector(await subscriber_at(url)) for url in (a, c, a)]
+        to_b = asyncio.create_task(stream_live(b, "b", speech(seconds=14)))
+        to_c = asyncio.create_task(stream_live(c, "c", speech(seconds=12)))
+        await on_a.until(lambda events: bool(utterances(events, "b")), 3 * UNIT_S)
+        procs[1].process.kill()  # SIGKILL: no drain, no goodbye to the bus
+        await away.until(lambda events: bool(utterances(events, "b")), UNIT_S)
+        left = await away.close()  # a subscriber that goes away with B
+        own_b, own_c = await asyncio.gather(to_b, to_c)
+        await on_a.until(ended("c"), 3 * UNIT_S)
+        await on_c.until(ended("c"), 3 * UNIT_S)
+        back = Collector(await subscriber_at(c, f"?since={left[-1]['cursor']}"))
+        await back.until(ended("c"), 3 * UNIT_S)
+        seen_a, seen_c, resumed = [await s.close() for s in (on_a, on_c, back)]
+        journal = io.StringIO()
+        cfg = config(bus={"url": bus_server.url})
+        await asyncio.to_thread(
+            print_journal, None, since="0", stream=None, out=journal, bus=cfg.bus
+        )
+    finally:
+        for proc in procs:
+            proc.stop()
+    on_bus = [json.loads(line) for line in journal.getvalue().splitlines()]
+    # every replica's subscribers see the bus in one order, each event once, no hole
+    assert [e["cursor"] for e in seen_a] == [r["seq"] for r in on_bus]
+    assert [e["cursor"] for e in seen_a] == list(range(1, len(on_bus) + 1))
+    assert seen_c == seen_a
+    # C's stream went on, whole, on A and on C
+    assert [without_cursor(u) for u in utterances(seen_a, "c")] == utterances(own_c, "c")
+    assert [u["seq"] for u in utterances(own_c)] == list(range(len(utterances(own_c))))
+    assert ended("c")(own_c)
+    # B died mid-stream; what it appended is on the bus, in the order its client got it
+    assert not ended("b")(own_b)
+    b_on_bus = [r["event"] for r in on_bus if r["event"]["stream"] == "b"]
+    assert utterances(b_on_bus)
+    assert b_on_bus == [without_cursor(e) for e in seen_a if e["stream"] == "b"]
+    assert utterances(b_on_bus) == utterances(own_b)[: len(utterances(b_on_bus))]
+    assert len(utterances(own_b)) - len(utterances(b_on_bus)) <= 1  # one in flight at most
+    # a subscriber back with since= gets exactly what it missed
+    assert left + resumed == seen_a
+    assert left
+    assert resumed

@@ -270,13 +270,15 @@ class Bus:
             end = await self._end_cursor()
             if self._cursor is None:  # the first connection: read from the bus's end
                 self._cursor = end
-            elif end < self._cursor:
+            elif end < self._cursor:  # restarted empty or from an older state, a lossy failover
                 log.error(
-                    "bus %s lost its history (restarted without persistence?): reading it "
-                    "from its start; cursors start over",
+                    "bus %s lost its events after cursor %d (it ends at %d): reading on from "
+                    "there; those cursors will be given again",
                     self.shown_url,
+                    self._cursor,
+                    end,
                 )
-                self._cursor = self._appended_to = 0
+                self._cursor = self._appended_to = end
         except (redis.RedisError, OSError) as exc:
             self._went_down(exc)
             return False
@@ -353,7 +355,12 @@ class Bus:
         try:
             cursor = await self._append(
                 keys=[self.config.key, self._seq_key],
-                args=wire.append_args(self.config.max_events, batch, self.origin),
+                args=wire.append_args(
+                    batch,
+                    self.origin,
+                    max_events=self.config.max_events,
+                    retention_s=self.config.retention_s,
+                ),
             )
             self._appended_to = max(self._appended_to, int(cursor))
         except (redis.RedisError, OSError) as exc:

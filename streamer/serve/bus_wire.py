@@ -15,6 +15,22 @@ Subscribers of ``/v1/events`` on a daemon with a bus get each event with one mor
 ``"cursor": SEQ`` (protocol v1 readers ignore unknown fields). A client that reconnects with
 ``/v1/events?since=SEQ`` gets every event after that cursor, then the live ones, without
 duplicates. The per-stream ``seq`` of an utterance is unchanged.
+
+Retention: the same script trims the stream by count (``XADD ... MAXLEN ~ bus.max_events``) and by
+age (``bus.retention_s``). The IDs carry cursors, not times, so ``XADD ... MINID ~ NOW-MS`` would
+compare cursors with a clock (every cursor is far below NOW-MS) and trim everything: the age trim
+reads the ``t`` field instead. Once every 64 cursors (on a call whose cursors cross a multiple of
+64: looking on every call costs a quarter to a third more of the server's time per single-event
+call), the script looks at the oldest entry. When that is older than the retention by more than 1 %
+of it, the script finds the first entry younger than the retention by a binary search over cursors
+(``t`` grows with the cursor: one server clock, one script at a time) and trims the entries before
+it with ``XTRIM ... MINID ~ CURSOR-0``: always a prefix, in cursor order. ``~`` trims whole
+radix-tree nodes only (``stream-node-max-entries``, 100 by default), like ``MAXLEN ~``. So an entry
+stays at least ``retention_s``; it leaves at a look once the oldest entry is 1 % past the retention
+and every entry of its own node is past it (looks come with appends: an idle bus keeps its entries
+until new ones come). Each entry is judged by the server's clock when it was appended: a clock
+stepped back keeps some entries a little longer, one stepped forward trims some early; the
+replicas' clocks play no part. Both limits hold: whichever is reached first trims.
 """
 
 from __future__ import annotations
@@ -25,7 +41,8 @@ from dataclasses import dataclass
 from typing import Final
 
 #: Appends events atomically: ``KEYS = [stream key, counter key]``, ``ARGV = [maxlen,
-#: then per event: type, stream, origin, event]``; returns the last cursor given.
+#: retention_s (0: no age limit), then per event: type, stream, origin, event]``; returns the
+#: last cursor given. Trims by count and by age (see the module docstring).
 APPEND_SCRIPT: Final = """
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
@@ -34,11 +51,32 @@ local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
 if last and tonumber(string.match(last[1], '^(%d+)')) > seq then
   redis.call('SET', KEYS[2], string.match(last[1], '^(%d+)'))
 end
-for i = 2, #ARGV, 4 do
+local before = seq
+for i = 3, #ARGV, 4 do
   seq = redis.call('INCR', KEYS[2])
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], seq .. '-0', 't', now,
     'type', ARGV[i], 'stream', ARGV[i + 1], 'origin', ARGV[i + 2], 'event', ARGV[i + 3])
 end
+local keep_s = tonumber(ARGV[2])
+if keep_s <= 0 or math.floor(seq / 64) == math.floor(before / 64) then return seq end
+local cutoff = tonumber(now) - keep_s
+local function first_at(cursor)  -- the first entry at or after cursor: its cursor and t
+  local e = redis.call('XRANGE', KEYS[1], string.format('%d-0', cursor), '+', 'COUNT', 1)[1]
+  local when = 0
+  for j = 1, #e[2], 2 do
+    if e[2][j] == 't' then when = tonumber(e[2][j + 1]) or 0 end
+  end
+  return tonumber(string.match(e[1], '^(%d+)')), when
+end
+local lo, oldest = first_at(0)
+if oldest >= cutoff - keep_s / 100 then return seq end
+local hi = seq
+while lo < hi do  -- the first cursor whose entry is younger than the retention
+  local mid = math.floor((lo + hi) / 2)
+  local cursor, when = first_at(mid)
+  if when < cutoff then lo = cursor + 1 else hi = mid end
+end
+redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d-0', lo))
 return seq
 """
 #: Renews or takes a stream name's lease: ``KEYS = [lease key]``, ``ARGV = [token, ms]``.
@@ -124,9 +162,11 @@ def entries(answer: object) -> list[tuple[object, object]]:
     return [(e[0], e[1]) for e in answer if isinstance(e, list | tuple) and len(e) == 2]
 
 
-def append_args(max_events: int, events: list[tuple[str, str, str]], origin: str) -> list[str]:
+def append_args(
+    events: list[tuple[str, str, str]], origin: str, *, max_events: int, retention_s: float
+) -> list[str]:
     """:data:`APPEND_SCRIPT`'s ``ARGV`` for ``events`` (type, stream, encoded event)."""
-    args = [str(max_events)]
+    args = [str(max_events), repr(float(retention_s))]
     for kind, stream, event in events:
         args += [kind, stream, origin, event]
     return args
