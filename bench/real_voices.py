@@ -222,12 +222,16 @@ class Score:
     noise_out: int = 0
     cpu_s: float = 0.0
     digits_intent: int = 0
+    intent_right: int = 0
+    """Synthetic commands: clips whose (not abstained) intent is the one spoken."""
 
     def add(self, record: Record, result: Result) -> None:
         """Count one clip."""
         self.n += 1
         self.cpu_s += result.cpu_s
         self.digits_intent += "digits" in result.intents
+        if record.kind.startswith("intent:"):
+            self.intent_right += result.intents[:1] == [record.kind.removeprefix("intent:")]
         if record.transcript is None:
             self.noise_out += bool(result.n_utterances or result.text.strip())
             return
@@ -422,16 +426,24 @@ def main() -> int:
         help="speakers to score: test (the figures to report, once) or validation (for "
         "choosing checkpoints and knobs)",
     )
+    parser.add_argument(
+        "--synthetic",
+        type=Path,
+        help="also score a synthetic corpus (.npz of streamer_training.data.Corpus, e.g. the "
+        "held-out voices data/demo/synth_test.npz that `bin/train_demo --stage data` writes)",
+    )
     args = parser.parse_args()
     args.system = args.system or ["daemon", "tiny.en", "base"]
     logging.basicConfig(level=logging.WARNING)
     items = split_items(args.part, max_per_set=args.max_clips, seed=args.seed, sets=args.sets)
-    clips = [r for records in items.values() for r in records]
-    _describe(items, args)
     by_kind: dict[tuple[str, str], Score] = {}
     lines: list[str] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="real-voices-") as tmp:
+        if args.synthetic is not None:
+            items["synth_heldout"] = _synthetic_records(args.synthetic, Path(tmp) / "synth")
+        clips = [r for records in items.values() for r in records]
+        _describe(items, args)
         for system, run in _systems(args, Path(tmp)):
             t0 = time.perf_counter()
             results = dict(zip(map(id, clips), run(clips), strict=True))
@@ -449,8 +461,23 @@ def main() -> int:
                 lines.append(row(system, name, score))
                 if name in DIGIT_SETS and system.startswith("daemon"):
                     notes.append(f"{name} {score.digits_intent}/{score.n}")
+                if name == "synth_heldout" and system.startswith("daemon"):
+                    notes.append(f"synthetic intents right {score.intent_right}/{score.n}")
     _print_tables(lines, notes, by_kind)
     return 0
+
+
+def _synthetic_records(corpus: Path, folder: Path) -> list[Record]:
+    """A synthetic corpus as files (16 kHz WAV) and records whose kind is ``intent:NAME``."""
+    from streamer_training.data import Corpus
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k, u in enumerate(Corpus.load(corpus).items):
+        path = folder / f"{k:04d}.wav"
+        sf.write(str(path), u.audio, RATE_HZ, subtype="PCM_16")
+        out.append(Record(path, u.text, None, "synthetic", f"intent:{u.intent}", "test"))
+    return out
 
 
 def _dump(
