@@ -10,7 +10,6 @@ here, so it has a name, a unit and a default.
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 import types
 import typing
@@ -147,10 +146,12 @@ class DecoderConfig:
     grammars: bool = True
     """Hold a ctc bundle's transcript to the word list it ships for the utterance's intent (as
     said by a classify bundle served beside it); false: always the free search."""
-    grammar_max_gap_per_frame: float = math.inf
+    grammar_max_gap_per_frame: float = 0.0
     """The word list holds the transcript only when its best path scores at most this many nats
     per emitting frame below the free path; past it the word list does not fit what was said
-    (a command word the intent model took for digits) and the free search reads it."""
+    (a command word the intent model took for digits) and the free search reads it. 0 (chosen on
+    validation speakers, bench/real_voices.py --part validation: lowest mean WER of inf, 1,
+    0.5, 0.25, 0) keeps it only when it is the free greedy path; inf always holds it."""
     contexts: str = ""
     """Contexts (Rhino-format YAML) compiled at start: ``[NAME=]FILE`` items separated by commas
     (the name defaults to the file's stem); the first is every stream's default (``--context``)."""

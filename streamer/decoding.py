@@ -117,6 +117,11 @@ class OutputDecoder:
                 self.ctc_search += (
                     f"; held to a word list when the intent is {' or '.join(self.grammars)}"
                 )
+                if math.isfinite(grammar_max_gap_per_frame):
+                    self.ctc_search += (
+                        f" and the list's path is within {grammar_max_gap_per_frame:g} nats per"
+                        " frame of the free path"
+                    )
         self.intent = (
             IntentDecoder(manifest, abstain_below=abstain_below, n_best=n_best)
             if manifest.task == "classify"

@@ -9,6 +9,7 @@ bundle, export or runtime, not bad luck.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -134,10 +135,11 @@ def test_intent_real_command(intent: tuple[Encoder, IntentDecoder]) -> None:
 
 
 async def test_daemon_serves_the_default_bundles_to_a_websocket_client() -> None:
-    """As `streamer serve` with no --model: a real client streams a real digit string and a real
-    command; the digit string's transcript is held to the digits word list (the intent model
-    is decoded first, though listed second), the command's is the beam search's (words the LM
-    knows), and /readyz names the search."""
+    """As `streamer serve` with no --model (the word list always held, as
+    ``decoder.grammar_max_gap_per_frame = inf`` sets it): a real client streams a real digit
+    string and a real command; the digit string's transcript is held to the digits word list
+    (the intent model is decoded first, though listed second), the command's is the beam
+    search's (words the LM knows), and /readyz names the search."""
     models = resolve_models([], models_dir=EXPORTED)
     assert list(models) == ["commands-ctc", "commands-intent"]
     lm_words = {
@@ -145,7 +147,7 @@ async def test_daemon_serves_the_default_bundles_to_a_websocket_client() -> None
         for line in (EXPORTED / "commands-ctc" / "lm.arpa").read_text().splitlines()
         if line.count("\t") == 2
     }
-    async with running(config(), models) as daemon:
+    async with running(config(decoder={"grammar_max_gap_per_frame": math.inf}), models) as daemon:
         status, _, body = await http_get(daemon.port, "/readyz")
         assert status == 200
         decoders = {m["name"]: m["decoder"] for m in json.loads(body)["models"]}
