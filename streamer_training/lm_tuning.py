@@ -56,8 +56,7 @@ def stage_lm(paths: Paths) -> None:
         bundle_dir = paths.work_dir / "bundles" / f"commands-ctc-{variant}"
         bundle = evaluate.Bundle(bundle_dir)
         logits = {
-            name: [bundle.run(audio)[0][0] for audio, _ in items]
-            for name, items in devsets.items()
+            name: [bundle.run(audio)[0][0] for audio, _ in items] for name, items in devsets.items()
         }
         attached = attach_lm(bundle_dir, load_manifest(bundle_dir), arpa, alpha=0.0, beta=0.0)
         grid: list[dict[str, Any]] = []

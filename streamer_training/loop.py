@@ -148,6 +148,31 @@ class Curve:
         return cls(train=list(raw["train"]), evals=list(raw["evals"]))
 
 
+class LossWindow:
+    """Mean training loss and seconds per step over each ``every`` steps, appended to a curve."""
+
+    def __init__(self, curve: Curve, *, every: int = 50) -> None:
+        """Record into ``curve.train`` every ``every`` steps."""
+        self.curve = curve
+        self.every = every
+        self._losses: list[float] = []
+        self._since = time.monotonic()
+
+    def add(self, step: int, loss: float, lr: float) -> None:
+        """Count the loss of ``step`` (1-based, after the optimizer step) trained at ``lr``."""
+        self._losses.append(loss)
+        if step % self.every == 0:
+            self.curve.train.append(
+                {
+                    "step": step,
+                    "loss": float(np.mean(self._losses)),
+                    "lr": lr,
+                    "s_per_step": (time.monotonic() - self._since) / len(self._losses),
+                }
+            )
+            self._losses, self._since = [], time.monotonic()
+
+
 def save_checkpoint(path: Path, *, model: Any, optimizer: Any, step: int) -> None:
     """Atomically save model and optimizer state plus the step count."""
     import torch

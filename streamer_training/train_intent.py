@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,8 +268,7 @@ def train(
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
     bar = loop.Progress(recipe.steps, label="intent")
-    window: list[float] = []
-    t_window = time.monotonic()
+    losses = loop.LossWindow(curve)
     while step < recipe.steps:
         rng = np.random.default_rng([recipe.seed, step])
         batch = loop.draw_batch(
@@ -314,17 +312,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         step += 1
-        window.append(float(loss.item()))
-        if step % 50 == 0:
-            curve.train.append(
-                {
-                    "step": step,
-                    "loss": float(np.mean(window)),
-                    "lr": lr,
-                    "s_per_step": (time.monotonic() - t_window) / len(window),
-                }
-            )
-            window, t_window = [], time.monotonic()
+        losses.add(step, float(loss.item()), lr)
         bar.update(step, f"loss {loss.item():.3f}")
         if step % recipe.eval_every == 0 or step == recipe.steps:
             preds = classify(model, [u.audio for u in evalset])

@@ -28,6 +28,7 @@ from streamer.partials import PartialsConfig, StableWords, partial_window
 from streamer.results import Word
 from streamer.segmenter import Segmenter, UtteranceReady
 from streamer.segmenter_config import SegmenterConfig
+from streamer.streams.live import same_cut
 from streamer.streams.pipeline import StreamPipeline, stream_segmenter_config
 from streamer.streams.services import Services, admit_partial
 from streamer.streams.sources import read_audio_file
@@ -163,16 +164,6 @@ _SEG = SegmenterConfig(
 )
 
 
-def _same(a: UtteranceReady, b: UtteranceReady) -> bool:
-    return (
-        a.audio_start_sample == b.audio_start_sample
-        and a.speech_start_sample == b.speech_start_sample
-        and a.speech_end_sample == b.speech_end_sample
-        and a.forced_cut == b.forced_cut
-        and np.array_equal(a.audio, b.audio)
-    )
-
-
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.sampled_from([0.0, 0.2, 0.4, 0.6, 0.9]), min_size=5, max_size=250),
@@ -198,7 +189,7 @@ def test_the_eager_cut_is_what_silence_cuts(scores: list[float], silence_ms: int
                 got = twin.feed(_frames([0.0]))
             assert len(got) == 1, finish
             assert isinstance(got[0], UtteranceReady), finish
-            assert _same(got[0], cut), finish
+            assert same_cut(got[0], cut), finish
 
 
 def test_no_eager_cut_while_the_end_can_move_or_too_early() -> None:

@@ -146,7 +146,7 @@ class LiveResults:
         eager, self._eager = self._eager, None
         if eager is None:
             return None
-        if _same_cut(eager.cut, utt):
+        if same_cut(eager.cut, utt):
             self._count("eager_reused", "eager", "reused")
             return eager.task
         eager.task.cancel()
@@ -286,7 +286,8 @@ class LiveResults:
 _EAGER_FIELDS = dataclasses.fields(proto.Eager)
 
 
-def _same_cut(a: UtteranceReady, b: UtteranceReady) -> bool:
+def same_cut(a: UtteranceReady, b: UtteranceReady) -> bool:
+    """Whether two cuts are the same utterance: bounds, forced flag and audio."""
     return (
         a.audio_start_sample == b.audio_start_sample
         and a.speech_start_sample == b.speech_start_sample
