@@ -22,9 +22,7 @@ def _export(source: Path, out: Path, *args: str) -> Path:
 
 
 @pytest.mark.parametrize("quantize", [False, True])
-def test_recovered_weights_give_the_exported_models_outputs(
-    tmp_path: Path, quantize: bool
-) -> None:
+def test_recovered_weights_give_the_exported_models_outputs(tmp_path: Path, quantize: bool) -> None:
     torch = pytest.importorskip("torch", reason="torch is part of the export extra")
     from streamer_training.recover import load_released
 
