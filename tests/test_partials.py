@@ -431,3 +431,44 @@ async def test_an_utterance_stops_a_running_partial_run() -> None:
     finally:
         runner.close()
     assert waited_s < whole_s / 2
+
+
+async def test_eager_withdrawn_when_speech_resumes_and_ends_in_one_chunk() -> (
+    None
+):
+    """Eager sent, then one chunk holds more speech and the silence that ends it: the client
+    gets ``resumed`` for the eager result before the final (which is a fresh run)."""
+    services = _services()
+    names = tuple(services.runner.encoders)
+    events: list[proto.ServerEvent] = []
+    cfg = dataclasses.replace(stream_segmenter_config(services, names, {}), frame_ms=20)
+    pipe = StreamPipeline(
+        services,
+        stream="s",
+        fmt=AudioFormat(16000, "pcm_f32le", 1),
+        models=names,
+        segmenter=cfg,
+        emit=events.append,
+        want=("eager",),
+    )
+    scripted = Segmenter(_SEG, vad=_ScriptedVad())
+    pipe.segmenter = scripted
+    assert pipe.live is not None
+    pipe.live.segmenter = scripted
+    try:
+        pipe.feed_samples(_frames([0.0] * 10 + [0.9] * 40))
+        for _ in range(12):  # silence, frame by frame, until the eager result is sent
+            pipe.feed_samples(_frames([0.0]))
+            await asyncio.sleep(0.05)
+        assert [type(e) for e in events][-1] is proto.Eager
+        pipe.feed_samples(_frames([0.9] * 20 + [0.0] * 60))  # resumes and ends in one chunk
+        await pipe.finish()
+    finally:
+        services.runner.close()
+    kinds = [type(e) for e in events]
+    assert kinds == [proto.SpeechStarted, proto.Eager, proto.Resumed, proto.Utterance], kinds
+    eager, resumed, final = events[1], events[2], events[3]
+    assert isinstance(eager, proto.Eager)
+    assert isinstance(final, proto.Utterance)
+    assert resumed.utterance_id == eager.utterance_id == final.utterance_id
+    assert final.end_ms > eager.end_ms

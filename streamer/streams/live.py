@@ -138,7 +138,7 @@ class LiveResults:
 
         Returns the eager run to reuse as the final result when it ran on exactly this audio.
         """
-        self._utterance = None
+        utterance, self._utterance = self._utterance, None
         self._words = None
         if self._partial is not None:
             self._partial.cancel()  # not started: never starts; running: result discarded
@@ -150,6 +150,8 @@ class LiveResults:
             self._count("eager_reused", "eager", "reused")
             return eager.task
         eager.task.cancel()
+        if eager.sent and utterance is not None:  # speech resumed and ended within one chunk
+            self._withdraw(utterance)
         return None
 
     async def close(self) -> None:
@@ -171,9 +173,12 @@ class LiveResults:
         self._eager = None
         eager.task.cancel()
         if eager.sent and self._utterance is not None:
-            self._count("resumed", "eager", "resumed")
-            utterance_id, seq = self._utterance
-            self.publish(proto.Resumed(stream=self.stream, utterance_id=utterance_id, seq=seq))
+            self._withdraw(self._utterance)
+
+    def _withdraw(self, utterance: tuple[str, int]) -> None:
+        self._count("resumed", "eager", "resumed")
+        utterance_id, seq = utterance
+        self.publish(proto.Resumed(stream=self.stream, utterance_id=utterance_id, seq=seq))
 
     def _start_eager(self, cut: UtteranceReady, previous: asyncio.Task[None] | None) -> None:
         assert self._utterance is not None
