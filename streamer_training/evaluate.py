@@ -76,7 +76,7 @@ def word_error_rate(refs: Sequence[str], hyps: Sequence[str], *, oh_is_zero: boo
 
 
 def load_audio(path: Path) -> np.ndarray:
-    """Read a WAV file as float32 mono 16 kHz."""
+    """Read an audio file (WAV, FLAC) as float32 mono 16 kHz."""
     audio, rate_hz = sf.read(str(path), dtype="float32", always_2d=True)
     mono = audio.mean(axis=1)
     if rate_hz != SAMPLE_RATE_HZ:

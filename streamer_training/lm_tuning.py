@@ -101,7 +101,7 @@ def dev_sets(paths: Paths) -> dict[str, list[tuple[Any, str]]]:
     New synthetic sentences in training voices, and the validation speakers of AN4 and Speech
     Commands (a fixed subset): never a test speaker.
     """
-    from streamer_training import real_voices, speakers
+    from streamer_training import speakers
 
     out: dict[str, list[tuple[Any, str]]] = {
         "synth_dev": [(u.audio, u.text) for u in data.Corpus.load(paths.synth_dev).items]
@@ -110,7 +110,7 @@ def dev_sets(paths: Paths) -> dict[str, list[tuple[Any, str]]]:
         "validation", max_per_set=150, sets=("an4", "sc_commands", "sc_digits")
     )
     for name, records in found.items():
-        out[name] = [(real_voices.read_16k(r.path), r.transcript or "") for r in records]
+        out[name] = [(evaluate.load_audio(r.path), r.transcript or "") for r in records]
     return out
 
 

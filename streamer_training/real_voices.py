@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
-import soxr
 
 from streamer_training import augment, data, loop, speakers
+from streamer_training.evaluate import load_audio
 from streamer_training.train_ctc import (
     CtcRecipe,
     build_model,
@@ -75,22 +74,13 @@ class _Item:
     text: str
 
 
-def read_16k(path: Path) -> np.ndarray:
-    """A recording as 16 kHz mono float32."""
-    audio, rate_hz = sf.read(str(path), dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1)
-    if rate_hz != RATE:
-        mono = soxr.resample(mono, rate_hz, RATE)
-    return np.ascontiguousarray(mono, dtype=np.float32)
-
-
 def load_part(part: str, *, max_s: float) -> dict[str, list[_Item]]:
     """Every labelled or noise-only record of ``part``, by dataset (``noise`` apart), read."""
     out: dict[str, list[_Item]] = {}
     for record in speakers.load_records(datasets=("an4", "speech_commands", "fsdd", "wake_words")):
         if record.part != part:
             continue
-        audio = read_16k(record.path)
+        audio = load_audio(record.path)
         if audio.size > max_s * RATE:
             continue
         key = "noise" if record.kind == "noise" else record.dataset
@@ -147,7 +137,7 @@ def validation_sets(synthetic_dev: data.Corpus, *, per_set: int = 150) -> dict[s
         "validation", max_per_set=per_set, sets=("an4", "sc_commands", "sc_digits")
     )
     out = {
-        name: [_Item(read_16k(r.path), r.transcript or "") for r in records]
+        name: [_Item(load_audio(r.path), r.transcript or "") for r in records]
         for name, records in found.items()
     }
     out["synth_dev"] = [_Item(u.audio, u.text) for u in synthetic_dev.items[:per_set]]
