@@ -433,9 +433,7 @@ async def test_an_utterance_stops_a_running_partial_run() -> None:
     assert waited_s < whole_s / 2
 
 
-async def test_eager_withdrawn_when_speech_resumes_and_ends_in_one_chunk() -> (
-    None
-):
+async def test_eager_withdrawn_when_speech_resumes_and_ends_in_one_chunk() -> None:
     """Eager sent, then one chunk holds more speech and the silence that ends it: the client
     gets ``resumed`` for the eager result before the final (which is a fresh run)."""
     services = _services()
