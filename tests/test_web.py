@@ -210,6 +210,22 @@ def test_page_files_ship_with_the_package() -> None:
     assert b'registerProcessor("pcm-capture"' in read_page_file("worklet.js")
 
 
+async def play_whole_file(page: Any, duration_s: float) -> None:
+    """Start the page's microphone (the fake one plays a file), wait until every sample of the
+    file reached the server (a silent fake mic reads as 0), then stop: the server flushes and
+    closes with 1000."""
+    await page.click("#start")
+    await page.wait_for_function(
+        "() => document.body.dataset.state === 'live'", timeout=3 * UNIT_S * 1000
+    )
+    need = int(16000 * (duration_s - 0.5))
+    await page.wait_for_function(
+        f"() => Number(document.body.dataset.samplesSent || 0) >= {need}",
+        timeout=3 * UNIT_S * 1000,
+    )
+    await page.click("#stop")
+
+
 async def test_captions_page_in_chromium(
     daemon: StreamerServer, fake_mic: tuple[Path, float], tmp_path: Path
 ) -> None:
@@ -223,17 +239,7 @@ async def test_captions_page_in_chromium(
         page.on("websocket", lambda ws: sockets.append(ws.url))
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         await page.goto(f"{base}/?token={TOKEN}&stream={STREAM}")
-        await page.click("#start")
-        await page.wait_for_function(
-            "() => document.body.dataset.state === 'live'", timeout=3 * UNIT_S * 1000
-        )
-        # every sample of the file must reach the server (a silent fake mic reads as 0)
-        need = int(16000 * (duration_s - 0.5))
-        await page.wait_for_function(
-            f"() => Number(document.body.dataset.samplesSent || 0) >= {need}",
-            timeout=3 * UNIT_S * 1000,
-        )
-        await page.click("#stop")  # end: the server flushes and closes with 1000
+        await play_whole_file(page, duration_s)
         await page.wait_for_function(
             "() => document.body.dataset.state === 'idle'", timeout=UNIT_S * 1000
         )
@@ -367,16 +373,7 @@ async def test_page_shows_partials_then_the_final(
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await page.add_init_script(script=PARTIALS_SEEN_JS)
             await page.goto(f"https://127.0.0.1:{daemon.ports[0]}/?token={TOKEN}&stream={STREAM}")
-            await page.click("#start")
-            await page.wait_for_function(
-                "() => document.body.dataset.state === 'live'", timeout=3 * UNIT_S * 1000
-            )
-            need = int(16000 * (duration_s - 0.5))
-            await page.wait_for_function(
-                f"() => Number(document.body.dataset.samplesSent || 0) >= {need}",
-                timeout=3 * UNIT_S * 1000,
-            )
-            await page.click("#stop")
+            await play_whole_file(page, duration_s)
             await page.wait_for_function(
                 "() => document.body.dataset.state === 'idle'", timeout=UNIT_S * 1000
             )
