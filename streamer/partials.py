@@ -61,22 +61,14 @@ class PartialsConfig:
             raise ConfigError(f"partials.engine_share must be in (0, 1], got {self.engine_share}")
 
 
-def partial_window(
-    *,
-    audio_start_ms: float,
-    now_ms: float,
-    stable_end_ms: float | None,
-    config: PartialsConfig,
-) -> float:
-    """Stream time (ms) where the next partial window starts.
+def partial_window(*, now_ms: float, stable_end_ms: float | None, config: PartialsConfig) -> float:
+    """Stream time (ms) where the next partial window starts (at least 0, the stream's start).
 
-    ``audio_start_ms``: the open utterance's first held sample; ``stable_end_ms``: the end of its
-    last stable word (None: no stable word yet).
+    ``stable_end_ms``: the end of the open utterance's last stable word (None: none yet). The
+    caller clamps the start to the utterance's audio (:meth:`Segmenter.open_audio` does).
     """
-    start = audio_start_ms
-    if stable_end_ms is not None:
-        start = max(start, stable_end_ms - config.lookback_ms)
-    return max(start, now_ms - config.max_window_s * 1000.0)
+    start = 0.0 if stable_end_ms is None else stable_end_ms - config.lookback_ms
+    return max(0.0, start, now_ms - config.max_window_s * 1000.0)
 
 
 class StableWords:

@@ -74,9 +74,9 @@ def test_a_window_that_rereads_stable_words_does_not_repeat_them() -> None:
 
 def test_partial_window_is_bounded_and_starts_before_the_last_stable_word() -> None:
     cfg = PartialsConfig(lookback_ms=1000, max_window_s=4.0)
-    assert partial_window(audio_start_ms=0, now_ms=1500, stable_end_ms=None, config=cfg) == 0
-    assert partial_window(audio_start_ms=0, now_ms=9000, stable_end_ms=None, config=cfg) == 5000
-    assert partial_window(audio_start_ms=0, now_ms=9000, stable_end_ms=8500, config=cfg) == 7500
+    assert partial_window(now_ms=1500, stable_end_ms=None, config=cfg) == 0
+    assert partial_window(now_ms=9000, stable_end_ms=None, config=cfg) == 5000
+    assert partial_window(now_ms=9000, stable_end_ms=8500, config=cfg) == 7500
 
 
 @pytest.mark.parametrize(

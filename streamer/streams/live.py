@@ -225,7 +225,6 @@ class LiveResults:
             return
         now = self.segmenter.samples_seen
         start_ms = partial_window(
-            audio_start_ms=0.0,
             now_ms=self._ms(now),
             stable_end_ms=words.stable_end_ms,
             config=self.config,
