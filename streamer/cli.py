@@ -105,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _security_flags(serve)
     _context_flag(serve)
+    _intents_flags(serve)
     _bus_flag(serve)
 
     tr = sub.add_parser("transcribe", help="run audio files through the daemon's pipeline")
@@ -115,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
         help="print one JSON line per utterance (default: readable lines)",
     )
     _context_flag(tr)
+    _intents_flags(tr)
 
     sub.add_parser("devices", help="list audio input devices")
     bench.add_parser(sub)
@@ -183,6 +185,20 @@ def _context_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _intents_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--intents",
+        metavar="FILE",
+        help="intents defined by example sentences (TOML or YAML), matched on a sentence-"
+        "embedding model (README: Intents from example sentences)",
+    )
+    parser.add_argument(
+        "--text-embedder",
+        metavar="DIR",
+        help="the text embedder bundle that embeds the examples (default: exported/text-minilm-l6)",
+    )
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {"server": {}, "engine": {}}
     for key in ("host", "port"):
@@ -202,6 +218,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"--context {commas[0]}: a file name with a comma cannot be listed")
         out["decoder"] = {"contexts": ",".join(args.context)}
     out["bus"] = {"url": args.bus} if getattr(args, "bus", None) else {}
+    intents = (("intents", "file"), ("text_embedder", "text_embedder"))
+    out["intents"] = {k: getattr(args, f) for f, k in intents if getattr(args, f, None)}
     return out
 
 
@@ -242,7 +260,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return print_journal(
             path, since=args.since, stream=args.stream, out=sys.stdout, bus=config.bus
         )
-    models = resolve_models(args.model)
+    models = resolve_models(args.model, embed=bool(config.intents.file))
     if args.command == "serve":
         mic = None if args.mic is None else (int(args.mic) if args.mic.isdigit() else args.mic)
         return asyncio.run(app.serve(config, models, mic=mic, wyoming=args.wyoming))

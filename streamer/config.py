@@ -2,7 +2,7 @@
 
 Precedence, lowest first: defaults here < ``--config FILE`` (TOML, one table per section:
 ``[server]``, ``[engine]``, ``[decoder]``, ``[segmenter]``, ``[partials]`` and the serving
-sections) < ``STREAMER_<SECTION>_<FIELD>`` environment variables (e.g.
+sections, ``[intents]`` among them) < ``STREAMER_<SECTION>_<FIELD>`` environment variables (e.g.
 ``STREAMER_SERVER_PORT=9000``) < command-line flags. Every limit the daemon enforces is a field
 here, so it has a name, a unit and a default.
 """
@@ -22,7 +22,13 @@ from streamer.contexts import DEFAULT_MAX_GAP_PER_FRAME
 from streamer.errors import ConfigError
 from streamer.partials import PartialsConfig
 from streamer.segmenter_config import SegmenterConfig
-from streamer.serving_config import BusConfig, JournalConfig, SecurityConfig, positive
+from streamer.serving_config import (
+    BusConfig,
+    IntentsConfig,
+    JournalConfig,
+    SecurityConfig,
+    positive,
+)
 
 
 @dataclass(frozen=True)
@@ -187,6 +193,7 @@ class Config:
     journal: JournalConfig = field(default_factory=JournalConfig)
     bus: BusConfig = field(default_factory=BusConfig)
     partials: PartialsConfig = field(default_factory=PartialsConfig)
+    intents: IntentsConfig = field(default_factory=IntentsConfig)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -198,6 +205,7 @@ SECTIONS: dict[str, type[Any]] = {
     "journal": JournalConfig,
     "bus": BusConfig,
     "partials": PartialsConfig,
+    "intents": IntentsConfig,
 }
 
 

@@ -6,7 +6,8 @@ transcript, :mod:`streamer.heads` for intent, labels, value and embedding).
 every CTC transcript held to the word list of the intent they gave, then the results merged.
 With a context (:mod:`streamer.contexts`) the rule changes in one place: the first ctc bundle's
 output is understood in the context, which gives the ``intent`` (with slots), and transcripts
-are read freely.
+are read freely. With an intents file (:mod:`streamer.intents`), the bundle it matches on turns
+its embedding into the ``intent`` (nearest intents by cosine), ahead of any classifier's.
 
 Decoding does no I/O; the one file read is a ctc bundle's language model, once, when its
 :class:`~streamer.ctc.CtcBeamDecoder` is built.
@@ -26,9 +27,10 @@ from streamer.contexts import DEFAULT_MAX_GAP_PER_FRAME, Context, Understanding
 from streamer.ctc import CtcBeamDecoder, CtcGreedyDecoder, CtcKind, build_search
 from streamer.errors import ModelError
 from streamer.heads import IntentDecoder, decode_embedding, decode_value
+from streamer.intent_matching import IntentMatcher
 from streamer.manifest import Manifest
 from streamer.outputs import checked, declared_size, log_softmax, take
-from streamer.protocol import Intent, Transcript
+from streamer.protocol import Alternative, Intent, Transcript
 from streamer.wordloop import WordLoop
 
 
@@ -134,6 +136,21 @@ class OutputDecoder:
         self.has_embedding = manifest.output("embedding") is not None
         self.embedding_dim = manifest.embedding_dim
         self.normalize_embedding = normalize_embedding
+        self.matcher: IntentMatcher | None = None
+        self.intents_name: str | None = None
+
+    def match_intents(self, name: str, matcher: IntentMatcher) -> None:
+        """Turn this bundle's embedding into the ``intent`` of an intents file named ``name``.
+
+        Raises:
+            ModelError: the bundle has no embedding as wide as the matcher's examples.
+        """
+        if not self.has_embedding or self.embedding_dim != matcher.dim:
+            raise ModelError(
+                f"intents {name!r} need a {matcher.dim}-wide embedding; this bundle has "
+                f"{self.embedding_dim if self.has_embedding else 'none'}"
+            )
+        self.matcher, self.intents_name = matcher, name
 
     def decode(
         self,
@@ -165,7 +182,22 @@ class OutputDecoder:
             result = Decoded(intent=found.intent, labels=found.labels or None)
         elif self.task == "regress":
             result = Decoded(value=decode_value(take(outputs, "value")))
-        if self.has_embedding and (want_embedding or self.task == "embed"):
+        if self.matcher is not None:
+            matched = self.matcher.match(
+                decode_embedding(take(outputs, "embedding"), dim=self.embedding_dim, normalize=True)
+            )
+            best, *rest = matched.nbest or ((matched.intent or "", matched.score),)
+            nearest = Intent(
+                name=best[0],
+                confidence=round(best[1], 4),
+                alternatives=tuple(Alternative(n, round(c, 4)) for n, c in rest),
+                abstain=matched.abstain,
+                intents=self.intents_name,
+            )
+            result = Decoded(result.transcript, nearest, result.labels, result.value)
+        if self.has_embedding and (
+            want_embedding or (self.task == "embed" and self.matcher is None)
+        ):
             vector = decode_embedding(
                 take(outputs, "embedding"),
                 dim=self.embedding_dim,
@@ -240,6 +272,9 @@ def decode_utterance(
     With a ``context``, the first ctc bundle in ``outputs`` that the context was compiled for
     understands the utterance (:meth:`Context.understand`); that understanding is the ``intent``
     (:func:`context_intent`), ahead of any classifier's, and every ctc transcript is read freely.
+    A bundle that matches an intents file (:meth:`OutputDecoder.match_intents`) gives the
+    ``intent`` next (after a context's, before a classifier's); word lists follow only a
+    classifier's intent.
 
     Args:
         decoders: a decoder per model name (it may hold models the stream does not run).
@@ -263,7 +298,14 @@ def decode_utterance(
             parts[name] = decoders[name].decode(
                 found, offset_ms=offset_ms, want_embedding=want_embedding
             )
-    intent = next((p.intent for p in parts.values() if p.intent is not None), None)
+    matched = next(
+        (p.intent for n, p in parts.items() if decoders[n].matcher is not None and p.intent),
+        None,
+    )
+    intent = next(  # a classifier's: its names are the ctc bundle's word lists
+        (p.intent for n, p in parts.items() if decoders[n].matcher is None and p.intent),
+        None,
+    )
     understood: Intent | None = None
     for name, found in outputs.items():
         if decoders[name].ctc is not None:
@@ -278,7 +320,7 @@ def decode_utterance(
                     take(found, "logits"), max_gap_per_frame=max_gap_per_frame
                 )
                 understood = context_intent(understanding, context[name].name)
-    decoded = Decoded(intent=understood)
+    decoded = Decoded(intent=understood or matched)
     for name in outputs:
         decoded = decoded.merge(parts[name])
     return decoded

@@ -49,6 +49,11 @@ class Intent:
     and ``understood`` (False: the utterance is out of context; ``name`` and ``slots`` are then
     the best in-context parse, not to be acted on, and ``abstain`` is True). All three stay None
     (left out on the wire) for a classifier's intent.
+
+    From an intents file (:mod:`streamer.intents`), ``intents`` names the file (its stem),
+    ``confidence`` and the alternatives' are cosine similarities (-1 to 1, not probabilities),
+    and ``abstain`` is True when the best is below the file's threshold (``name`` is then still
+    the nearest intent, not to be acted on).
     """
 
     name: str
@@ -58,6 +63,7 @@ class Intent:
     slots: dict[str, str] | None = None
     understood: bool | None = None
     context: str | None = None
+    intents: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The configuration sections only the serving side reads: security, the journal, the bus.
+"""The configuration sections only the serving side reads: security, journal, bus, intents.
 
 Frozen dataclasses with units in the names, like every section of :mod:`streamer.config` (which
 gathers them into :class:`~streamer.config.Config` and loads them from TOML, environment and
@@ -140,3 +140,25 @@ class BusConfig:
         positive(self, "replay_max_events")
         if not 0 <= self.retention_s < float("inf"):
             raise ConfigError(f"bus.retention_s must be >= 0 (0: off), got {self.retention_s}")
+
+
+@dataclass(frozen=True)
+class IntentsConfig:
+    """Intents defined by example sentences: the ``[intents]`` config section (``--intents``)."""
+
+    file: str = ""
+    """The intents file (TOML or YAML); empty: no intents file."""
+    text_embedder: str = ""
+    """The text embedder bundle that embeds the examples; empty: ``exported/text-minilm-l6``."""
+    model: str = ""
+    """The served model whose embedding is matched; empty: the one whose embedding is as wide
+    as the text embedder's (it must be the only one)."""
+    embed_batch: int = 32
+    """Example sentences embedded per text-embedder run at start."""
+    threads: int = 0
+    """onnxruntime threads of the text embedder at start (0: one per CPU core)."""
+
+    def __post_init__(self) -> None:
+        positive(self, "embed_batch")
+        if self.threads < 0:
+            raise ConfigError("intents.threads must be >= 0")

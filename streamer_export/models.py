@@ -74,7 +74,7 @@ def load_pipeline(checkpoint: Checkpoint, plan: Plan) -> TorchPipeline:
             plan.class_name, plan.encoder_config, checkpoint.config, checkpoint.weight_files
         )
         core, call, outputs = _segue_parts(segue, plan.task)
-        dim: int | None = segue.hidden_size
+        dim: int | None = segue.embedding_dim
     else:
         model = _load_hf(checkpoint, plan)
         core, call, outputs = _hf_parts(model, plan.task)

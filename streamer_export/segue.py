@@ -6,6 +6,11 @@ encoder built from a config dict, mean-pooled over the first n frames (n from th
 the conv-stack formula, as ``SegueProcessor.compute_n_tokens`` does), plus the task heads.
 Weights come from the checkpoint's ``speech_encoder.*`` and head keys; ``text_encoder.*`` is
 ignored.
+
+A student narrower than its text teacher (SEGUE's own encoder is as wide as all-mpnet-base-v2, a
+small one is not) maps its pooled state into the teacher's space with one linear layer:
+``config.json`` then names its size (``embedding_projection_dim``) and the weights hold
+``embedding_projection.{weight,bias}``; the embedding is the projected vector.
 """
 
 from __future__ import annotations
@@ -35,12 +40,18 @@ _RENAMES = {
 class SegueModel(nn.Module):
     """SEGUE's speech encoder; ``forward`` returns the utterance embedding ``[batch, hidden]``."""
 
-    def __init__(self, encoder_config: dict[str, Any]) -> None:
+    def __init__(
+        self, encoder_config: dict[str, Any], *, projection_dim: int | None = None
+    ) -> None:
         super().__init__()
         config = Wav2Vec2Config(**encoder_config)
         self.speech_encoder = Wav2Vec2Model(config)
         self.conv = ConvStack(kernels=tuple(config.conv_kernel), strides=tuple(config.conv_stride))
         self.hidden_size = int(config.hidden_size)
+        self.embedding_projection = (
+            nn.Linear(self.hidden_size, projection_dim) if projection_dim else None
+        )
+        self.embedding_dim = projection_dim or self.hidden_size
 
     def n_speech_tokens(self, n_samples: int) -> int:
         """Return the frames SEGUE pools for an unpadded input of ``n_samples`` samples."""
@@ -56,10 +67,15 @@ class SegueModel(nn.Module):
         """
         hidden: torch.Tensor = self.speech_encoder(input_values).last_hidden_state
         if n_speech_tokens is None:
-            return hidden.mean(dim=1)
-        return torch.stack(
-            [h[:n].mean(dim=0) for h, n in zip(hidden, n_speech_tokens, strict=True)]
-        )
+            pooled = hidden.mean(dim=1)
+        else:
+            pooled = torch.stack(
+                [h[:n].mean(dim=0) for h, n in zip(hidden, n_speech_tokens, strict=True)]
+            )
+        if self.embedding_projection is None:
+            return pooled
+        projected: torch.Tensor = self.embedding_projection(pooled)
+        return projected
 
     def forward(self, input_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return ``(embedding,)`` for normalized ``input_values``."""
@@ -107,6 +123,13 @@ def build_segue(
     class_name: str, encoder_config: dict[str, Any], config: dict[str, Any]
 ) -> SegueModel:
     """Construct the SEGUE class ``class_name`` (random weights)."""
+    projection = config.get("embedding_projection_dim")
+    if projection is not None:
+        if class_name != "SegueModel" or not isinstance(projection, int) or projection <= 0:
+            raise ExportInputError(
+                "embedding_projection_dim must be a positive integer, on a SegueModel"
+            )
+        return SegueModel(encoder_config, projection_dim=projection)
     if class_name == "SegueForClassification":
         n_classes = config["n_classes"]
         return SegueForClassification(encoder_config, n_classes=n_classes)

@@ -30,17 +30,31 @@ from streamer_training.workspace import REPO
 
 log = logging.getLogger(__name__)
 
-_FOLDED = "sew_d.encoder.pos_conv_embed.conv.weight"
-_NORM_G = "sew_d.encoder.pos_conv_embed.conv.parametrizations.weight.original0"
-_NORM_V = "sew_d.encoder.pos_conv_embed.conv.parametrizations.weight.original1"
-_TRAINING_ONLY = ("sew_d.masked_spec_embed",)
+_NORM_G = ".parametrizations.weight.original0"
+_NORM_V = ".parametrizations.weight.original1"
+"""The weight norm of the positional convolution (SEW-D's and wav2vec 2.0's): the graph holds
+the folded weight ``<conv>.weight``, split back into a norm and a direction on loading."""
+_TRAINING_ONLY = ("masked_spec_embed",)
 """Parameters the inference graph does not hold (the SpecAugment mask vector): left as built."""
 
 
-def initializer_map(model: Any, save: Any) -> dict[str, tuple[str, bool]]:
+def _folded(name: str) -> str | None:
+    """``<conv>.weight`` for a weight-norm direction ``<conv>.parametrizations...original1``."""
+    return name[: -len(_NORM_V)] + ".weight" if name.endswith(_NORM_V) else None
+
+
+def _skipped(name: str, skip: tuple[str, ...]) -> bool:
+    return name.endswith(_TRAINING_ONLY) or name.startswith(skip) or name.endswith(_NORM_G)
+
+
+def initializer_map(
+    model: Any, save: Any, *, skip: tuple[str, ...] = ()
+) -> dict[str, tuple[str, bool]]:
     """Parameter name -> (ONNX initializer name, transposed) for ``model``'s architecture.
 
-    ``save(model, folder)`` writes a Hugging Face folder ``bin/export_onnx`` can read.
+    ``save(model, folder)`` writes a Hugging Face folder ``bin/export_onnx`` can read;
+    parameters whose names start with one of ``skip`` (training-only heads the saved folder
+    leaves out) are left as built.
 
     Raises:
         RuntimeError: the export failed, or a parameter has no initializer.
@@ -70,11 +84,15 @@ def initializer_map(model: Any, save: Any) -> dict[str, tuple[str, bool]]:
         graph = onnx.load(str(Path(tmp) / "onnx" / "model.onnx")).graph
         inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     state = {k: v.detach().numpy() for k, v in probe.state_dict().items()}
-    if _NORM_V in state:
-        state[_FOLDED] = probe.sew_d.encoder.pos_conv_embed.conv.weight.detach().numpy()
+    for name in list(state):
+        folded = _folded(name)
+        if folded is not None:
+            conv = probe.get_submodule(name[: -len(_NORM_V)])
+            state[folded] = conv.weight.detach().numpy()
+            del state[name]
     found: dict[str, tuple[str, bool]] = {}
     for pname, value in state.items():
-        if pname in (_NORM_G, _NORM_V, *_TRAINING_ONLY):
+        if _skipped(pname, skip):
             continue
         for iname, init in inits.items():
             if init.shape == value.shape and np.allclose(init, value, atol=1e-6):
@@ -88,8 +106,10 @@ def initializer_map(model: Any, save: Any) -> dict[str, tuple[str, bool]]:
     return found
 
 
-def load_released(model: Any, bundle: Path, save: Any) -> Any:
+def load_released(model: Any, bundle: Path, save: Any, *, skip: tuple[str, ...] = ()) -> Any:
     """Load the weights of the released ``bundle`` (int8 or fp32) into ``model``; return it.
+
+    ``skip``: as in :func:`initializer_map`.
 
     Raises:
         RuntimeError: a parameter is missing from the bundle's graph.
@@ -98,7 +118,7 @@ def load_released(model: Any, bundle: Path, save: Any) -> Any:
     import torch
     from onnx import numpy_helper
 
-    where = initializer_map(model, save)
+    where = initializer_map(model, save, skip=skip)
     graph = onnx.load(str(bundle / "model.onnx")).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     state = model.state_dict()
@@ -117,12 +137,17 @@ def load_released(model: Any, bundle: Path, save: Any) -> Any:
                 raise RuntimeError(f"{bundle}: the graph lacks {iname} (parameter {pname})")
             if transposed:
                 value = value.T
-            if pname == _FOLDED:
+            target = state[pname].shape if pname in state else value.shape
+            if value.shape != target and value.T.shape == target:
+                # int8 quantization turns a Gemm (weight as stored) into a MatMul (transposed)
+                value = value.T
+            conv = pname[: -len(".weight")]
+            if conv + _NORM_V in state:
                 weight = torch.from_numpy(np.ascontiguousarray(value))
-                g = state[_NORM_G]
+                g = state[conv + _NORM_G]
                 dims = [d for d in range(weight.ndim) if g.shape[d] == 1]
-                state[_NORM_V].copy_(weight)
-                state[_NORM_G].copy_(weight.norm(dim=dims, keepdim=True))
+                state[conv + _NORM_V].copy_(weight)
+                state[conv + _NORM_G].copy_(weight.norm(dim=dims, keepdim=True))
             else:
                 state[pname].copy_(torch.from_numpy(np.ascontiguousarray(value)))
     log.info("recovered %d parameters from %s (%d dequantized)", len(where), bundle, n_quantized)

@@ -98,6 +98,7 @@ def make_segue(
     regression: bool = False,
     seed: int = 3,
     base_size: bool = False,
+    projection_dim: int | None = None,
 ) -> Path:
     """Write a tiny random SEGUE checkpoint in the published layout.
 
@@ -109,6 +110,8 @@ def make_segue(
         seed: torch seed.
         base_size: use the real wav2vec2-base-960h encoder shape (94M parameters) and, as the
             published config.json does, leave it to the exporter's built-in copy.
+        projection_dim: a plain SegueModel whose embedding is projected to this size (a student
+            narrower than its text teacher).
     """
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
@@ -145,6 +148,10 @@ def make_segue(
     }
     if not base_size:
         config["speech_encoder_config"] = SEGUE_ENCODER
+    if projection_dim is not None:
+        config["embedding_projection_dim"] = projection_dim
+        state["embedding_projection.weight"] = torch.randn(projection_dim, hidden) / hidden**0.5
+        state["embedding_projection.bias"] = torch.randn(projection_dim)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     torch.save(state, folder / "pytorch_model.bin")
@@ -193,3 +200,93 @@ def _write_preprocessor(folder: Path, *, do_normalize: bool) -> None:
         "return_attention_mask": False,
     }
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor), encoding="utf-8")
+
+
+#: Words of the tiny BERT's vocabulary: enough for home-assistant commands.
+BERT_WORDS: tuple[str, ...] = (
+    "turn",
+    "on",
+    "off",
+    "the",
+    "lights",
+    "music",
+    "kitchen",
+    "play",
+    "some",
+    "quiet",
+    "jazz",
+    "set",
+    "a",
+    "timer",
+    "for",
+    "ten",
+    "minutes",
+    "stop",
+    "please",
+    "make",
+    "it",
+    "warmer",
+    "in",
+    "here",
+    "what",
+    "is",
+    "weather",
+    "like",
+    "tomorrow",
+    "morning",
+    "bedroom",
+    "living",
+    "room",
+)
+#: WordPiece vocabulary: specials first ([PAD] is 0), letters and their continuations, words.
+BERT_VOCAB: tuple[str, ...] = (
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    *string.ascii_lowercase,
+    *(f"##{c}" for c in string.ascii_lowercase),
+    *dict.fromkeys(BERT_WORDS),
+)
+#: Small enough that an input the runtime forgot to truncate would fail in the graph.
+BERT_MAX_POSITIONS = 64
+
+
+def make_tiny_bert(folder: Path, *, pooling: str = "mean_tokens") -> Path:
+    """Write a random BertModel (hidden 32, 2 layers) in the sentence-transformers layout."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel
+    from transformers.utils import logging
+
+    quiet: Any = logging  # untyped module functions
+    quiet.disable_progress_bar()  # save_pretrained's shard bar
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(BERT_VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=BERT_MAX_POSITIONS,
+    )
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    vocab = {t: i for i, t in enumerate(BERT_VOCAB)}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    # As sentence-transformers ships it: fixed padding to 128, past the model's 64 positions.
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=128)
+    tokenizer.enable_truncation(max_length=128)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "1_Pooling").mkdir()
+    modes = {f"pooling_mode_{m}": m == pooling for m in ("cls_token", "mean_tokens", "max_tokens")}
+    pooling_config = {"word_embedding_dimension": 32, **modes}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config))
+    return folder

@@ -490,6 +490,50 @@ def test_segue_base_model_exports_embedding_only(tmp_path: Path) -> None:
 
 
 @export
+def test_segue_student_projects_its_embedding(tmp_path: Path) -> None:
+    """embedding_projection_dim: the embedding is the projected mean state, as torch computes."""
+    import onnxruntime as ort
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    ckpt = make_segue(tmp_path / "ckpt", projection_dim=24)
+    bundle = exported(ckpt, tmp_path / "bundle")
+    m = load_manifest(bundle)
+    assert (m.task, m.embedding_dim) == ("embed", 24)
+    config = json.loads((ckpt / "config.json").read_text())
+    state = torch.load(ckpt / "pytorch_model.bin", weights_only=True)
+    encoder = Wav2Vec2Model(Wav2Vec2Config(**config["speech_encoder_config"])).eval()
+    encoder.load_state_dict(
+        {
+            k.removeprefix("speech_encoder.")
+            .replace(".weight_g", ".parametrizations.weight.original0")
+            .replace(".weight_v", ".parametrizations.weight.original1"): v
+            for k, v in state.items()
+            if k.startswith("speech_encoder.")
+        },
+        strict=False,
+    )
+    x = np.random.default_rng(0).standard_normal((1, 8000)).astype(np.float32)
+    with torch.no_grad():
+        pooled = encoder(torch.from_numpy(x)).last_hidden_state.mean(dim=1)
+        want = torch.nn.functional.linear(
+            pooled, state["embedding_projection.weight"], state["embedding_projection.bias"]
+        ).numpy()
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    [got] = session.run(["embedding"], {"input_values": x})
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@export
+def test_segue_projection_needs_a_plain_segue_model(tmp_path: Path) -> None:
+    """A projection on a classifier checkpoint is refused with one line, exit 2."""
+    ckpt = make_segue(tmp_path / "ckpt", 3, projection_dim=24)
+    result = export_bundle(ckpt, tmp_path / "bundle")
+    assert result.returncode == 2, result.stderr
+    assert "embedding_projection_dim must be a positive integer" in result.stderr
+
+
+@export
 def test_segue_single_label_fp16_with_short_labels(tmp_path: Path) -> None:
     """n_classes 5 with --labels a,b,c,d,e and --fp16 gives float16 weights and float32 I/O."""
     ckpt = make_segue(tmp_path / "ckpt", 5)

@@ -22,11 +22,15 @@ def default_models_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "exported"
 
 
-def resolve_models(specs: Sequence[str], *, models_dir: Path | None = None) -> dict[str, Path]:
+def resolve_models(
+    specs: Sequence[str], *, models_dir: Path | None = None, embed: bool = True
+) -> dict[str, Path]:
     """Turn ``--model`` values into {name: bundle folder}; no values: every bundle in exported/.
 
     A value is ``NAME=PATH`` or ``PATH`` (the name is then the folder's name). Clients pick
-    models by these names only, never by path.
+    models by these names only, never by path. Without values and with ``embed`` False, bundles
+    of the ``embed`` task are left out (an embedded sentence-embedding model is served for an
+    intents file only: alone it adds a vector to every event and CPU to every utterance).
 
     Raises:
         ConfigError: a bad or duplicate name, or no bundle at all.
@@ -49,6 +53,8 @@ def resolve_models(specs: Sequence[str], *, models_dir: Path | None = None) -> d
         raise ConfigError(
             f"no model bundles in {root} (pass --model PATH, or run `make demo-models`)"
         )
+    if not embed:
+        found = [p for p in found if load_manifest(p).task != "embed"] or found
     return {p.name: p for p in found}
 
 
