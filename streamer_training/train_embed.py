@@ -152,7 +152,8 @@ class Teacher:
             self.vectors = z["embeddings"].astype(np.float32)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        return self.vectors[[self.index[t] for t in texts]]
+        rows: np.ndarray = self.vectors[[self.index[t] for t in texts]]
+        return rows
 
 
 class EmbedMixture:
@@ -260,7 +261,7 @@ def train(
     validation = data.Corpus.load(data_dir / "embed_validation.npz")
     examples = json.loads((data_dir / "embed_intents.json").read_text())["validation"]
     real = load_real(recipe.real_max_s)
-    noises = augment.load_noises(data.noise_paths(speakers.REPO.parent / "shared" / "audio"))
+    noises = augment.load_noises(data.noise_paths(speakers.DATASETS_ROOT.parent / "audio"))
     mixture = EmbedMixture(synthetic, real, noises, recipe)
     log.info("embed: %d synthetic, %d real training clips", len(synthetic.items), len(real))
     student = build_student(recipe)
@@ -307,7 +308,9 @@ def train(
             group["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
             out = student(torch.from_numpy(values), torch.from_numpy(mask), lengths.tolist())
-        loss = (1.0 - torch.nn.functional.cosine_similarity(out.float(), target, dim=-1)).mean()
+        loss: Any = (
+            1.0 - torch.nn.functional.cosine_similarity(out.float(), target, dim=-1)
+        ).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
