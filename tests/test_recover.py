@@ -47,3 +47,39 @@ def test_recovered_weights_give_the_exported_models_outputs(tmp_path: Path, quan
         got = fresh(values).logits.numpy()
     # fp32: the same weights; int8: MatMul weights rounded to 8 bits
     assert np.abs(got - want).max() < (0.05 if quantize else 1e-4)
+
+
+def test_a_segue_classifier_is_recovered_from_int8_too(tmp_path: Path) -> None:
+    """wav2vec 2.0's weight-normed positional conv and int8's transposed heads come back."""
+    torch = pytest.importorskip("torch", reason="torch is part of the export extra")
+    from streamer_training import train_intent
+    from streamer_training.recover import load_released
+
+    recipe = train_intent.IntentRecipe(hidden_size=32, n_layers=1, n_heads=2, intermediate_size=64)
+
+    def save(model: object, folder: Path) -> None:
+        train_intent.save_segue(model, recipe, folder)
+
+    torch.manual_seed(1)
+    trained = train_intent.build_model(recipe)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save(trained, tmp_path / "hf")
+    bundle = _export(tmp_path / "hf", tmp_path / "bundle", "--quantize", "int8")
+
+    torch.manual_seed(2)
+    fresh = train_intent.build_model(recipe)
+    head = fresh.ctc_head.weight.detach().clone()
+    load_released(fresh, bundle, save, skip=("ctc_head.",))
+    assert torch.equal(fresh.ctc_head.weight, head)  # not in the graph: left as built
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    values = torch.from_numpy(loop.normalize(audio))[None]
+    mask = torch.ones(values.shape, dtype=torch.long)
+    trained.eval()
+    fresh.eval()
+    with torch.inference_mode():
+        want = [t.numpy() for t in trained(values, mask, [16000])]
+        got = [t.numpy() for t in fresh(values, mask, [16000])]
+    for g, w in zip(got, want, strict=True):  # MatMul weights rounded to 8 bits
+        assert np.abs(g - w).max() < 0.05
