@@ -7,9 +7,10 @@ run or choice heard:
 
 - **CLINC150** (150 intents): an intent's part is :func:`speakers.hash_part` of
   ``"clinc:<intent>"`` (70 / 15 / 15 % of intents to train / validation / test). Training speaks
-  the ``train`` sentences of train intents. A validation or test intent is *defined* by its first
-  :data:`EXAMPLES_PER_INTENT` ``train`` sentences (text only, never spoken) and *evaluated* on its
-  ``val`` (validation) or ``test`` (test) sentences. Out-of-scope sentences are never trained
+  every sentence of the train intents (CLINC's ``train``, ``val`` and ``test`` splits). A
+  validation or test intent is *defined* by its first :data:`EXAMPLES_PER_INTENT` ``train``
+  sentences (text only, never spoken) and *evaluated* on its ``val`` (validation) or ``test``
+  (test) sentences. Out-of-scope sentences are never trained
   on: ``oos_val`` is validation (choosing the threshold), ``oos_test`` is test.
 - **SLURP** (devel text, 71 intents): parts by ``"slurp:<intent>"``; train intents' sentences are
   spoken for training; a held-out intent's first sentences define it and the rest (at most
@@ -97,7 +98,9 @@ def clinc_sentences(path: Path = CLINC) -> list[Sentence]:
     for split, part in (("val", "validation"), ("test", "test")):
         counts: dict[str, int] = {}
         for text, intent in raw[split]:
-            if intent_part("clinc", intent) == part and counts.get(intent, 0) < EVAL_PER_INTENT:
+            if intent_part("clinc", intent) == "train":  # more training text, same intents
+                out.append(Sentence(text, intent, "clinc", "train"))
+            elif intent_part("clinc", intent) == part and counts.get(intent, 0) < EVAL_PER_INTENT:
                 counts[intent] = counts.get(intent, 0) + 1
                 out.append(Sentence(text, intent, "clinc", part))
     out += [Sentence(t, OOS, "clinc", "validation") for t, _ in raw["oos_val"]]

@@ -240,13 +240,18 @@ def stage_export(paths: Paths) -> None:
     else:
         log.warning("no intent checkpoint under %s: commands-intent not exported", paths.work_dir)
     for name, source in sources.items():
-        for quantize in (False, True):
-            out = paths.work_dir / "bundles" / f"{name}-{'int8' if quantize else 'fp32'}"
-            if out.exists():
-                shutil.rmtree(out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            export(relative(source), relative(out), quantize=quantize)
-            record_source(out, source)
+        export_both(name, source, paths.work_dir)
+
+
+def export_both(name: str, source: Path, work_dir: Path) -> None:
+    """Export ``source`` as ``work_dir/bundles/<name>-fp32`` and ``-int8`` (replacing them)."""
+    for quantize in (False, True):
+        out = work_dir / "bundles" / f"{name}-{'int8' if quantize else 'fp32'}"
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        export(relative(source), relative(out), quantize=quantize)
+        record_source(out, source)
 
 
 def record_source(bundle_dir: Path, source: Path) -> None:

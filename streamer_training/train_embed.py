@@ -42,6 +42,7 @@ from streamer_training.train_intent import (
     build_model,
     encoder_config,
     save_segue,
+    write_feature_extractor,
 )
 
 log = logging.getLogger(__name__)
@@ -119,20 +120,7 @@ def save_student(student: Any, out_dir: Path, *, meta: dict[str, Any]) -> Path:
         "embedding_projection_dim": int(student.embedding_projection.out_features),
     }
     (out_dir / "config.json").write_text(json.dumps(config, indent=1))
-    (out_dir / "preprocessor_config.json").write_text(
-        json.dumps(
-            {
-                "feature_extractor_type": "Wav2Vec2FeatureExtractor",
-                "do_normalize": True,
-                "feature_size": 1,
-                "padding_side": "right",
-                "padding_value": 0.0,
-                "return_attention_mask": True,
-                "sampling_rate": RATE,
-            },
-            indent=1,
-        )
-    )
+    write_feature_extractor(out_dir)
     state = {
         k: v.detach().clone()
         for k, v in student.state_dict().items()
@@ -338,10 +326,7 @@ def stage_embed(paths: Any, *, steps: int, resume: bool, max_minutes: float | No
     Bundles land in ``work_dir/bundles/commands-embed-{fp32,int8}``; which one ships is chosen
     by the benchmark (``bench/intents_zero_shot.py``) on validation, as for the other models.
     """
-    import shutil
-
-    from streamer_training.pipeline import export, record_source
-    from streamer_training.workspace import relative
+    from streamer_training.pipeline import export_both
 
     recipe = EmbedRecipe(steps=steps)
     source = train(
@@ -352,11 +337,5 @@ def stage_embed(paths: Any, *, steps: int, resume: bool, max_minutes: float | No
         resume=resume,
         max_minutes=max_minutes,
     )
-    for quantize in (False, True):
-        out = paths.work_dir / "bundles" / f"commands-embed-{'int8' if quantize else 'fp32'}"
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        export(relative(source), relative(out), quantize=quantize)
-        record_source(out, source)
+    export_both("commands-embed", source, paths.work_dir)
     return source

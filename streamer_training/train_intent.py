@@ -159,6 +159,17 @@ def save_segue(model: Any, recipe: IntentRecipe, out_dir: Path) -> None:
         "id2label": [{str(i): name for i, name in enumerate(s)} for s in LABEL_SETS],
     }
     (out_dir / "config.json").write_text(json.dumps(config, indent=1))
+    write_feature_extractor(out_dir)
+    state = {
+        _segue_key(k): v.detach().clone()
+        for k, v in model.state_dict().items()
+        if not k.endswith("masked_spec_embed") and not k.startswith("ctc_head.")
+    }
+    torch.save(state, out_dir / "pytorch_model.bin")
+
+
+def write_feature_extractor(out_dir: Path) -> None:
+    """Write the ``preprocessor_config.json`` of a SEGUE folder: 16 kHz, normalised input."""
     (out_dir / "preprocessor_config.json").write_text(
         json.dumps(
             {
@@ -173,12 +184,6 @@ def save_segue(model: Any, recipe: IntentRecipe, out_dir: Path) -> None:
             indent=1,
         )
     )
-    state = {
-        _segue_key(k): v.detach().clone()
-        for k, v in model.state_dict().items()
-        if not k.endswith("masked_spec_embed") and not k.startswith("ctc_head.")
-    }
-    torch.save(state, out_dir / "pytorch_model.bin")
 
 
 def _segue_key(key: str) -> str:

@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +143,44 @@ async def http_get(
     pairs = (line.split(": ", 1) for line in header_lines)
     fields = {name.lower(): value for name, value in pairs}
     return int(status_line.split()[1]), fields, body
+
+
+@dataclass
+class DaemonProcess:
+    """``python -m streamer ... serve`` as a child process: its ports and its log so far."""
+
+    proc: asyncio.subprocess.Process
+    ports: dict[str, int]
+    log: list[str]
+
+
+@contextlib.asynccontextmanager
+async def daemon_process(
+    *args: str, listeners: tuple[str, ...] = ("streamer",)
+) -> AsyncIterator[DaemonProcess]:
+    """Run ``python -m streamer *args`` (info logging) until every listener logs its port.
+
+    On leaving the block: SIGTERM, and the daemon must exit 0 with no traceback on stderr.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streamer", *args,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "STREAMER_LOG_LEVEL": "info"},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    daemon = DaemonProcess(proc, {}, [])
+    try:
+        async with asyncio.timeout(3 * UNIT_S):
+            while len(daemon.ports) < len(listeners):
+                line = (await proc.stderr.readline()).decode()
+                assert line, f"daemon exited before listening: {''.join(daemon.log)}"
+                daemon.log.append(line)
+                if m := re.search(r"(\w+) listening on \w+://127\.0\.0\.1:(\d+)", line):
+                    daemon.ports[m.group(1)] = int(m.group(2))
+        yield daemon
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(3 * UNIT_S):
+            rest = await proc.stderr.read()
+            assert await proc.wait() == 0
+    assert b"Traceback" not in rest

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +11,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from live_server import UNIT_S, collect, config, running, send_audio, speech, start_msg
+from live_server import (
+    UNIT_S,
+    collect,
+    config,
+    daemon_process,
+    running,
+    send_audio,
+    speech,
+    start_msg,
+)
 from websockets.asyncio.client import connect
 
 from streamer import protocol as proto
@@ -172,42 +178,23 @@ def test_a_missing_context_file_is_one_line_exit_2(tmp_path: Path) -> None:
 
 async def test_serve_with_context_subprocess_and_websocket_client() -> None:
     """`streamer serve --context home=...` answers a real client with the intent and its slot."""
-    proc = await asyncio.create_subprocess_exec(
-        *STREAMER, "--model", str(CTC), "serve", "--port", "0",
+    async with daemon_process(
+        "--model", str(CTC), "serve", "--port", "0",
         "--context", f"home={HOME}", "--context", f"coffee={REPO / 'contexts' / 'coffee.yaml'}",
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "STREAMER_LOG_LEVEL": "info"},
-    )  # fmt: skip
-    assert proc.stderr is not None
-    port = None
-    try:
-        async with asyncio.timeout(3 * UNIT_S):
-            while port is None:
-                line = (await proc.stderr.readline()).decode()
-                assert line, "daemon exited before listening"
-                if m := re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line):
-                    port = int(m.group(1))
+    ) as daemon:  # fmt: skip
         audio = float_to_pcm16(
             np.concatenate([speech("cmd_living_room_light.wav"), np.zeros(16000, np.float32)])
         )
-        async with connect(f"ws://127.0.0.1:{port}{proto.INGEST_PATH}") as ws:
+        url = f"ws://127.0.0.1:{daemon.ports['streamer']}{proto.INGEST_PATH}"
+        async with connect(url) as ws:
             await ws.send(start_msg("sub", context="home"))
             await ws.send(audio)
             await ws.send(json.dumps({"type": "end"}))
             events = await collect(ws)
-        [utt] = _utterances(events)
-        assert (utt["intent"]["name"], utt["intent"]["slots"]) == (
-            "lightsOn",
-            {"room": "living room"},
-        )
-        event = proto.decode_event(json.dumps(utt))
-        assert isinstance(event, proto.Utterance)
-        assert event.intent is not None
-        assert event.intent.understood is True
-        assert event.intent.context == "home"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(3 * UNIT_S):
-            rest = await proc.stderr.read()
-            assert await proc.wait() == 0
-    assert b"Traceback" not in rest
+    [utt] = _utterances(events)
+    assert (utt["intent"]["name"], utt["intent"]["slots"]) == ("lightsOn", {"room": "living room"})
+    event = proto.decode_event(json.dumps(utt))
+    assert isinstance(event, proto.Utterance)
+    assert event.intent is not None
+    assert event.intent.understood is True
+    assert event.intent.context == "home"

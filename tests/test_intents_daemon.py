@@ -9,11 +9,8 @@ bench/intents_zero_shot.py measures that.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +19,16 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import exported
-from live_server import UNIT_S, collect, config, running, send_audio, speech, start_msg
+from live_server import (
+    UNIT_S,
+    collect,
+    config,
+    daemon_process,
+    running,
+    send_audio,
+    speech,
+    start_msg,
+)
 from websockets.asyncio.client import connect
 
 from streamer import protocol as proto
@@ -181,41 +187,24 @@ async def test_serve_with_intents_subprocess_and_websocket_client(
 ) -> None:
     """`streamer serve --intents FILE` answers a real client with the file's intents."""
     path = _intents_file(tmp_path, -1.0)
-    proc = await asyncio.create_subprocess_exec(
-        *STREAMER, "--model", f"embed={bundles['embed']}", "serve", "--port", "0",
+    async with daemon_process(
+        "--model", f"embed={bundles['embed']}", "serve", "--port", "0",
         "--intents", str(path), "--text-embedder", str(bundles["text"]),
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "STREAMER_LOG_LEVEL": "info"},
-    )  # fmt: skip
-    assert proc.stderr is not None
-    port = None
-    log = []
-    try:
-        async with asyncio.timeout(3 * UNIT_S):
-            while port is None:
-                line = (await proc.stderr.readline()).decode()
-                assert line, "daemon exited before listening"
-                log.append(line)
-                if m := re.search(r"listening on ws://127\.0\.0\.1:(\d+)", line):
-                    port = int(m.group(1))
-        assert any(re.search(r"4 intents, 6 examples embedded in [\d.]+ s", x) for x in log), log
+    ) as daemon:  # fmt: skip
+        embedded = r"4 intents, 6 examples embedded in [\d.]+ s"
+        assert any(re.search(embedded, line) for line in daemon.log), daemon.log
         audio = float_to_pcm16(
             np.concatenate([speech("cmd_living_room_light.wav"), np.zeros(16000, np.float32)])
         )
-        async with connect(f"ws://127.0.0.1:{port}{proto.INGEST_PATH}") as ws:
+        url = f"ws://127.0.0.1:{daemon.ports['streamer']}{proto.INGEST_PATH}"
+        async with connect(url) as ws:
             await ws.send(start_msg("sub"))
             await ws.send(audio)
             await ws.send(json.dumps({"type": "end"}))
             [utt] = [e for e in await collect(ws) if e["type"] == "utterance"]
-        event = proto.decode_event(json.dumps(utt))
-        assert isinstance(event, proto.Utterance)
-        assert event.intent is not None
-        assert event.intent.intents == path.stem
-        assert event.intent.abstain is False
-        assert event.intent.name in {"lights_on", "music", "timer", "weather"}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(3 * UNIT_S):
-            rest = await proc.stderr.read()
-            assert await proc.wait() == 0
-    assert b"Traceback" not in rest
+    event = proto.decode_event(json.dumps(utt))
+    assert isinstance(event, proto.Utterance)
+    assert event.intent is not None
+    assert event.intent.intents == path.stem
+    assert event.intent.abstain is False
+    assert event.intent.name in {"lights_on", "music", "timer", "weather"}

@@ -275,7 +275,7 @@ def _break(folder: Path, damage: str) -> None:
         ("corrupt json", "unreadable JSON"),
         ("wrong kind", "kind is 'speech'"),
         ("no tokenizer", "tokenizer.json: missing"),
-        ("corrupt graph", "model.onnx: cannot load"),
+        ("corrupt graph", "cannot load "),
         ("wrong dim", "embedding_dim 16"),
     ],
 )

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
-import signal
-import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soxr
+from live_server import daemon_process
 from onnx_graphs import write_bundle
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -311,29 +309,18 @@ def test_parse_uri_rejects(uri: str) -> None:
 async def test_serve_command_with_wyoming(models: dict[str, Path], speech: np.ndarray) -> None:
     """`streamer serve --wyoming tcp://127.0.0.1:0` answers Wyoming, the page and /metrics."""
     flags = [arg for name, path in models.items() for arg in ("--model", f"{name}={path}")]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streamer", *flags, "serve", "--port", "0",
-        "--wyoming", "tcp://127.0.0.1:0", stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    ports: dict[str, int] = {}
-    try:
-        async with asyncio.timeout(3 * UNIT_S):
-            while len(ports) < 2:
-                line = (await proc.stderr.readline()).decode()
-                assert line, "daemon exited before listening"
-                if m := re.search(
-                    r"(wyoming|streamer) listening on \w+://127\.0\.0\.1:(\d+)", line
-                ):
-                    ports[m.group(1)] = int(m.group(2))
-        client = AsyncTcpClient("127.0.0.1", ports["wyoming"], read_timeout=UNIT_S)
+    async with daemon_process(
+        *flags, "serve", "--port", "0", "--wyoming", "tcp://127.0.0.1:0",
+        listeners=("streamer", "wyoming"),
+    ) as daemon:  # fmt: skip
+        client = AsyncTcpClient("127.0.0.1", daemon.ports["wyoming"], read_timeout=UNIT_S)
         async with client:
             await send_audio(
                 client, float_to_pcm16(speech[: 6 * 16000]), rate=16000, width=2, channels=1
             )
             events = await read_response(client)
         assert [e.type for e in events][-3:] == ["transcript", "transcript-stop", "intent"]
-        base = f"http://127.0.0.1:{ports['streamer']}"
+        base = f"http://127.0.0.1:{daemon.ports['streamer']}"
 
         def get(path: str) -> bytes:
             with urllib.request.urlopen(base + path, timeout=UNIT_S) as r:
@@ -344,9 +331,3 @@ async def test_serve_command_with_wyoming(models: dict[str, Path], speech: np.nd
         metrics = (await asyncio.to_thread(get, "/metrics")).decode()
         assert 'streamer_connections_accepted_total{endpoint="wyoming"} 1.0' in metrics
         assert "streamer_end_of_speech_to_final_seconds_count 1.0" in metrics
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(3 * UNIT_S):
-            rest = await proc.stderr.read()
-            assert await proc.wait() == 0
-    assert b"Traceback" not in rest

@@ -111,6 +111,25 @@ def session_options(config: EngineConfig) -> ort.SessionOptions:
     return opts
 
 
+def open_session(model_path: Path, config: EngineConfig) -> tuple[Any, ProviderChoice]:
+    """Open ``model_path`` on the provider ``config`` asks for; return it and what it runs on.
+
+    Raises:
+        ModelError: onnxruntime cannot load the graph (the message names the file).
+    """
+    requested, reason = request_providers(
+        ort.get_available_providers(), wanted=config.provider, cuda_probe=probe_cuda
+    )
+    try:
+        session = ort.InferenceSession(
+            str(model_path), sess_options=session_options(config), providers=requested
+        )
+    except Exception as exc:  # ORT raises its own untyped errors for corrupt graphs
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load {model_path}: {first}") from None
+    return session, confirm_provider(requested, session.get_providers(), reason)
+
+
 class Encoder:
     """One loaded bundle: its manifest and the onnxruntime session all streams share.
 
@@ -150,17 +169,10 @@ class Encoder:
         model_path = bundle_dir / MODEL_NAME
         if not model_path.is_file():
             raise ModelError(f"model {name!r}: {model_path} is missing")
-        requested, reason = request_providers(
-            ort.get_available_providers(), wanted=config.provider, cuda_probe=probe_cuda
-        )
         try:
-            session = ort.InferenceSession(
-                str(model_path), sess_options=session_options(config), providers=requested
-            )
-        except Exception as exc:  # ORT raises its own untyped errors for corrupt graphs
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"model {name!r}: cannot load {model_path}: {first}") from None
-        choice = confirm_provider(requested, session.get_providers(), reason)
+            session, choice = open_session(model_path, config)
+        except ModelError as exc:
+            raise ModelError(f"model {name!r}: {exc}") from None
         _check_graph(name, manifest, session)
         log.info(
             "model %s (%s/%s) runs on %s: %s",

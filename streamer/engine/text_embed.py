@@ -42,18 +42,11 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from streamer.config import EngineConfig
-from streamer.engine.encoder import (
-    ProviderChoice,
-    confirm_provider,
-    probe_cuda,
-    request_providers,
-    session_options,
-)
-from streamer.errors import ConfigError, StreamerError
+from streamer.engine.encoder import ProviderChoice, open_session
+from streamer.errors import ConfigError, ModelError, StreamerError
 from streamer.manifest import MODEL_NAME
 
 log = logging.getLogger(__name__)
@@ -315,16 +308,10 @@ def load_text_embedder(folder: Path, *, threads: int = 1, provider: str = "auto"
 
 def _open_session(model_path: Path, config: EngineConfig) -> tuple[Any, ProviderChoice]:
     """Open the graph on the provider the speech engine would choose; return it and the choice."""
-    requested, reason = request_providers(
-        ort.get_available_providers(), wanted=config.provider, cuda_probe=probe_cuda
-    )
     try:
-        session = ort.InferenceSession(
-            str(model_path), sess_options=session_options(config), providers=requested
-        )
-    except Exception as exc:  # ORT raises its own untyped errors for corrupt graphs
-        raise TextEmbedderError(f"{model_path}: cannot load: {_first_line(exc)}") from None
-    return session, confirm_provider(requested, session.get_providers(), reason)
+        return open_session(model_path, config)
+    except ModelError as exc:
+        raise TextEmbedderError(str(exc)) from None
 
 
 def _load_tokenizer(path: Path, *, max_tokens: int) -> Tokenizer:
