@@ -75,8 +75,8 @@ def _classify(model: tuple[Encoder, IntentDecoder], path: Path) -> tuple[str, st
 
 
 def test_bundles_describe_themselves() -> None:
-    """Both bundles ship a model card beside the graph and manifest."""
-    for name in ("commands-ctc", "commands-intent"):
+    """Every bundle ships a model card beside the graph and manifest."""
+    for name in ("commands-ctc", "commands-intent", "commands-embed"):
         for file in ("model.onnx", "manifest.json", "CARD.md"):
             assert (EXPORTED / name / file).is_file(), f"{name}/{file}"
     assert (EXPORTED / "commands-ctc" / "lm.arpa").is_file()
@@ -140,7 +140,7 @@ async def test_daemon_serves_the_default_bundles_to_a_websocket_client() -> None
     string and a real command; the digit string's transcript is held to the digits word list
     (the intent model is decoded first, though listed second), the command's is the beam
     search's (words the LM knows), and /readyz names the search."""
-    models = resolve_models([], models_dir=EXPORTED)
+    models = resolve_models([], models_dir=EXPORTED, embed=False)  # no --intents
     assert list(models) == ["commands-ctc", "commands-intent"]
     lm_words = {
         line.split("\t")[1]
@@ -178,7 +178,7 @@ async def test_daemon_serves_the_default_bundles_to_a_websocket_client() -> None
 
 async def test_decoder_grammars_off_gives_the_free_search() -> None:
     """`decoder.grammars = false`: the digit string's transcript is the free search's again."""
-    models = resolve_models([], models_dir=EXPORTED)
+    models = resolve_models([], models_dir=EXPORTED, embed=False)
     async with running(config(decoder={"grammars": False}), models) as daemon:
         _, _, body = await http_get(daemon.port, "/readyz")
         decoders = {m["name"]: m["decoder"] for m in json.loads(body)["models"]}
@@ -193,9 +193,34 @@ async def test_decoder_grammars_off_gives_the_free_search() -> None:
     assert "grammar" not in utterance["transcript"]
 
 
-@pytest.mark.parametrize("name", ["commands-ctc", "commands-intent"])
+@pytest.mark.parametrize("name", ["commands-ctc", "commands-intent", "commands-embed"])
 def test_shipped_manifests_name_their_checkpoint_relative_to_the_repo(name: str) -> None:
     """The demo bundles record where they came from without one machine's directory layout."""
     source = json.loads((EXPORTED / name / "manifest.json").read_text())["source"]
     assert not Path(source["path"]).is_absolute(), source["path"]
     assert source["path"].startswith("runs/"), source["path"]
+
+
+async def test_the_example_intents_file_runs_on_the_shipped_models() -> None:
+    """`serve --intents examples/intents/home.toml` on the embedded bundles: commands-embed is
+    served (and only then), its 384-d embedding is in the text embedder's space, and a real
+    command gets one of the file's intents (which one is the model's accuracy, measured by
+    bench/intents_zero_shot.py, not asserted here)."""
+    home = REPO / "examples" / "intents" / "home.toml"
+    models = resolve_models([], models_dir=EXPORTED, embed=True)
+    assert list(models) == ["commands-ctc", "commands-embed", "commands-intent"]
+    async with running(config(intents={"file": str(home)}), models) as daemon:
+        assert daemon.services.decoders["commands-embed"].intents_name == "home"
+        async with connect(f"{daemon.url}/v1/stream") as ws:
+            await ws.send(start_msg())
+            await send_audio(ws, speech("cmd_living_room_light.wav"))
+            await ws.send(json.dumps({"type": "end"}))
+            events = await collect(ws)
+    (utterance,) = [e for e in events if e["type"] == "utterance"]
+    intent = utterance["intent"]
+    assert intent["intents"] == "home"
+    names = {"lights_on", "lights_off", "set_timer", "weather", "play_music", "stop"}
+    names |= {"volume_up", "volume_down", "time", "thermostat"}
+    assert {intent["name"], *(a["name"] for a in intent["alternatives"])} <= names
+    assert utterance["transcript"]["text"]  # the ctc transcript still arrives
+    assert utterance["labels"][0]["name"] == "living_room"  # and the classifier's room
