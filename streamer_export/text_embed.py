@@ -325,7 +325,7 @@ def _build(
         quantization=options.quantization,
         opset=options.opset,
         source=TextSource(
-            path=str(checkpoint.path),
+            path=_recorded(checkpoint.path),
             weights=prepared.weights.name,
             sha256=checkpoint.sha256()[prepared.weights.name],
         ),
@@ -451,3 +451,12 @@ def _fail(exc: BaseException, code: int) -> int:
     reason = " ".join(str(exc).split())  # one line, whatever the library said
     print(f"{PROG}: error: {reason}", file=sys.stderr)
     return code
+
+
+def _recorded(path: Path) -> str:
+    """The source path as the spec records it: relative to the working directory when inside it.
+
+    A bundle exported in a checkout then does not record where this machine keeps it.
+    """
+    full, here = path.resolve(), Path.cwd().resolve()
+    return str(full.relative_to(here)) if full.is_relative_to(here) else str(full)
