@@ -184,3 +184,16 @@ async def daemon_process(
             rest = await proc.stderr.read()
             assert await proc.wait() == 0
     assert b"Traceback" not in rest
+
+
+async def stream_recording(
+    url: str, name: str, audio: np.ndarray, **start: Any
+) -> list[dict[str, Any]]:
+    """Send one recording (plus 1 s of silence) as stream ``name``; return every event."""
+    from websockets.asyncio.client import connect
+
+    async with connect(f"{url}/v1/stream") as ws:
+        await ws.send(start_msg(name, **start))
+        await send_audio(ws, np.concatenate([audio, np.zeros(16000, np.float32)]))
+        await ws.send(json.dumps({"type": "end"}))
+        return await collect(ws)

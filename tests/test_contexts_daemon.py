@@ -17,9 +17,9 @@ from live_server import (
     config,
     daemon_process,
     running,
-    send_audio,
     speech,
     start_msg,
+    stream_recording,
 )
 from websockets.asyncio.client import connect
 
@@ -44,22 +44,13 @@ def _utterances(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e["type"] == "utterance"]
 
 
-async def _stream(url: str, name: str, audio: np.ndarray, **start: Any) -> list[dict[str, Any]]:
-    """Send one recording (plus 1 s of silence) as stream ``name``; return every event."""
-    async with connect(f"{url}{proto.INGEST_PATH}") as ws:
-        await ws.send(start_msg(name, **start))
-        await send_audio(ws, np.concatenate([audio, np.zeros(16000, np.float32)]))
-        await ws.send(json.dumps({"type": "end"}))
-        return await collect(ws)
-
-
 async def test_context_understands_real_speech_through_the_daemon() -> None:
     """The living-room recording gives lightsOn with its room slot; other speech is rejected."""
     cfg = config(decoder={"contexts": f"home={HOME}"})
     models = {"commands-ctc": CTC, "commands-intent": INTENT}
     async with running(cfg, models) as daemon:
         assert list(daemon.services.contexts) == ["home"]
-        events = await _stream(
+        events = await stream_recording(
             daemon.url, "light", speech("cmd_living_room_light.wav"), context="home"
         )
         assert events[0]["type"] == "started"
@@ -74,7 +65,7 @@ async def test_context_understands_real_speech_through_the_daemon() -> None:
         assert 0.0 < intent["confidence"] <= 1.0
         assert utt["transcript"]["text"]  # the free transcript is still sent
         # a stream that names no context gets the server's default (the first one)
-        events = await _stream(daemon.url, "harvard", speech("sent_harvard_spk1_snt1.wav"))
+        events = await stream_recording(daemon.url, "harvard", speech("sent_harvard_spk1_snt1.wav"))
         assert events[0]["context"] == "home"
         for utt in _utterances(events):
             assert utt["intent"]["understood"] is False, utt
@@ -86,7 +77,7 @@ async def test_without_contexts_the_intent_is_the_classifiers() -> None:
     """No context compiled: no slots or understood fields; naming a context is refused (1007)."""
     models = {"commands-ctc": CTC, "commands-intent": INTENT}
     async with running(config(), models) as daemon:
-        events = await _stream(daemon.url, "plain", speech("cmd_living_room_light.wav"))
+        events = await stream_recording(daemon.url, "plain", speech("cmd_living_room_light.wav"))
         assert "context" not in events[0]
         [utt] = _utterances(events)
         assert utt["intent"]["name"] == "lights_on"
@@ -109,7 +100,7 @@ async def test_a_context_needs_a_ctc_model_in_the_stream() -> None:
         assert error["code"] == proto.BAD_FIELD
         assert "needs a ctc model" in error["message"]
         # without naming it, the default context simply does not apply to such a stream
-        events = await _stream(
+        events = await stream_recording(
             daemon.url, "cls", speech("cmd_living_room_light.wav"), models=["commands-intent"]
         )
         assert "context" not in events[0]

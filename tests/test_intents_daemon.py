@@ -25,9 +25,9 @@ from live_server import (
     config,
     daemon_process,
     running,
-    send_audio,
     speech,
     start_msg,
+    stream_recording,
 )
 from websockets.asyncio.client import connect
 
@@ -74,11 +74,9 @@ def _intents_file(folder: Path, threshold: float, *, top_k: int = 3) -> Path:
 
 
 async def _stream(url: str, name: str, audio: np.ndarray, **start: Any) -> list[dict[str, Any]]:
-    async with connect(f"{url}{proto.INGEST_PATH}") as ws:
-        await ws.send(start_msg(name, **start))
-        await send_audio(ws, np.concatenate([audio, np.zeros(16000, np.float32)]))
-        await ws.send(json.dumps({"type": "end"}))
-        return [e for e in await collect(ws) if e["type"] == "utterance"]
+    """The utterance events of one recording streamed as ``name``."""
+    events = await stream_recording(url, name, audio, **start)
+    return [e for e in events if e["type"] == "utterance"]
 
 
 @pytest.mark.parametrize(("threshold", "abstains"), [(-1.0, False), (1.0, True)])
