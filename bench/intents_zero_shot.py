@@ -108,7 +108,7 @@ from streamer.intent_matching import IntentMatch, IntentMatcher  # noqa: E402
 from streamer.intents import DEFAULT_THRESHOLD, Intent, IntentsFile  # noqa: E402
 from streamer.serving_config import IntentsConfig  # noqa: E402
 from streamer.streams.feed import ChunkSource, run_source  # noqa: E402
-from streamer.streams.intents_setup import setup_intents  # noqa: E402
+from streamer.streams.intents_setup import build_matcher, setup_intents  # noqa: E402
 from streamer.streams.services import Services  # noqa: E402
 from streamer.streams.sources import chunks  # noqa: E402
 from streamer_training.data import Corpus  # noqa: E402
@@ -351,11 +351,6 @@ def run_ours(clips: list[Clip], intents: IntentsFile, args: argparse.Namespace) 
         services.runner.close()
     title = f"{TITLES['ours']} ({args.speech_model.name})"
     return SystemRun("ours", title, predictions, timed.inner, timed.vectors)
-
-
-def text_matcher(intents: IntentsFile, embedder: TextEmbedder) -> IntentMatcher:
-    """The matcher of ``intents``, examples embedded by ``embedder`` (as setup_intents does)."""
-    return IntentMatcher.build(intents, embedder.embed([s for _, s in intents.sentences()]))
 
 
 def match_texts(
@@ -740,11 +735,11 @@ def _systems(
     if "whisper" in args.systems or "reference" in args.systems:
         embedder = load_text_embedder(args.text_embedder, threads=1, provider="cpu")
         if "whisper" in args.systems:
-            matcher = text_matcher(intents("whisper"), embedder)
+            matcher = build_matcher(intents("whisper"), embedder)
             runs += filter(None, [run_whisper(clips, matcher, embedder, beam=args.beam)])
         if "reference" in args.systems:
             runs.append(
-                run_reference(clips, text_matcher(intents("reference"), embedder), embedder)
+                run_reference(clips, build_matcher(intents("reference"), embedder), embedder)
             )
     return runs
 

@@ -183,8 +183,9 @@ class OutputDecoder:
         elif self.task == "regress":
             result = Decoded(value=decode_value(take(outputs, "value")))
         if self.matcher is not None:
+            # the array as checked, not decode_embedding's wire tuple; the matcher normalizes
             matched = self.matcher.match(
-                decode_embedding(take(outputs, "embedding"), dim=self.embedding_dim, normalize=True)
+                checked(take(outputs, "embedding"), "embedding", (self.embedding_dim,))
             )
             best, *rest = matched.nbest or ((matched.intent or "", matched.score),)
             nearest = Intent(

@@ -153,6 +153,11 @@ class DaemonProcess:
     ports: dict[str, int]
     log: list[str]
 
+    @property
+    def url(self) -> str:
+        """The WebSocket base URL of its ``streamer`` listener."""
+        return f"ws://127.0.0.1:{self.ports['streamer']}"
+
 
 @contextlib.asynccontextmanager
 async def daemon_process(

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from live_server import (
     UNIT_S,
@@ -24,7 +23,6 @@ from live_server import (
 from websockets.asyncio.client import connect
 
 from streamer import protocol as proto
-from streamer.audio import float_to_pcm16
 from streamer.config import DecoderConfig
 from streamer.contexts import DEFAULT_MAX_GAP_PER_FRAME
 from streamer.errors import ConfigError
@@ -173,15 +171,9 @@ async def test_serve_with_context_subprocess_and_websocket_client() -> None:
         "--model", str(CTC), "serve", "--port", "0",
         "--context", f"home={HOME}", "--context", f"coffee={REPO / 'contexts' / 'coffee.yaml'}",
     ) as daemon:  # fmt: skip
-        audio = float_to_pcm16(
-            np.concatenate([speech("cmd_living_room_light.wav"), np.zeros(16000, np.float32)])
+        events = await stream_recording(
+            daemon.url, "sub", speech("cmd_living_room_light.wav"), context="home"
         )
-        url = f"ws://127.0.0.1:{daemon.ports['streamer']}{proto.INGEST_PATH}"
-        async with connect(url) as ws:
-            await ws.send(start_msg("sub", context="home"))
-            await ws.send(audio)
-            await ws.send(json.dumps({"type": "end"}))
-            events = await collect(ws)
     [utt] = _utterances(events)
     assert (utt["intent"]["name"], utt["intent"]["slots"]) == ("lightsOn", {"room": "living room"})
     event = proto.decode_event(json.dumps(utt))

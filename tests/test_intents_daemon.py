@@ -21,18 +21,14 @@ import pytest
 from conftest import exported
 from live_server import (
     UNIT_S,
-    collect,
     config,
     daemon_process,
     running,
     speech,
-    start_msg,
     stream_recording,
 )
-from websockets.asyncio.client import connect
 
 from streamer import protocol as proto
-from streamer.audio import float_to_pcm16
 from streamer.engine.bundles import resolve_models
 from streamer.errors import ConfigError
 from streamer.serving_config import IntentsConfig
@@ -191,15 +187,7 @@ async def test_serve_with_intents_subprocess_and_websocket_client(
     ) as daemon:  # fmt: skip
         embedded = r"4 intents, 6 examples embedded in [\d.]+ s"
         assert any(re.search(embedded, line) for line in daemon.log), daemon.log
-        audio = float_to_pcm16(
-            np.concatenate([speech("cmd_living_room_light.wav"), np.zeros(16000, np.float32)])
-        )
-        url = f"ws://127.0.0.1:{daemon.ports['streamer']}{proto.INGEST_PATH}"
-        async with connect(url) as ws:
-            await ws.send(start_msg("sub"))
-            await ws.send(audio)
-            await ws.send(json.dumps({"type": "end"}))
-            [utt] = [e for e in await collect(ws) if e["type"] == "utterance"]
+        [utt] = await _stream(daemon.url, "sub", speech("cmd_living_room_light.wav"))
     event = proto.decode_event(json.dumps(utt))
     assert isinstance(event, proto.Utterance)
     assert event.intent is not None

@@ -22,10 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamer.engine.bundles import default_models_dir, load_manifest
-from streamer.engine.text_embed import TextEmbedderError, load_text_embedder
+from streamer.engine.text_embed import (
+    DEFAULT_BATCH,
+    TextEmbedder,
+    TextEmbedderError,
+    load_text_embedder,
+)
 from streamer.errors import ConfigError
 from streamer.intent_matching import IntentMatcher
-from streamer.intents import load_intents_file
+from streamer.intents import IntentsFile, load_intents_file
 from streamer.serving_config import IntentsConfig
 
 log = logging.getLogger(__name__)
@@ -74,12 +79,10 @@ def setup_intents(config: IntentsConfig, models: Mapping[str, Path]) -> IntentSe
     except TextEmbedderError as exc:
         raise ConfigError(f"--intents needs a text embedder: {exc}") from None
     model = _matching_model(config.model, models, embedder.dim)
-    sentences = [text for _, text in intents.sentences()]
     try:
-        vectors = embedder.embed(sentences, batch=config.embed_batch)
+        matcher = build_matcher(intents, embedder, batch=config.embed_batch)
     except TextEmbedderError as exc:
         raise ConfigError(f"{config.file}: cannot embed the examples: {exc}") from None
-    matcher = IntentMatcher.build(intents, vectors)
     spent = time.perf_counter() - started
     name = Path(config.file).stem
     log.info(
@@ -88,7 +91,7 @@ def setup_intents(config: IntentsConfig, models: Mapping[str, Path]) -> IntentSe
         name,
         config.file,
         len(intents.intents),
-        len(sentences),
+        len(intents.sentences()),
         spent,
         folder.name,
         embedder.provider.provider,
@@ -97,6 +100,19 @@ def setup_intents(config: IntentsConfig, models: Mapping[str, Path]) -> IntentSe
         intents.threshold,
     )
     return IntentSet(name=name, model=model, matcher=matcher, embed_s=spent)
+
+
+def build_matcher(
+    intents: IntentsFile, embedder: TextEmbedder, *, batch: int = DEFAULT_BATCH
+) -> IntentMatcher:
+    """The matcher of ``intents``, every example embedded by ``embedder``.
+
+    Raises:
+        TextEmbedderError: the embedder failed on an example.
+    """
+    return IntentMatcher.build(
+        intents, embedder.embed([s for _, s in intents.sentences()], batch=batch)
+    )
 
 
 def _matching_model(wanted: str, models: Mapping[str, Path], dim: int) -> str:
