@@ -19,6 +19,7 @@ from streamer.tools.bench_partials import (
     PAUSE_S,
     LiveStream,
     eager_advances,
+    eager_leads_over_today,
     first_appearances,
     format_table as format_partials_table,
     measure,
@@ -264,6 +265,35 @@ def test_eager_advance_counts_only_confirmed_results() -> None:
     advances = eager_advances(events)
     assert [round(a) for a, _ in advances] == [300, 200]
     assert [ms for _, ms in advances] == [900.0, 900.0]
+
+
+def test_eager_lead_over_today_compares_arrivals_relative_to_the_sent_speech_end() -> None:
+    """Each run's arrival counts from when its own stream sent the end of speech."""
+    word = _word("stop", 100, 400)
+    off = LiveStream(
+        StreamReport("s", "f"),
+        [(20.60, _final("a", 0, word, emit_ms=500)), (21.0, _final("b", 1, _word("go", 0, 1)))],
+        [14400, 16000],
+        [20.0, 20.1],
+        16000,
+    )
+    on = LiveStream(
+        StreamReport("s", "f"),
+        [
+            (5.35, _final("x", 0, word, kind="eager")),
+            (5.62, _final("x", 0, word)),
+            (6.0, _final("y", 1, _word("go", 0, 1), kind="eager")),
+            (6.1, {"type": "resumed", "utterance_id": "y"}),
+            (6.5, _final("y", 1, _word("go", 0, 1))),
+        ],
+        [14400, 16000],
+        [5.0, 5.1],
+        16000,
+    )
+    # end_ms 900 -> sample 14400, sent at 20.0 (off) and 5.0 (on): 600 ms vs 350 ms after it
+    leads = eager_leads_over_today(off, on)
+    assert [round(a) for a, _ in leads] == [250]
+    assert [ms for _, ms in leads] == [900.0]
 
 
 def test_finals_compared_without_timings_and_ids_and_the_table() -> None:

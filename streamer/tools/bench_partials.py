@@ -251,6 +251,36 @@ def eager_advances(events: Timed) -> list[tuple[float, float]]:
     return out
 
 
+def eager_leads_over_today(off: LiveStream, on: LiveStream) -> list[tuple[float, float]]:
+    """(ms a confirmed eager result came before today's final, speech ms) per utterance.
+
+    Today's final: the same utterance's ``utterance`` event in the run without partials and
+    eager results (same stream, same ``seq``). Both runs send the same samples at the same pace,
+    so each arrival is taken relative to the moment its stream sent the utterance's last
+    speech frame, and the lead is the difference of the two.
+    """
+    today = {e["seq"]: (t, e) for t, e in _of(off.events, "utterance")}
+    pending: dict[str, tuple[float, Event]] = {}
+    out: list[tuple[float, float]] = []
+    for t, e in on.events:
+        kind = e.get("type")
+        if kind == "eager":
+            pending[e["utterance_id"]] = (t, e)
+        elif kind == "resumed":
+            pending.pop(e["utterance_id"], None)
+        elif kind == "utterance" and e["utterance_id"] in pending:
+            t_eager, eager = pending.pop(e["utterance_id"])
+            if e["seq"] not in today or _without(eager, _NOT_RESULTS) != _without(e, _NOT_RESULTS):
+                continue
+            t_off, final = today[e["seq"]]
+            if _without(final, _IGNORED) != _without(e, _IGNORED):
+                continue
+            end = float(e["end_ms"])
+            lead = (t_off - off.sent_time(end)) - (t_eager - on.sent_time(end))
+            out.append((lead * 1000.0, end - float(e["start_ms"])))
+    return out
+
+
 def _without(event: Event, keys: Sequence[str]) -> Event:
     return {k: v for k, v in event.items() if k not in keys}
 
@@ -269,6 +299,7 @@ def measure(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[str, An
     n_stable = n_bad = n_words = 0
     delays: list[float] = []
     advances: list[tuple[float, float]] = []
+    leads = [lead for a, b in zip(off, on, strict=True) for lead in eager_leads_over_today(a, b)]
     for s in on:
         n, bad = stable_contradictions(s.events)
         d, w = first_appearances(s)
@@ -289,6 +320,9 @@ def measure(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[str, An
         "eager_advance_ms": _stats([a for a, _ in advances]),
         "eager_advance_ms_commands": _stats([a for a, ms in advances if ms <= COMMAND_MAX_MS]),
         "eager_confirmed": len(advances),
+        "eager_lead_over_today_ms": _stats([a for a, _ in leads]),
+        "eager_lead_over_today_ms_commands": _stats([a for a, ms in leads if ms <= COMMAND_MAX_MS]),
+        "eager_lead_over_today_commands": sum(ms <= COMMAND_MAX_MS for _, ms in leads),
         "eager_confirmed_commands": sum(ms <= COMMAND_MAX_MS for _, ms in advances),
         "emit_ms": {"off": emit(off), "on": emit(on)},
         "counts": {arm: _counts(streams) for arm, streams in (("off", off), ("on", on))},
@@ -330,8 +364,13 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     first_m = "a word's first appearance in a partial after it was spoken, p50"
     first_v = f"{_fmt(first['p50'])} ms (p95 {_fmt(first['p95'])}; "
     first_v += f"{r['final_words_seen_in_partial']} / {r['final_words']} final words seen)"
+    commands = f"commands (≤ {COMMAND_MAX_MS / 1000:g} s of speech), p50"
+    lead = r["eager_lead_over_today_ms_commands"]["p50"]
+    lead_m = f"eager before today's final (partials and eager off), {commands}"
+    lead_v = f"{_fmt(lead)} ms ({r['eager_lead_over_today_commands']} utterances; all lengths "
+    lead_v += f"{_fmt(r['eager_lead_over_today_ms']['p50'])} ms)"
     eager, eager_all = r["eager_advance_ms_commands"]["p50"], r["eager_advance_ms"]["p50"]
-    eager_m = f"eager before the final, commands (≤ {COMMAND_MAX_MS / 1000:g} s of speech), p50"
+    eager_m = f"eager before its own final (same run), {commands}"
     eager_v = f"{_fmt(eager)} ms ({r['eager_confirmed_commands']} confirmed; all lengths "
     eager_v += f"{_fmt(eager_all)} ms, {r['eager_confirmed']})"
     on95, off95 = emit["on"]["p95"], emit["off"]["p95"]
@@ -343,7 +382,8 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         ("finals, partials+eager on vs off", "identical", same, same_ok),
         ("stable words later contradicted by the final", "≤ 2%", bad_v, _le(bad, 0.02)),
         (first_m, "≤ 700 ms", first_v, _le(first["p50"], 700.0)),
-        (eager_m, "≥ 200 ms", eager_v, _le(200.0, eager)),
+        (lead_m, "≥ 200 ms", lead_v, _le(200.0, lead)),
+        (eager_m, "(informative)", eager_v, eager is not None),
         (emit_m, "≤ 1.05x", emit_v, _le(ratio, 1.05)),
         ("engine time on partials", f"≤ {share_max:.0%}", _pct(share), _le(share, share_max)),
     ]
