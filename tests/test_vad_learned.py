@@ -1,0 +1,114 @@
+"""The learned frame detector: numpy equals torch, the shipped weights on real speech, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from streamer.errors import ConfigError
+from streamer.segmenter import Segmenter, UtteranceReady
+from streamer.segmenter_config import SegmenterConfig
+from streamer.vad_learned import (
+    DEFAULT_MODEL,
+    FRAME_SAMPLES,
+    N_FEATURES,
+    FeatureTracker,
+    LearnedVad,
+    frame_features,
+    load_weights,
+    webrtc_verdicts,
+)
+
+AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+
+
+def test_numpy_network_matches_torch(tmp_path: Path) -> None:
+    """Random torch weights saved as the trainer saves them score the same frames the same."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    inp, gru, out = (
+        torch.nn.Linear(N_FEATURES, 16),
+        torch.nn.GRU(16, 16, batch_first=True),
+        (torch.nn.Linear(16, 1)),
+    )
+    rng = np.random.default_rng(0)
+    audio = (rng.standard_normal(FRAME_SAMPLES * 40) * 0.05).astype(np.float32)
+    audio[FRAME_SAMPLES * 10 : FRAME_SAMPLES * 20] *= 10
+    frames = audio.reshape(40, FRAME_SAMPLES)
+    raw = frame_features(frames, webrtc_verdicts(frames))
+    mean, std = raw.mean(axis=0), raw.std(axis=0) + 1.0
+    arrays = {f"inp.{k}": v for k, v in inp.state_dict().items()}
+    arrays |= {f"gru.{k}": v for k, v in gru.state_dict().items()}
+    arrays |= {f"out.{k}": v for k, v in out.state_dict().items()}
+    path = tmp_path / "vad.npz"
+    np.savez(path, norm_mean=mean, norm_std=std, **{k: v.numpy() for k, v in arrays.items()})
+    with torch.no_grad():
+        x = torch.from_numpy((raw - mean) / std)[None]
+        want = torch.sigmoid(out(gru(torch.relu(inp(x)))[0])).numpy().ravel()
+    vad = LearnedVad(model=path)
+    got = np.array([vad.score(f) for f in frames])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_frame_by_frame_features_equal_the_trainers() -> None:
+    """The runtime's per-frame features (floor included) are the trainer's, exactly."""
+    rng = np.random.default_rng(0)
+    gains = np.repeat(rng.uniform(0.001, 0.3, 120), FRAME_SAMPLES)
+    frames = (rng.standard_normal(FRAME_SAMPLES * 120) * gains).astype(np.float32)
+    frames = frames.reshape(120, FRAME_SAMPLES)
+    tracker = FeatureTracker()
+    got = np.stack([tracker(f) for f in frames])
+    np.testing.assert_array_equal(got, frame_features(frames, webrtc_verdicts(frames)))
+
+
+def test_shipped_model_hears_a_real_sentence_and_not_the_silence_around_it() -> None:
+    path = AUDIO / "sent_harvard_spk1_snt1.wav"
+    assert path.exists(), f"shared speech material missing: {path}"
+    speech, rate = sf.read(path, dtype="float32")
+    assert rate == 16_000
+    rng = np.random.default_rng(1)
+    x = np.concatenate([np.zeros(16_000, np.float32), speech, np.zeros(16_000, np.float32)])
+    x = (x + rng.standard_normal(x.size) * 10 ** (-60 / 20)).astype(np.float32)
+    vad = LearnedVad()
+    scores = np.array([vad.score(f) for f in x[: x.size // 480 * 480].reshape(-1, 480)])
+    lead, tail = scores[: 16_000 // 480 - 3], scores[-(16_000 // 480) + 10 :]
+    assert lead.max() < 0.5
+    assert tail.max() < 0.5
+    assert np.median(scores[16_000 // 480 + 10 : -(16_000 // 480) - 10]) > 0.5
+
+
+def test_a_trimmed_clip_starting_inside_speech_gives_its_utterance() -> None:
+    """The network needs no noise floor: speech from the first sample opens an utterance."""
+    clips = sorted((AUDIO / "fsdd").glob("*.wav"))
+    assert clips, f"shared speech material missing: {AUDIO / 'fsdd'}"
+    found = 0
+    for clip in clips[:20]:
+        samples, rate = sf.read(clip, dtype="float32")
+        assert rate == 16_000
+        seg = Segmenter(SegmenterConfig(vad="learned"))
+        events = seg.feed(samples) + seg.flush()
+        found += sum(isinstance(e, UtteranceReady) for e in events) == 1
+    assert found >= 19
+
+
+def test_other_frame_sizes_and_bad_files_raise_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="30 ms"):
+        LearnedVad(frame_ms=20)
+    with pytest.raises(ConfigError, match="30 ms"):
+        Segmenter(SegmenterConfig(vad="learned", frame_ms=10))
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match="cannot read"):
+        LearnedVad(model=bad)
+    partial = tmp_path / "partial.npz"
+    np.savez(partial, norm_mean=np.zeros(N_FEATURES, np.float32))
+    with pytest.raises(ConfigError, match="missing arrays"):
+        LearnedVad(model=partial)
+
+
+def test_shipped_weights_load() -> None:
+    weights = load_weights(DEFAULT_MODEL)
+    assert weights["norm_mean"].shape == (N_FEATURES,)
