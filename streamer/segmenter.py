@@ -49,10 +49,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from streamer.detectors import make_vad
 from streamer.errors import AudioFormatError
 from streamer.segmenter_config import SegmenterConfig
-from streamer.vad import SAMPLE_RATE_HZ, SileroVad, Vad, VadThresholds, WebRtcVad
-from streamer.vad_learned import LearnedVad
+from streamer.vad import SAMPLE_RATE_HZ, Vad, VadThresholds
 
 
 @dataclass(frozen=True)
@@ -86,24 +86,6 @@ class UtteranceReady:
 SegmenterEvent = SpeechStarted | UtteranceReady
 #: Per-frame observer: (frame start sample, score). For plots and debugging.
 FrameObserver = Callable[[int, float], None]
-
-
-def make_vad(config: SegmenterConfig) -> Vad:
-    """Build the frame detector ``config.vad`` names, with the config's knobs."""
-    if config.vad == "silero":
-        return SileroVad(frame_ms=config.frame_ms)
-    if config.vad == "learned":
-        return LearnedVad(frame_ms=config.frame_ms)
-    return WebRtcVad(
-        frame_ms=config.frame_ms,
-        mode=config.vad_mode,
-        full_scale_snr_db=config.full_scale_snr_db,
-        thump_ratio_db=config.thump_ratio_db,
-        noise_window_ms=config.noise_window_ms,
-        unvoiced_cap=config.unvoiced_cap,
-        voicing_threshold=config.voicing_threshold,
-        revise_drop_db=config.revise_drop_db,
-    )
 
 
 class Segmenter:

@@ -21,12 +21,12 @@ from streamer.tools.bench_partials import (
     eager_advances,
     eager_leads_over_today,
     first_appearances,
-    format_table as format_partials_table,
     measure,
     same_word,
     stable_contradictions,
     stream_audio,
 )
+from streamer.tools.partials_report import format_table as format_partials_table
 from streamer.tools.replay import StreamReport, _score
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
