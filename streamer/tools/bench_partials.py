@@ -229,14 +229,13 @@ def first_appearances(stream: LiveStream) -> tuple[list[float], int]:
     return delays, n_words
 
 
-def eager_advances(events: Timed) -> list[tuple[float, float]]:
-    """(ms the eager result came before its final, speech ms) of each confirmed eager result.
+def _confirmed_eagers(events: Timed) -> Iterator[tuple[float, float, Event]]:
+    """(eager arrival, final arrival, final) of each eager result its final confirmed.
 
     Confirmed: not withdrawn by ``resumed``, and the final has the eager result's fields
     (``latency_ms``, ``lag_ms`` and ``type`` aside).
     """
     pending: dict[str, tuple[float, Event]] = {}
-    out: list[tuple[float, float]] = []
     for t, e in events:
         kind = e.get("type")
         if kind == "eager":
@@ -246,37 +245,34 @@ def eager_advances(events: Timed) -> list[tuple[float, float]]:
         elif kind == "utterance" and e["utterance_id"] in pending:
             t_eager, eager = pending.pop(e["utterance_id"])
             if _without(eager, _NOT_RESULTS) == _without(e, _NOT_RESULTS):
-                out.append(((t - t_eager) * 1000.0, float(e["end_ms"]) - float(e["start_ms"])))
-    return out
+                yield t_eager, t, e
+
+
+def _speech_ms(event: Event) -> float:
+    return float(event["end_ms"]) - float(event["start_ms"])
+
+
+def eager_advances(events: Timed) -> list[tuple[float, float]]:
+    """(ms the eager result came before its final, speech ms) of each confirmed eager result."""
+    return [((t - t_eager) * 1000.0, _speech_ms(e)) for t_eager, t, e in _confirmed_eagers(events)]
 
 
 def eager_leads_over_today(off: LiveStream, on: LiveStream) -> list[tuple[float, float]]:
     """(ms a confirmed eager result came before today's final, speech ms) per utterance.
 
     Today's final: the same utterance's ``utterance`` event in the run without partials and
-    eager results (same stream, same ``seq``). Both runs send the same samples at the same pace,
-    so each arrival is taken relative to the moment its stream sent the utterance's last
-    speech frame, and the lead is the difference of the two.
+    eager results (same stream, same ``seq``, same results). Both runs send the same samples at
+    the same pace, so each arrival is taken relative to the moment its stream sent the
+    utterance's last speech frame, and the lead is the difference of the two.
     """
     today = {e["seq"]: (t, e) for t, e in _of(off.events, "utterance")}
-    pending: dict[str, tuple[float, Event]] = {}
     out: list[tuple[float, float]] = []
-    for t, e in on.events:
-        kind = e.get("type")
-        if kind == "eager":
-            pending[e["utterance_id"]] = (t, e)
-        elif kind == "resumed":
-            pending.pop(e["utterance_id"], None)
-        elif kind == "utterance" and e["utterance_id"] in pending:
-            t_eager, eager = pending.pop(e["utterance_id"])
-            if e["seq"] not in today or _without(eager, _NOT_RESULTS) != _without(e, _NOT_RESULTS):
-                continue
-            t_off, final = today[e["seq"]]
-            if _without(final, _IGNORED) != _without(e, _IGNORED):
-                continue
+    for t_eager, _, e in _confirmed_eagers(on.events):
+        t_off, final = today.get(e["seq"], (0.0, {}))
+        if _without(final, _IGNORED) == _without(e, _IGNORED):
             end = float(e["end_ms"])
             lead = (t_off - off.sent_time(end)) - (t_eager - on.sent_time(end))
-            out.append((lead * 1000.0, end - float(e["start_ms"])))
+            out.append((lead * 1000.0, _speech_ms(e)))
     return out
 
 
