@@ -18,6 +18,7 @@ arrays named like the torch modules they came from; the runtime needs numpy only
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from functools import lru_cache
 from pathlib import Path
@@ -142,10 +143,8 @@ class FeatureTracker:
         self._n += 1
         floor = self._smoothed.min(axis=0)[None, :]
         speech = float(self._webrtc.is_speech(float_to_pcm16(frame), SAMPLE_RATE_HZ))
-        features: npt.NDArray[np.float32] = _assemble(mel_db, energy_db, np.array([speech]), floor)[
-            0
-        ]
-        return features
+        row: npt.NDArray[np.float32] = _assemble(mel_db, energy_db, np.array([speech]), floor)[0]
+        return row
 
 
 def webrtc_verdicts(
@@ -179,7 +178,10 @@ def load_weights(path: Path) -> dict[str, npt.NDArray[np.float32]]:
 
 
 def _sigmoid(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    out: npt.NDArray[np.float32] = (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+    """Logistic function; clipped so that no input overflows ``exp``."""
+    out: npt.NDArray[np.float32] = (1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))).astype(
+        np.float32
+    )
     return out
 
 
@@ -221,8 +223,8 @@ class LearnedVad:
         z = _sigmoid(gi[n : 2 * n] + gh[n : 2 * n])
         cand = np.tanh(gi[2 * n :] + r * gh[2 * n :])
         self._h = h = ((1.0 - z) * cand + z * h).astype(np.float32)
-        logit = float(h @ self._w_out) + self._b_out
-        return float(1.0 / (1.0 + np.exp(-logit)))
+        logit = min(60.0, max(-60.0, float(h @ self._w_out) + self._b_out))
+        return 1.0 / (1.0 + math.exp(-logit))
 
     def revised_start_scores(self) -> list[float] | None:
         """Always None: the network needs no noise floor, its first scores stand."""
