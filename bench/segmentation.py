@@ -53,6 +53,7 @@ from streamer.errors import ConfigError  # noqa: E402
 from streamer.scoring import boundary_hits, f1_from_hits  # noqa: E402
 from streamer.segmenter import Segmenter, UtteranceReady  # noqa: E402
 from streamer.segmenter_config import SegmenterConfig  # noqa: E402
+from streamer_training.train_vad import speech_extent  # noqa: E402
 
 RATE_HZ = 16_000
 SHARED = ROOT.parent / "shared"
@@ -107,19 +108,12 @@ def manifest(folder: str) -> list[dict[str, str]]:
 
 
 def word_extent_s(x: Audio) -> tuple[float, float]:
-    """The streams README's trim rule: the speech extent of a single-utterance clip (s)."""
-    n = x.size // 160
-    power = (x[: n * 160].astype(np.float64).reshape(n, 160) ** 2).mean(axis=1)
-    e = 10 * np.log10(np.convolve(power, np.ones(3) / 3, mode="same") + 1e-12)
-    noise, top = np.percentile(e, 10), e.max()
-    on = np.flatnonzero(e > min(max(noise + 15, top - 20), top - 6))
-    off = np.flatnonzero(e > min(max(noise + 15, top - 40), top - 6))
-    a, b = int(on[0]), int(off[-1])
-    while a > 0 and e[a - 1] > noise + 8:
-        a -= 1
-    while b < n - 1 and e[b + 1] > noise + 8:
-        b += 1
-    return max(0, a - 2) * 0.01, min(n, b + 3) * 0.01
+    """The streams README's trim rule: the speech extent of a single-utterance clip (s).
+
+    The rule the learned detector was trained on (one implementation for both).
+    """
+    a, b = speech_extent(x)
+    return a / RATE_HZ, b / RATE_HZ
 
 
 def an4_split() -> dict[str, str]:
