@@ -90,6 +90,7 @@ def build_services(config: Config, models: dict[str, Path]) -> Services:
     for name, dec in decoders.items():
         if dec.ctc_search:
             log.info("model %s decodes by %s", name, dec.ctc_search)
+    log.info("segmenter: %s voice-activity detector", config.segmenter.vad)
     runner = Runner(encoders, config=config.engine)
     return Services(
         config=config,

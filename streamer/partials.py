@@ -3,13 +3,14 @@
 A partial run decodes a bounded window of the open utterance (:func:`partial_window`: from
 ``lookback_ms`` before the end of the last stable word to now, at most ``max_window_s``), so its
 cost does not grow with the utterance. :class:`StableWords` turns the successive hypotheses into
-what a caption can show without flicker (LocalAgreement-2):
+what a caption can show without flicker (LocalAgreement-n, n = ``agree``, 3 by default):
 
-* a word becomes **stable** when two consecutive hypotheses agree on it, in order, right after
-  the words already stable, and in both it ends at least ``guard_ms`` before the end of the
-  window that heard it (the last few hundred ms of a window are still being spoken, and a CTC
-  model rereads them when the next audio arrives: two windows that both cut a word short agree
-  on the wrong word);
+* a word becomes **stable** when ``agree`` consecutive hypotheses agree on it, in order, right
+  after the words already stable, and in each it ends at least ``guard_ms`` before the end of
+  the window that heard it (the last few hundred ms of a window are still being spoken, and a
+  CTC model rereads them when the next audio arrives: two windows that both cut a word short
+  agree on the wrong word) and has a confidence of at least ``stable_confidence`` (the words
+  the whole-utterance decoding reads differently are more often unsure ones);
 * a stable word is never changed or withdrawn: later hypotheses only ever add stable words;
 * hypotheses are aligned by time: a window starts before the last stable word ends (so the model
   hears context), and its words whose middle lies before that end are the stable words heard
@@ -21,7 +22,6 @@ replaces the partials; it is not glued from them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,6 +45,10 @@ class PartialsConfig:
     """A partial window is at most this long, however long the utterance (bounded cost)."""
     guard_ms: int = 300
     """Words ending within this of the window's end are never made stable."""
+    agree: int = 3
+    """Consecutive partial hypotheses that must agree on a word before it is stable (>= 2)."""
+    stable_confidence: float = 0.5
+    """A word is made stable only if its confidence is at least this in each of them."""
     engine_share: float = 0.3
     """Share of the engine's time (all workers) partial runs may take, over ``share_window_s``;
     past it a partial run is skipped. Partial runs never start while an utterance waits."""
@@ -57,6 +61,12 @@ class PartialsConfig:
         positive(self, "interval_ms", "max_window_s", "share_window_s", "eager_silence_ms")
         if self.lookback_ms < 0 or self.guard_ms < 0:
             raise ConfigError("partials.lookback_ms and partials.guard_ms must be >= 0")
+        if self.agree < 2:
+            raise ConfigError(f"partials.agree must be >= 2, got {self.agree}")
+        if not 0 <= self.stable_confidence <= 1:
+            raise ConfigError(
+                f"partials.stable_confidence must be in [0, 1], got {self.stable_confidence}"
+            )
         if not 0 < self.engine_share <= 1:
             raise ConfigError(f"partials.engine_share must be in (0, 1], got {self.engine_share}")
 
@@ -72,15 +82,18 @@ def partial_window(*, now_ms: float, stable_end_ms: float | None, config: Partia
 
 
 class StableWords:
-    """The stable prefix of one utterance's partial hypotheses (LocalAgreement-2, see module)."""
+    """The stable prefix of one utterance's partial hypotheses (LocalAgreement-n, see module)."""
 
-    def __init__(self, *, guard_ms: float) -> None:
-        """Start an utterance with no stable word; ``guard_ms``: see :class:`PartialsConfig`."""
+    def __init__(self, *, guard_ms: float, agree: int = 2, min_confidence: float = 0.0) -> None:
+        """Start an utterance with no stable word; the knobs: see :class:`PartialsConfig`."""
+        if agree < 2:
+            raise ValueError(f"agree must be >= 2, got {agree}")
         self.guard_ms = guard_ms
+        self.agree = agree
+        self.min_confidence = min_confidence
         self.stable: list[Word] = []
         self.revision = 0
-        self._previous: list[Word] = []
-        self._previous_end_ms = -math.inf
+        self._history: list[tuple[list[Word], float]] = []  # the last hypotheses, window ends
 
     @property
     def stable_end_ms(self) -> float | None:
@@ -92,22 +105,23 @@ class StableWords:
 
         The result is every stable word (flag set), then this hypothesis's words after them.
         """
-        fresh = self._after_stable(words)
-        before = self._after_stable(self._previous)
-        limit = window_end_ms - self.guard_ms
-        limit_before = self._previous_end_ms - self.guard_ms
+        self._history = [*self._history[-(self.agree - 1) :], (list(words), window_end_ms)]
+        hypotheses = [(self._after_stable(ws), end - self.guard_ms) for ws, end in self._history]
+        fresh = hypotheses[-1][0]
         n = 0
         while (
-            n < len(fresh)
-            and n < len(before)
-            and fresh[n].word == before[n].word
-            and fresh[n].end_ms <= limit
-            and before[n].end_ms <= limit_before
+            len(hypotheses) == self.agree
+            and n < len(fresh)
+            and all(
+                n < len(ws)
+                and ws[n].word == fresh[n].word
+                and ws[n].end_ms <= limit
+                and ws[n].confidence >= self.min_confidence
+                for ws, limit in hypotheses
+            )
         ):
             n += 1
         self.stable.extend(fresh[:n])
-        self._previous = fresh
-        self._previous_end_ms = window_end_ms
         self.revision += 1
         return (*(_flagged(w, True) for w in self.stable), *(_flagged(w, False) for w in fresh[n:]))
 

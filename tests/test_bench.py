@@ -225,7 +225,10 @@ def test_stable_words_are_counted_once_and_matched_by_text_and_time() -> None:
             ),
         ),
     ]
-    assert stable_contradictions(events) == (5, 2)  # "of" and "light"
+    n, bad = stable_contradictions(events)
+    assert n == 5
+    assert [b.split("@")[0] for b in bad] == ["of", "light"]
+    assert bad[1] == "light@1500-1700 in: turn@10 on@260 the@450 light@1950 lamp@2550"
     assert same_word(_word("a", 0, 100), _word("a", 300, 400))
     assert not same_word(_word("a", 0, 100), _word("a", 301, 400))
     assert not same_word(_word("a", 0, 100), _word("b", 0, 100))

@@ -62,6 +62,25 @@ def test_two_agreeing_hypotheses_make_words_stable_but_not_the_guarded_tail() ->
     assert words.revision == 3
 
 
+def test_three_agreeing_confident_hypotheses_when_so_configured() -> None:
+    words = StableWords(guard_ms=0, agree=3, min_confidence=0.65)
+    hyp = [_word("turn", 0, 200), Word("of", 250, 400, 0.5), _word("lights", 500, 800)]
+    assert not any(w.stable for w in words.update(hyp, window_end_ms=1000))
+    assert not any(w.stable for w in words.update(hyp, window_end_ms=1500))  # two agree: not yet
+    third = words.update(hyp, window_end_ms=2000)
+    # "of" is too unsure to be stable, and what follows it waits for it
+    assert [(w.word, w.stable) for w in third] == [("turn", True), ("of", False), ("lights", False)]
+    sure = [_word("turn", 0, 200), _word("on", 250, 400), _word("lights", 500, 800)]
+    words.update(sure, window_end_ms=2500)
+    words.update(sure, window_end_ms=3000)
+    assert [w.word for w in words.stable] == ["turn"]  # only two sure ones since "of"
+    assert [w.word for w in words.update(sure, window_end_ms=3500) if w.stable] == [
+        "turn",
+        "on",
+        "lights",
+    ]
+
+
 def test_a_window_that_rereads_stable_words_does_not_repeat_them() -> None:
     words = StableWords(guard_ms=0)
     words.update([_word("one", 0, 300), _word("two", 400, 700)], window_end_ms=2000)
@@ -80,7 +99,15 @@ def test_partial_window_is_bounded_and_starts_before_the_last_stable_word() -> N
 
 
 @pytest.mark.parametrize(
-    "field", [{"interval_ms": 0}, {"engine_share": 0}, {"engine_share": 1.5}, {"guard_ms": -1}]
+    "field",
+    [
+        {"interval_ms": 0},
+        {"engine_share": 0},
+        {"engine_share": 1.5},
+        {"guard_ms": -1},
+        {"agree": 1},
+        {"stable_confidence": 1.5},
+    ],
 )
 def test_bad_partials_settings_are_refused_by_name(field: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="partials"):
@@ -112,12 +139,14 @@ def _hypotheses(draw: st.DrawFn) -> list[tuple[list[Word], float]]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(_hypotheses(), st.sampled_from([0.0, 300.0]))
-def test_stable_words_only_ever_grow(hyps: list[tuple[list[Word], float]], guard: float) -> None:
+@given(_hypotheses(), st.sampled_from([0.0, 300.0]), st.sampled_from([2, 3]))
+def test_stable_words_only_ever_grow(
+    hyps: list[tuple[list[Word], float]], guard: float, agree: int
+) -> None:
     """Property: whatever the hypotheses, a stable word is never changed nor withdrawn, each
     partial's stable words start with the previous partial's, and no stable word ends within the
     guard of the window that made it stable."""
-    words = StableWords(guard_ms=guard)
+    words = StableWords(guard_ms=guard, agree=agree)
     before: list[tuple[str, float, float]] = []
     for hyp, now in hyps:
         out = words.update(hyp, window_end_ms=now)

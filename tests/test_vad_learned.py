@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ from streamer.vad_learned import (
     webrtc_verdicts,
 )
 
-AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
+REPO = Path(__file__).resolve().parents[1]
+AUDIO = REPO.parent / "shared" / "audio"
 
 
 def test_numpy_network_matches_torch(tmp_path: Path) -> None:
@@ -112,3 +114,23 @@ def test_other_frame_sizes_and_bad_files_raise_config_error(tmp_path: Path) -> N
 def test_shipped_weights_load() -> None:
     weights = load_weights(DEFAULT_MODEL)
     assert weights["norm_mean"].shape == (N_FEATURES,)
+
+
+async def test_the_daemon_serves_with_the_learned_detector_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`segmenter.vad = "learned"` through a real daemon: a trimmed real digit (speech from its
+    first sample) gives its transcript, and the log names the detector in use."""
+    from live_server import config, running, stream_recording
+
+    clip = AUDIO / "fsdd" / "7_jackson_0.wav"
+    assert clip.is_file(), f"shared speech material missing: {clip}"
+    samples, _ = sf.read(clip, dtype="float32")
+    models = {"commands-ctc": REPO / "exported" / "commands-ctc"}
+    with caplog.at_level(logging.INFO, logger="streamer.app"):
+        async with running(config(segmenter={"vad": "learned"}), models) as daemon:
+            events = await stream_recording(daemon.url, "digit", samples)
+    assert "segmenter: learned voice-activity detector" in caplog.text
+    finals = [e for e in events if e["type"] == "utterance"]
+    assert len(finals) == 1
+    assert finals[0]["transcript"]["text"] == "seven"

@@ -111,7 +111,11 @@ class LiveResults:
     def started(self, utterance_id: str, seq: int, start_sample: int) -> None:
         """Speech started: a new utterance is open."""
         self._utterance = (utterance_id, seq)
-        self._words = StableWords(guard_ms=self.config.guard_ms)
+        self._words = StableWords(
+            guard_ms=self.config.guard_ms,
+            agree=self.config.agree,
+            min_confidence=self.config.stable_confidence,
+        )
         self._next_partial = start_sample + self._samples(self.config.interval_ms)
 
     def after_feed(self, previous: asyncio.Task[None] | None) -> None:

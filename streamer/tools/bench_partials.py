@@ -45,6 +45,8 @@ Timed = list[tuple[float, Event]]
 WANT = ("partial", "eager")
 #: A partial word and a final word are the same word: same text, times overlapping or this close.
 MATCH_TOLERANCE_MS = 200.0
+#: Contradicted stable words listed in the JSON report (the first ones, for diagnosis).
+CONTRADICTED_EXAMPLES = 40
 #: Pauses of faint noise between two files of a stream (uniform, seconds), and their level.
 PAUSE_S = (0.8, 2.0)
 NOISE_RMS = 1e-3
@@ -191,11 +193,12 @@ def compare_finals(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[
     }
 
 
-def stable_contradictions(events: Timed) -> tuple[int, int]:
-    """(stable words, of them contradicted by the final) of one stream's events.
+def stable_contradictions(events: Timed) -> tuple[int, list[str]]:
+    """(stable words, those the final contradicts) of one stream's events.
 
     Each distinct stable word of an utterance counts once; utterances without a final
-    transcript (refused, or no ctc result) are left out.
+    transcript (refused, or no ctc result) are left out. A contradicted word is given as
+    ``"word@start-end ms in: final text"``.
     """
     finals = {e["utterance_id"]: _words(e) for _, e in _of(events, "utterance") if _words(e)}
     stable: dict[str, dict[tuple[str, float, float], Event]] = {}
@@ -204,8 +207,14 @@ def stable_contradictions(events: Timed) -> tuple[int, int]:
             if w.get("stable") and e["utterance_id"] in finals:
                 key = (w["word"], w["start_ms"], w["end_ms"])
                 stable.setdefault(e["utterance_id"], {})[key] = w
-    ok = [any(same_word(w, f) for f in finals[u]) for u, ws in stable.items() for w in ws.values()]
-    return len(ok), ok.count(False)
+    n, bad = 0, []
+    for u, ws in stable.items():
+        for w in ws.values():
+            n += 1
+            if not any(same_word(w, f) for f in finals[u]):
+                text = " ".join(f"{f['word']}@{f['start_ms']:.0f}" for f in finals[u])
+                bad.append(f"{w['word']}@{w['start_ms']:.0f}-{w['end_ms']:.0f} in: {text}")
+    return n, bad
 
 
 def first_appearances(stream: LiveStream) -> tuple[list[float], int]:
@@ -291,14 +300,16 @@ def _finals(streams: Sequence[LiveStream]) -> Iterator[Event]:
 
 def measure(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[str, Any]:
     """Every figure of the comparison that the events give (engine time aside)."""
-    n_stable = n_bad = n_words = 0
+    n_stable = n_words = 0
+    contradicted: list[str] = []
     delays: list[float] = []
     advances: list[tuple[float, float]] = []
     leads = [lead for a, b in zip(off, on, strict=True) for lead in eager_leads_over_today(a, b)]
     for s in on:
         n, bad = stable_contradictions(s.events)
         d, w = first_appearances(s)
-        n_stable, n_bad, n_words = n_stable + n, n_bad + bad, n_words + w
+        n_stable, n_words = n_stable + n, n_words + w
+        contradicted += bad
         delays += d
         advances += eager_advances(s.events)
 
@@ -308,7 +319,8 @@ def measure(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[str, An
     return {
         "finals": compare_finals(off, on),
         "stable_words": n_stable,
-        "stable_contradicted": n_bad,
+        "stable_contradicted": len(contradicted),
+        "stable_contradicted_examples": contradicted[:CONTRADICTED_EXAMPLES],
         "first_appearance_ms": _stats(delays),
         "final_words": n_words,
         "final_words_seen_in_partial": len(delays),
