@@ -23,6 +23,7 @@ from streamer.tools.bench_partials import (
     first_appearances,
     measure,
     same_word,
+    stable_before_final,
     stable_contradictions,
     stream_audio,
 )
@@ -250,6 +251,7 @@ def test_first_appearance_runs_from_sending_the_word_end_to_the_first_partial_wi
     delays, n_words = first_appearances(stream)
     assert delays == pytest.approx([150.0, 150.0])  # turn: sent 10.1, seen 10.25; on: 10.2, 10.35
     assert n_words == 3
+    assert stable_before_final(events) == 1  # "turn" only: "on" was never stable, "off" is u9's
 
 
 def test_eager_advance_counts_only_confirmed_results() -> None:
@@ -339,7 +341,8 @@ def test_finals_compared_without_timings_and_ids_and_the_table() -> None:
         "| finals, partials+eager on vs off | identical "
         "| 1 / 2 identical (1 only off, 0 only on) | no |" in table
     )
-    assert "| stable words later contradicted by the final | ≤ 2% | 0.0% (0 / 1) | yes |" in table
+    stable_row = "| stable words later contradicted by the final | ≤ 2% | 0.0% (0 / 1; "
+    assert f"{stable_row}1 / 2 final words were stable first) | yes |" in table
     assert "| engine time on partials | ≤ 30% | 5.0% | yes |" in table
     assert "| on | 3 | 1 | 1 | 0 | 2 (0) |" in table
     assert "| 1.0 | 0.1 |" in table

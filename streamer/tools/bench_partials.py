@@ -217,6 +217,20 @@ def stable_contradictions(events: Timed) -> tuple[int, list[str]]:
     return n, bad
 
 
+def stable_before_final(events: Timed) -> int:
+    """How many of one stream's final words some partial had already shown as stable."""
+    stable: dict[str, list[Event]] = {}
+    for _, e in _of(events, "partial"):
+        stable.setdefault(e["utterance_id"], []).extend(
+            w for w in e.get("words") or [] if w.get("stable")
+        )
+    return sum(
+        any(same_word(word, w) for w in stable.get(final["utterance_id"], []))
+        for _, final in _of(events, "utterance")
+        for word in _words(final)
+    )
+
+
 def first_appearances(stream: LiveStream) -> tuple[list[float], int]:
     """Delays (ms) from a final word's end being sent to the first partial holding it.
 
@@ -300,7 +314,7 @@ def _finals(streams: Sequence[LiveStream]) -> Iterator[Event]:
 
 def measure(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[str, Any]:
     """Every figure of the comparison that the events give (engine time aside)."""
-    n_stable = n_words = 0
+    n_stable = n_words = n_stable_first = 0
     contradicted: list[str] = []
     delays: list[float] = []
     advances: list[tuple[float, float]] = []
@@ -310,6 +324,7 @@ def measure(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[str, An
         d, w = first_appearances(s)
         n_stable, n_words = n_stable + n, n_words + w
         contradicted += bad
+        n_stable_first += stable_before_final(s.events)
         delays += d
         advances += eager_advances(s.events)
 
@@ -324,6 +339,7 @@ def measure(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[str, An
         "first_appearance_ms": _stats(delays),
         "final_words": n_words,
         "final_words_seen_in_partial": len(delays),
+        "final_words_stable_first": n_stable_first,
         "eager_advance_ms": _stats([a for a, _ in advances]),
         "eager_advance_ms_commands": _stats([a for a, ms in advances if ms <= COMMAND_MAX_MS]),
         "eager_confirmed": len(advances),

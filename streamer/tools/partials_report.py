@@ -16,7 +16,9 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     same = f"{f['identical']} / {f['matched']} identical{extra}"
     same_ok = not extra and f["identical"] == f["matched"]
     bad = r["stable_contradicted"] / r["stable_words"] if r["stable_words"] else None
-    bad_v = f"{_pct(bad)} ({r['stable_contradicted']} / {r['stable_words']})"
+    bad_v = f"{_pct(bad)} ({r['stable_contradicted']} / {r['stable_words']}; "
+    first_stable = r.get("final_words_stable_first", 0)
+    bad_v += f"{first_stable} / {r['final_words']} final words were stable first)"
     first_m = "a word's first appearance in a partial after it was spoken, p50"
     first_v = f"{_fmt(first['p50'])} ms (p95 {_fmt(first['p95'])}; "
     first_v += f"{r['final_words_seen_in_partial']} / {r['final_words']} final words seen)"
