@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -52,6 +50,7 @@ from streamer.config import EngineConfig  # noqa: E402
 from streamer.context_syntax import Group, MacroRef, Phrase, SlotRef, Term, Word  # noqa: E402
 from streamer.contexts import Alphabet, Context, compile_context, load_context  # noqa: E402
 from streamer.engine.encoder import Encoder  # noqa: E402
+from streamer_training.evaluate import load_audio  # noqa: E402
 from streamer_training.synth import Voice, synthesize  # noqa: E402
 
 RATE_HZ = 16000
@@ -123,20 +122,15 @@ def _voice(name: str, rng: random.Random) -> Voice:
     return Voice(accent, variant, speed_wpm=rng.randint(140, 200), pitch=rng.randint(30, 70))
 
 
-def _read(path: Path) -> np.ndarray:
-    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1)
-    return np.asarray(soxr.resample(mono, rate, RATE_HZ) if rate != RATE_HZ else mono, np.float32)
-
-
 def noise_pool() -> list[np.ndarray]:
     """Background noise recordings (no speech), each at least 2 s long."""
     files = sorted((SHARED / "audio").glob("nonspeech_*.wav"))
     silence = sorted((SHARED / "datasets/speech_commands/audio/_silence_").glob("*.flac"))
-    pool = [_read(f) for f in files]
+    pool = [load_audio(f) for f in files]
     # the _silence_ clips are short: joined in runs of 8, so an excerpt can span a sentence
     pool.extend(
-        np.concatenate([_read(f) for f in silence[i : i + 8]]) for i in range(0, len(silence), 8)
+        np.concatenate([load_audio(f) for f in silence[i : i + 8]])
+        for i in range(0, len(silence), 8)
     )
     return [p for p in pool if len(p) >= 2 * RATE_HZ and np.abs(p).max() > 0]
 
@@ -187,7 +181,7 @@ def build_clips(home: Context, args: argparse.Namespace, rng: random.Random) -> 
             rows = list(csv.DictReader(f))
         rng.shuffle(rows)
         for i, row in enumerate(rows[:limit]):
-            audio = _read(SHARED / "datasets" / dataset / row["file"])[: 15 * RATE_HZ]
+            audio = load_audio(SHARED / "datasets" / dataset / row["file"])[: 15 * RATE_HZ]
             clips.append(Clip(audio, "val" if i % 2 == 0 else "test", dataset.split("_")[0]))
     return clips
 

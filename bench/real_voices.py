@@ -56,7 +56,6 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import soundfile as sf
-import soxr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,6 +67,7 @@ from streamer.engine.bundles import resolve_models  # noqa: E402
 from streamer.streams.feed import ChunkSource, run_source  # noqa: E402
 from streamer.streams.services import Services  # noqa: E402
 from streamer.streams.sources import chunks, read_audio_file  # noqa: E402
+from streamer_training.evaluate import load_audio  # noqa: E402
 from streamer_training.speakers import (  # noqa: E402
     EVAL_SETS,
     FSDD_DIGITS,
@@ -350,23 +350,16 @@ def whisper_system(model_dir: Path, *, beam: int) -> System:
         return " ".join(s.text.strip() for s in segments).strip()
 
     def run(records: list[Record]) -> list[Result]:
-        text_of(load_16k(records[0].path))  # warm-up
+        text_of(load_audio(records[0].path))  # warm-up
         out = []
         for record in records:
-            audio = load_16k(record.path)
+            audio = load_audio(record.path)
             cpu0 = time.process_time()
             text = text_of(audio)
             out.append(Result(text, int(bool(text)), time.process_time() - cpu0))
         return out
 
     return run
-
-
-def load_16k(path: Path) -> Audio:
-    """A file as 16 kHz mono float32 (FSDD's 8 kHz resampled with soxr)."""
-    samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    mono = samples.mean(axis=1).astype(np.float32)
-    return mono if rate == RATE_HZ else soxr.resample(mono, rate, RATE_HZ).astype(np.float32)
 
 
 # ---- report --------------------------------------------------------------------------------

@@ -42,8 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import soundfile as sf
-import soxr
 import webrtcvad
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +51,7 @@ from streamer.errors import ConfigError  # noqa: E402
 from streamer.scoring import boundary_hits, f1_from_hits  # noqa: E402
 from streamer.segmenter import Segmenter, UtteranceReady  # noqa: E402
 from streamer.segmenter_config import SegmenterConfig  # noqa: E402
+from streamer_training.evaluate import load_audio  # noqa: E402
 from streamer_training.train_vad import speech_extent  # noqa: E402
 
 RATE_HZ = 16_000
@@ -92,13 +91,9 @@ class EvalSet:
     note: str = ""
 
 
-def read(path: Path) -> Audio:
-    """A file as 16 kHz mono float32 (FSDD's 8 kHz is resampled with soxr)."""
-    if not path.exists():
-        raise SystemExit(f"missing shared file: {path}")
-    samples, rate = sf.read(path, dtype="float32", always_2d=True)
-    mono = samples.mean(axis=1).astype(np.float32)
-    return mono if rate == RATE_HZ else soxr.resample(mono, rate, RATE_HZ).astype(np.float32)
+def _clip(folder: str, name: str) -> Clip:
+    """A dataset file as a clip without truth."""
+    return Clip("", load_audio(DATASETS / folder / name))
 
 
 def manifest(folder: str) -> list[dict[str, str]]:
@@ -206,7 +201,7 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
             (
                 p.name,
                 lambda p=p: Clip(
-                    "", read(p), [(s["start"], s["end"]) for s in audio[p.name]["segments"]]
+                    "", load_audio(p), [(s["start"], s["end"]) for s in audio[p.name]["segments"]]
                 ),
             )
             for p in sorted((SHARED / "audio").glob("stream_*.wav"))
@@ -222,7 +217,7 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
                 k,
                 lambda k=k, v=v: Clip(
                     "",
-                    read(DATASETS / "streams" / k),
+                    load_audio(DATASETS / "streams" / k),
                     [(s[0], s[1]) for s in v["segments"]],
                     [tuple(n) for n in v["noise_only"]],
                 ),
@@ -236,7 +231,7 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
     for part in PARTS:
         parts_noise = [r for r in noise_rows if _even(r["file"]) == (part == "tuning")]
         if "built" in names:
-            bed = [read(DATASETS / "speech_commands" / r["file"]) for r in parts_noise]
+            bed = [load_audio(DATASETS / "speech_commands" / r["file"]) for r in parts_noise]
             bed = [
                 x for x in bed if 10 * np.log10((x.astype(np.float64) ** 2).mean() + 1e-20) >= -60
             ]
@@ -249,7 +244,9 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
             for k in range(BUILT_STREAMS_PER_PART):
                 files = [pool[i]["file"] for i in order[k::BUILT_STREAMS_PER_PART]][:40]
                 snr = brng.uniform(5 + 20 * (k % 3) / 3, 5 + 20 * (k % 3 + 1) / 3)
-                clip = build_stream([read(DATASETS / "an4" / f) for f in files], bed, brng, snr)
+                clip = build_stream(
+                    [load_audio(DATASETS / "an4" / f) for f in files], bed, brng, snr
+                )
                 built.append((f"built_{part}_{k} {snr:4.1f}dB", lambda c=clip: c))
             add("built", "stream", part, built)
         fsdd = sorted((DATASETS / "fsdd").glob("*.wav"))
@@ -258,7 +255,7 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
             "word",
             part,
             [
-                (p.name, lambda p=p: Clip("", read(p)))
+                (p.name, lambda p=p: Clip("", load_audio(p)))
                 for p in fsdd
                 if (p.name.split("_")[1] in FSDD_TUNING_SPEAKERS) == (part == "tuning")
             ],
@@ -269,7 +266,10 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
             "word",
             part,
             [
-                (r["file"], lambda r=r: Clip("", read(DATASETS / "speech_commands" / r["file"])))
+                (
+                    r["file"],
+                    lambda r=r: Clip("", load_audio(DATASETS / "speech_commands" / r["file"])),
+                )
                 for r in sc
                 if r["kind"] != "noise" and _even(r["speaker"]) == (part == "tuning")
             ],
@@ -279,7 +279,7 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
             "word",
             part,
             [
-                (r["file"], lambda r=r: Clip("", read(DATASETS / "an4" / r["file"])))
+                (r["file"], lambda r=r: Clip("", load_audio(DATASETS / "an4" / r["file"])))
                 for r in an4
                 if split[r["speaker"]] == part
             ],
@@ -290,7 +290,7 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
             "word",
             part,
             [
-                (r["file"], lambda r=r: Clip("", read(DATASETS / "wake_words" / r["file"])))
+                (r["file"], lambda r=r: Clip("", load_audio(DATASETS / "wake_words" / r["file"])))
                 for i, r in enumerate(wake)
                 if (i % 2 == 0) == (part == "tuning")
             ],
@@ -300,7 +300,10 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
             "noise",
             part,
             [
-                (r["file"], lambda r=r: Clip("", read(DATASETS / "speech_commands" / r["file"])))
+                (
+                    r["file"],
+                    lambda r=r: Clip("", load_audio(DATASETS / "speech_commands" / r["file"])),
+                )
                 for r in parts_noise
             ],
         )
@@ -309,7 +312,7 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
         "noise",
         "tuning",
         [
-            (p.name, lambda p=p: Clip("", read(p)))
+            (p.name, lambda p=p: Clip("", load_audio(p)))
             for p in sorted((SHARED / "audio").glob("nonspeech_*.wav"))
         ],
     )

@@ -76,7 +76,13 @@ def word_error_rate(refs: Sequence[str], hyps: Sequence[str], *, oh_is_zero: boo
 
 
 def load_audio(path: Path) -> np.ndarray:
-    """Read an audio file (WAV, FLAC) as float32 mono 16 kHz."""
+    """Read an audio file (WAV, FLAC) as float32 mono 16 kHz (other rates resampled with soxr).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names it).
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"missing audio file: {path}")
     audio, rate_hz = sf.read(str(path), dtype="float32", always_2d=True)
     mono = audio.mean(axis=1)
     if rate_hz != SAMPLE_RATE_HZ:

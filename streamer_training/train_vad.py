@@ -32,10 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import soundfile as sf
-import soxr
 
 from streamer.vad_learned import FRAME_SAMPLES, N_FEATURES, frame_features, webrtc_verdicts
+from streamer_training.evaluate import load_audio
 from streamer_training.workspace import REPO
 
 log = logging.getLogger("train_vad")
@@ -48,16 +47,6 @@ Audio = npt.NDArray[np.float32]
 
 def _even(key: str) -> bool:
     return hashlib.sha1(key.encode()).digest()[-1] % 2 == 0
-
-
-def _read(path: Path) -> Audio:
-    if not path.exists():
-        raise SystemExit(f"missing shared file: {path}")
-    x, rate = sf.read(path, dtype="float32", always_2d=True)
-    mono: Audio = x.mean(axis=1).astype(np.float32)
-    if rate != RATE:
-        mono = np.asarray(soxr.resample(mono, rate, RATE), dtype=np.float32)
-    return mono
 
 
 def _manifest(folder: str) -> list[dict[str, str]]:
@@ -120,15 +109,15 @@ def load_pools(part: str) -> Pools:
         ]
     for r in _manifest("speech_commands"):
         if r["kind"] == "noise" and _even(r["file"]):
-            x = _read(DATASETS / "speech_commands" / r["file"])
+            x = load_audio(DATASETS / "speech_commands" / r["file"])
             if 10 * np.log10((x.astype(np.float64) ** 2).mean() + 1e-20) >= -60:
                 noise.append(x)
-    noise += [_read(p) for p in sorted(AUDIO.glob("nonspeech_*.wav"))]
+    noise += [load_audio(p) for p in sorted(AUDIO.glob("nonspeech_*.wav"))]
     speech = {}
     for name, paths in rows.items():
         clips = []
         for p in paths:
-            x = _read(p)
+            x = load_audio(p)
             if x.size >= 4800:
                 clips.append((x, speech_extent(x)))
         speech[name] = clips
