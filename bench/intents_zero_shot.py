@@ -20,15 +20,15 @@ Choose on validation, then report test once at the validation threshold::
   ``clinc:x`` is written ``clinc.x`` (protocol names have no colon). Every clip, out-of-scope
   ones too, is matched against all of them by :class:`streamer.intent_matching.IntentMatcher` (an
   intent scores the cosine of its closest example).
-- **ours** (speech embedding): the speech bundle with an ``embedding`` output
-  (``--speech-model``, default ``exported/commands-embed``) through the daemon's own pipeline,
-  in process: ``build_services`` with the ``[intents]`` section pointing at the intents file
-  (written as TOML to a temporary folder; examples embedded by ``--text-embedder``) and
-  ``run_source`` fed as ``streamer transcribe`` feeds a file (100 ms chunks, so the segmenter
-  cuts the clip). Engine: CPU provider, 1 intra-op thread. A clip's prediction is the intent of
-  its **first** utterance; a clip with no utterance is wrong when in scope and rejected when
-  out of scope. Measuring only: the encoder's ``run_batch`` and the decoder's matcher are
-  wrapped to read the thread CPU time of each call (and the vector matched); results unchanged.
+- **ours** (speech embedding): the speech bundle with an ``embedding`` output (``--speech-model``,
+  default ``exported/commands-embed``) through the daemon's own pipeline, in process:
+  ``build_services`` with the ``[intents]`` section pointing at the intents file (written as TOML
+  to a temporary folder; examples embedded by ``--text-embedder``) and ``run_file``, as ``streamer
+  transcribe`` reads a file (the file's quiet lead-in, then 100 ms chunks; the segmenter cuts the
+  clip). Engine: CPU provider, 1 intra-op thread. A clip's prediction is the intent of its
+  **first** utterance; a clip with no utterance is wrong when in scope and rejected when out of
+  scope. Measuring only: the encoder's ``run_batch`` and the decoder's matcher are wrapped to read
+  the thread CPU time of each call (and the vector matched); results unchanged.
 - **whisper** (the cascade): faster-whisper base through ``bench/real_voices.py``'s own helpers
   (pinned payload checked by SHA-256; int8, 1 thread, beam ``--beam``, ``language="en"``), the
   transcript embedded by the same text embedder (1 thread) and matched by the same matcher. An
@@ -101,16 +101,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streamer import protocol as proto  # noqa: E402
-from streamer.app import FILE_BACKLOG, FILE_CHUNK_MS, build_services  # noqa: E402
+from streamer.app import build_services  # noqa: E402
 from streamer.config import load_config  # noqa: E402
 from streamer.engine.text_embed import TextEmbedder, load_text_embedder  # noqa: E402
 from streamer.intent_matching import IntentMatch, IntentMatcher  # noqa: E402
 from streamer.intents import DEFAULT_THRESHOLD, Intent, IntentsFile  # noqa: E402
 from streamer.serving_config import IntentsConfig  # noqa: E402
-from streamer.streams.feed import ChunkSource, run_source  # noqa: E402
+from streamer.streams.feed import run_file  # noqa: E402
 from streamer.streams.intents_setup import build_matcher, setup_intents  # noqa: E402
 from streamer.streams.services import Services  # noqa: E402
-from streamer.streams.sources import chunks  # noqa: E402
 from streamer_training.data import Corpus  # noqa: E402
 from streamer_training.embed_data import CLINC, EXAMPLES_PER_INTENT  # noqa: E402
 
@@ -287,14 +286,10 @@ def _time_encoder(services: Services) -> list[float]:
 
 
 async def _daemon_clip(services: Services, audio: npt.NDArray[np.float32]) -> list[proto.Utterance]:
-    """One clip through ``run_source`` exactly as ``streamer transcribe`` feeds a file."""
+    """One clip through ``run_file``, as ``streamer transcribe`` reads a file."""
     events: list[proto.ServerEvent] = []
-    await run_source(
-        services,
-        ChunkSource(chunks(audio, RATE_HZ * FILE_CHUNK_MS // 1000), rate_hz=RATE_HZ),
-        services.streams.admit("clip"),
-        emit=events.append,
-        backlog=FILE_BACKLOG,
+    await run_file(
+        services, audio, rate_hz=RATE_HZ, claim=services.streams.admit("clip"), emit=events.append
     )
     return [e for e in events if isinstance(e, proto.Utterance)]
 

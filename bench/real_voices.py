@@ -10,8 +10,8 @@ Usage: ``.venv/bin/python bench/real_voices.py [--max-clips 200] [--set NAME ...
   ``sc_noise`` (Speech Commands noise-only clips). A set larger than ``--max-clips`` is
   subsampled by a seeded hash (``--seed``). Every system reads exactly the same clips.
 - **daemon**: the bundles (default: the embedded ones in ``exported/``) through the daemon's own
-  pipeline, in process: ``build_services`` + ``run_source`` with the file chunked as
-  ``streamer transcribe`` chunks it (converter, segmenter, engine, decoders; the ctc transcript
+  pipeline, in process: ``build_services`` + ``run_file``, the file read as
+  ``streamer transcribe`` reads it (converter, segmenter, engine, decoders; the ctc transcript
   held to the digits word list when commands-intent says ``digits``). Engine: CPU provider,
   1 intra-op thread. A clip's hypothesis is the transcripts of all its utterances, joined.
 - **Whisper** tiny.en and base (multilingual, ``language="en"``): faster-whisper on the CPU,
@@ -61,12 +61,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streamer import protocol as proto  # noqa: E402
-from streamer.app import FILE_BACKLOG, FILE_CHUNK_MS, build_services  # noqa: E402
+from streamer.app import build_services  # noqa: E402
 from streamer.config import load_config  # noqa: E402
 from streamer.engine.bundles import resolve_models  # noqa: E402
-from streamer.streams.feed import ChunkSource, run_source  # noqa: E402
+from streamer.streams.feed import run_file  # noqa: E402
 from streamer.streams.services import Services  # noqa: E402
-from streamer.streams.sources import chunks, read_audio_file  # noqa: E402
+from streamer.streams.sources import read_audio_file  # noqa: E402
 from streamer_training.evaluate import load_audio  # noqa: E402
 from streamer_training.speakers import (  # noqa: E402
     EVAL_SETS,
@@ -274,16 +274,15 @@ def daemon_system(model_specs: list[str]) -> tuple[System, str]:
 
 
 async def _daemon_clip(services: Services, path: Path) -> list[proto.ServerEvent]:
-    """One file through ``run_source`` exactly as ``streamer transcribe`` feeds it."""
+    """One file through ``run_file``, as ``streamer transcribe`` reads it."""
     events: list[proto.ServerEvent] = []
     audio = read_audio_file(path)
-    pieces = chunks(audio.samples, audio.rate_hz * FILE_CHUNK_MS // 1000)
-    await run_source(
+    await run_file(
         services,
-        ChunkSource(pieces, rate_hz=audio.rate_hz),
-        services.streams.admit("clip"),
+        audio.samples,
+        rate_hz=audio.rate_hz,
+        claim=services.streams.admit("clip"),
         emit=events.append,
-        backlog=FILE_BACKLOG,
     )
     return events
 

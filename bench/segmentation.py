@@ -1,7 +1,7 @@
 """Segmentation quality and cost on real speech, with the tuning and scoring parts kept apart.
 
 Usage: ``python bench/segmentation.py [--part tuning|scoring|both] [--set NAME ...]
-[--max-clips 400] [--set-knob KNOB=VALUE ...] [--no-silero]``.
+[--max-clips 400] [--set-knob KNOB=VALUE ...] [--no-silero] [--file]``.
 
 Every knob and threshold of the segmenter is chosen on the **tuning** part only; the README and
 bench/RESULTS.md quote the **scoring** part. The split (``SPLIT`` below), by speaker or stream:
@@ -25,7 +25,12 @@ Sets and what each row reports:
   energy extent (the streams README's trim rule), ``none`` = share giving none;
 - noise-only files (``sc-noise``, ``nonspeech``): ``noise utt`` = utterances (must be 0);
 - ``cpu``: process CPU ms per audio second, audio fed in 20 ms chunks, all detectors measured
-  in the same run. Sets with more clips than ``--max-clips`` are sampled (seeded, stated).
+  in the same run.
+- ``--file``: the segmenter rows read each clip as ``streamer transcribe`` reads a file: the
+  segmenter first hears ``segmenter.file_lead_in_ms`` of the clip's own quietest 150 ms
+  (:func:`streamer.audio.quiet_lead_in`); without it, as a live stream hears it.
+
+Sets with more clips than ``--max-clips`` are sampled (seeded, stated).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import webrtcvad
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streamer.audio import quiet_lead_in  # noqa: E402
 from streamer.errors import ConfigError  # noqa: E402
 from streamer.scoring import boundary_hits, f1_from_hits  # noqa: E402
 from streamer.segmenter import Segmenter, UtteranceReady  # noqa: E402
@@ -319,18 +325,38 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
     return out
 
 
-def segmenter_detector(config: SegmenterConfig, chunk: int = 320) -> Detector:
-    """Run a fresh Segmenter over the samples in ``chunk``-sample pieces, then flush."""
+def segmenter_detector(
+    config: SegmenterConfig, chunk: int = 320, *, file: bool = False
+) -> Detector:
+    """Run a fresh Segmenter over the samples in ``chunk``-sample pieces, then flush.
+
+    ``file``: as ``streamer transcribe`` reads a file, the segmenter first hears the file's
+    ``quiet_lead_in`` (``config.file_lead_in_ms``); times still count from the file's start.
+    """
 
     def detect(samples: Audio) -> tuple[Segments, Segments]:
         seg = Segmenter(config)
         events = []
+        lead = 0.0
+        if file:  # as StreamPipeline.hear_lead_in: whole frames
+            heard = quiet_lead_in(
+                samples,
+                rate_hz=RATE_HZ,
+                seconds=config.file_lead_in_ms / 1000,
+                min_rise_db=config.file_lead_in_rise_db,
+            )
+            heard = heard[: heard.size // seg.frame_samples * seg.frame_samples]
+            events, lead = seg.feed(heard), heard.size / RATE_HZ
         for i in range(0, samples.size, chunk):
             events += seg.feed(samples[i : i + chunk])
         events += seg.flush()
         utts = [e for e in events if isinstance(e, UtteranceReady)]
-        speech = [(u.speech_start_sample / RATE_HZ, u.speech_end_sample / RATE_HZ) for u in utts]
-        audio = [(u.audio_start_sample / RATE_HZ, u.audio_end_sample / RATE_HZ) for u in utts]
+
+        def span(a: int, b: int) -> tuple[float, float]:
+            return max(0.0, a / RATE_HZ - lead), b / RATE_HZ - lead
+
+        speech = [span(u.speech_start_sample, u.speech_end_sample) for u in utts]
+        audio = [span(u.audio_start_sample, u.audio_end_sample) for u in utts]
         return speech, audio
 
     return detect
@@ -405,16 +431,22 @@ def _row(name: str, evalset: EvalSet, r: dict[str, float]) -> str:
     )
 
 
-def detectors(config: SegmenterConfig, silero: bool) -> Iterator[tuple[str, Detector]]:
-    """The segmenter with ``config``, then with each other frame detector, then the baseline."""
-    yield f"segmenter {config.vad}", segmenter_detector(config)
+def detectors(
+    config: SegmenterConfig, silero: bool, *, file: bool = False
+) -> Iterator[tuple[str, Detector]]:
+    """The segmenter with ``config``, then with each other frame detector, then the baseline.
+
+    ``file``: the segmenter rows read each clip as ``streamer transcribe`` reads a file.
+    """
+    how = " (file)" if file else ""
+    yield f"segmenter {config.vad}{how}", segmenter_detector(config, file=file)
     for vad in ("learned", "webrtc", "silero"):
         if vad == config.vad or (vad == "silero" and not silero):
             continue
         try:
             other = replace(config, vad=vad)
             Segmenter(other)
-            yield f"segmenter {vad}", segmenter_detector(other)
+            yield f"segmenter {vad}{how}", segmenter_detector(other, file=file)
         except ConfigError as exc:
             print(f"({vad} rows skipped: {exc})")
     yield "webrtcvad m3 + merge", webrtc_merge_detector(3)
@@ -449,6 +481,11 @@ def main() -> int:
     parser.add_argument("--max-clips", type=int, default=400, help="sample larger sets (seeded)")
     parser.add_argument("--set-knob", type=knob, action="append", default=[], metavar="KNOB=VALUE")
     parser.add_argument("--no-silero", action="store_true")
+    parser.add_argument(
+        "--file",
+        action="store_true",
+        help="read every clip as `streamer transcribe` reads a file (segmenter.file_lead_in_ms)",
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument(
         "--only", action="store_true", help="only the segmenter with the given knobs (sweeps)"
@@ -456,7 +493,7 @@ def main() -> int:
     args = parser.parse_args()
     config = SegmenterConfig(**dict(args.set_knob))
     sets = load_sets(set(args.sets or ALL_SETS), args.max_clips)
-    dets = list(detectors(config, not args.no_silero))
+    dets = list(detectors(config, not args.no_silero, file=args.file))
     if args.no_baseline:
         dets = dets[:-1]
     if args.only:

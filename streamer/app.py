@@ -16,6 +16,7 @@ logs one clear error and the daemon serves on, as for a failing device. Files
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -37,20 +38,16 @@ from streamer.serve.journal import Journal
 from streamer.serve.routes import routes as http_routes
 from streamer.serve.security import exposure_warning
 from streamer.serve.websocket import StreamerServer
-from streamer.streams.feed import ChunkSource, run_source
+from streamer.streams.feed import run_file, run_source
 from streamer.streams.intents_setup import setup_intents
 from streamer.streams.pipeline import file_stream_name
 from streamer.streams.registry import StreamClaim
 from streamer.streams.services import Services, compile_contexts
-from streamer.streams.sources import DeviceError, MicSource, chunks, read_audio_file
+from streamer.streams.sources import DeviceError, MicSource, read_audio_file
 from streamer.tools.progress import audio_progress
 
 log = logging.getLogger(__name__)
 
-#: Chunk length used to feed files through the pipeline, in ms.
-FILE_CHUNK_MS = 100
-#: Utterances of one file allowed in flight before reading more of it (backpressure).
-FILE_BACKLOG = 4
 #: The microphone's stream name.
 MIC_STREAM: Final = "mic"
 
@@ -241,15 +238,16 @@ async def transcribe(
                 status = 2
                 continue
             name = file_stream_name(path)
-            pieces = chunks(audio.samples, audio.rate_hz * FILE_CHUNK_MS // 1000)
             total_s = len(audio.samples) / audio.rate_hz
-            shown = audio_progress(pieces, rate_hz=audio.rate_hz, total_s=total_s, desc=name)
-            pipeline = await run_source(
+            pipeline = await run_file(
                 services,
-                ChunkSource(shown, rate_hz=audio.rate_hz),
-                services.streams.admit(name),
+                audio.samples,
+                rate_hz=audio.rate_hz,
+                claim=services.streams.admit(name),
                 emit=emit,
-                backlog=FILE_BACKLOG,
+                progress=functools.partial(
+                    audio_progress, rate_hz=audio.rate_hz, total_s=total_s, desc=name
+                ),
             )
             if pipeline is not None and pipeline.n_errors and status == 0:
                 status = 1

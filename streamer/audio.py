@@ -207,3 +207,41 @@ class AudioConverter:
             return np.zeros(0, dtype=np.float32)
         out: F32Array = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
         return out
+
+
+def quiet_lead_in(
+    samples: F32Array,
+    *,
+    rate_hz: int,
+    seconds: float,
+    min_rise_db: float = 0.0,
+    window_ms: int = 150,
+) -> F32Array:
+    """``seconds`` of a file's own quietest ``window_ms`` stretch, repeated, to hear before it.
+
+    What the file sounds like when nobody speaks (``segmenter.file_lead_in_ms``). A file whose
+    first sample is already speech (a trimmed clip) gives a live segmenter no silence to learn
+    its floor from; a file can be read ahead, so its quietest stretch stands in for the silence
+    before it. A noise-only file's quietest stretch is its noise, so its lead-in opens nothing.
+    Files shorter than the window are their own stretch. Empty output when the input is empty,
+    ``seconds <= 0``, or the file's first ``window_ms`` are less than ``min_rise_db`` louder than
+    its quietest stretch (the file starts quiet: a live segmenter learns its floor from that).
+    """
+    x = np.asarray(samples, dtype=np.float32)
+    n_out = round(seconds * rate_hz)
+    if x.size == 0 or n_out <= 0:
+        return np.zeros(0, dtype=np.float32)
+    window = max(1, rate_hz * window_ms // 1000)
+    stretch = x
+    if x.size > window:
+        hop = max(1, rate_hz // 100)  # 10 ms
+        power = np.cumsum(np.concatenate(([0.0], x.astype(np.float64) ** 2)))
+        starts = np.arange(0, x.size - window + 1, hop)
+        energy = power[starts + window] - power[starts]
+        quietest = int(np.argmin(energy))
+        rise_db = 10.0 * np.log10((energy[0] + 1e-12) / (energy[quietest] + 1e-12))
+        if rise_db < min_rise_db:
+            return np.zeros(0, dtype=np.float32)
+        stretch = x[starts[quietest] : starts[quietest] + window]
+    reps = -(-n_out // stretch.size)
+    return np.tile(stretch, reps)[:n_out].astype(np.float32)

@@ -52,6 +52,13 @@ class SegmenterConfig:
     """Forced cut: the longest speech span of one utterance (s); bounds the buffer."""
     min_utterance_samples: int = 0
     """Utterances with less audio than this are dropped (the model manifest's min_samples)."""
+    file_lead_in_ms: int = 1000
+    """Files only (``streamer transcribe``): the segmenter first hears this much of the file's
+    own quietest 150 ms, repeated, so speech from the first sample starts an utterance
+    (:func:`streamer.audio.quiet_lead_in`); times still count from the file's start. 0: off."""
+    file_lead_in_rise_db: float = 6.0
+    """Files only: the lead-in is heard only when the file's first 150 ms are at least this much
+    louder (dB) than its quietest 150 ms (it starts inside a sound, not in its own quiet)."""
     start_threshold: float | None = None
     """Score of a confident speech frame; None: the detector's default (webrtc 0.5)."""
     keep_threshold: float | None = None
@@ -86,7 +93,13 @@ class SegmenterConfig:
             raise ConfigError(f"segmenter.vad must be one of {VAD_BACKENDS}, got {self.vad!r}")
         if isinstance(self.vad_mode, bool) or self.vad_mode not in (0, 1, 2, 3):
             raise ConfigError(f"segmenter.vad_mode must be 0-3, got {self.vad_mode}")
-        for name in ("pre_roll_ms", "post_roll_ms", "extra_silence_ms", "edge_extension_ms"):
+        for name in (
+            "pre_roll_ms",
+            "post_roll_ms",
+            "extra_silence_ms",
+            "edge_extension_ms",
+            "file_lead_in_ms",
+        ):
             _check(name, getattr(self, name), low=0, high=60_000)
         for name in ("min_speech_ms", "min_silence_ms", "max_unconfident_ms", "noise_window_ms"):
             _check(name, getattr(self, name), low=1, high=600_000)
@@ -98,6 +111,7 @@ class SegmenterConfig:
         _check("unvoiced_cap", self.unvoiced_cap, low=0.0, high=1.0)
         _check("voicing_threshold", self.voicing_threshold, low=0.0, high=1.0)
         _check("revise_drop_db", self.revise_drop_db, low=0.0, high=60.0)
+        _check("file_lead_in_rise_db", self.file_lead_in_rise_db, low=0.0, high=120.0)
         for name in ("start_threshold", "keep_threshold", "edge_threshold"):
             value = getattr(self, name)
             if value is not None:

@@ -16,6 +16,7 @@ from streamer.audio import (
     downmix,
     float_to_pcm16,
     pcm_to_float,
+    quiet_lead_in,
 )
 from streamer.errors import AudioFormatError
 
@@ -141,3 +142,32 @@ def test_downmix_averages_into_a_new_array() -> None:
     out = downmix(single)
     single[:] = 0
     assert out.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_quiet_lead_in_repeats_the_files_quietest_stretch() -> None:
+    rng = np.random.default_rng(0)
+    loud = (rng.standard_normal(8000) * 0.3).astype(np.float32)
+    hum = (0.001 * np.sin(np.arange(3200) * 0.05)).astype(np.float32)  # 200 ms, the quietest
+    x = np.concatenate([loud, hum, loud])
+    lead = quiet_lead_in(x, rate_hz=16000, seconds=1.0)
+    assert lead.dtype == np.float32
+    assert lead.size == 16000
+    assert np.abs(lead).max() <= 0.001  # all of it from the quiet 200 ms, none from the noise
+    assert np.sqrt(np.mean(lead**2)) > 0.0005  # the stretch itself, not silence
+    # a file shorter than the 150 ms window is its own stretch; nothing in, nothing out
+    short = np.array([0.1, -0.2, 0.3], dtype=np.float32)
+    np.testing.assert_array_equal(
+        quiet_lead_in(short, rate_hz=16000, seconds=0.0005), np.tile(short, 3)[:8]
+    )
+    assert quiet_lead_in(short, rate_hz=16000, seconds=0.0).size == 0
+    assert quiet_lead_in(np.zeros(0, np.float32), rate_hz=16000, seconds=1.0).size == 0
+
+
+def test_no_lead_in_for_a_file_that_starts_in_its_own_quiet() -> None:
+    rng = np.random.default_rng(1)
+    noise = (rng.standard_normal(16000) * 0.01).astype(np.float32)
+    word = (rng.standard_normal(4800) * 0.3).astype(np.float32)
+    starts_quiet = np.concatenate([noise, word, noise])
+    assert quiet_lead_in(starts_quiet, rate_hz=16000, seconds=1.0, min_rise_db=6.0).size == 0
+    starts_loud = np.concatenate([word, noise])
+    assert quiet_lead_in(starts_loud, rate_hz=16000, seconds=1.0, min_rise_db=6.0).size == 16000

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
 
-from streamer.audio import F32Array
+from streamer.audio import F32Array, quiet_lead_in
 from streamer.streams.pipeline import Emit, StreamPipeline, sample_pipeline
 from streamer.streams.registry import StreamClaim
 from streamer.streams.services import Services
+from streamer.streams.sources import chunks
+
+#: Chunk length used to feed files through the pipeline, in ms.
+FILE_CHUNK_MS = 100
+#: Utterances of one file allowed in flight before reading more of it (backpressure).
+FILE_BACKLOG = 4
 
 
 class AudioSource(Protocol):
@@ -104,3 +111,41 @@ async def run_source(
         finally:
             claim.end()
     return pipeline
+
+
+async def run_file(
+    services: Services,
+    samples: F32Array,
+    *,
+    rate_hz: int,
+    claim: StreamClaim,
+    emit: Emit | None = None,
+    progress: Callable[[Iterable[F32Array]], Iterable[F32Array]] | None = None,
+) -> StreamPipeline | None:
+    """A whole file through :func:`run_source`, as ``streamer transcribe`` reads one.
+
+    The file is read ahead: its segmenter first hears ``segmenter.file_lead_in_ms`` of the
+    file's own quietest stretch (:func:`streamer.audio.quiet_lead_in`), so speech from the
+    first sample starts an utterance; times still count from the file's start. Then the file is
+    fed in :data:`FILE_CHUNK_MS` chunks with at most :data:`FILE_BACKLOG` utterances in flight.
+    ``progress`` wraps the chunks (a progress bar). Returns what :func:`run_source` returns.
+    """
+    lead = quiet_lead_in(
+        samples,
+        rate_hz=rate_hz,
+        seconds=services.config.segmenter.file_lead_in_ms / 1000.0,
+        min_rise_db=services.config.segmenter.file_lead_in_rise_db,
+    )
+    pieces: Iterable[F32Array] = chunks(samples, rate_hz * FILE_CHUNK_MS // 1000)
+    return await run_source(
+        services,
+        ChunkSource(progress(pieces) if progress is not None else pieces, rate_hz=rate_hz),
+        claim,
+        emit=emit,
+        backlog=FILE_BACKLOG,
+        on_pipeline=functools.partial(_hear, lead, rate_hz),
+    )
+
+
+def _hear(lead: F32Array, rate_hz: int, pipeline: StreamPipeline) -> None:
+    pipeline.hear_lead_in(lead, rate_hz=rate_hz)

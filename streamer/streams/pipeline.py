@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import soxr
 
 from streamer import overload, protocol as proto
 from streamer.audio import AudioConverter, AudioFormat
@@ -82,6 +83,9 @@ class StreamPipeline:
         self.priority = is_priority(services.runner.encoders[m].manifest for m in self.models)
         self.n_utterances = 0
         self.n_errors = 0
+        self.origin_samples = 0
+        """Stream samples heard before the stream's own audio (a file's lead-in): times count
+        from there."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._last: asyncio.Task[None] | None = None
         self._current_id: str | None = None
@@ -106,6 +110,29 @@ class StreamPipeline:
         """Feed raw PCM bytes in the stream's format (already checked by the protocol)."""
         if not self._finished:  # audio after finish() (a drained daemon) is ignored
             self._segment(self.converter.convert(data))
+
+    def hear_lead_in(self, samples: npt.NDArray[np.float32], *, rate_hz: int) -> None:
+        """Let the segmenter hear ``samples`` (float32 mono at ``rate_hz``) before any audio.
+
+        The stream's own audio then starts at 0 ms; ``samples`` is a file's
+        :func:`~streamer.audio.quiet_lead_in`. Only the segmenter hears it: an utterance cut
+        within it is dropped, and the models never hear its audio.
+
+        Raises:
+            RuntimeError: audio was already fed.
+        """
+        if self.segmenter.samples_seen:
+            raise RuntimeError("a lead-in goes before the stream's first audio")
+        lead = np.asarray(samples, dtype=np.float32)
+        if rate_hz != self.rate_hz:
+            lead = np.asarray(soxr.resample(lead, rate_hz, self.rate_hz), dtype=np.float32)
+        frame = self.segmenter.frame_samples  # whole frames: the file's frames fall as live
+        opened = None
+        for event in self.segmenter.feed(lead[: lead.size // frame * frame]):
+            opened = event if isinstance(event, SpeechStarted) else None  # cut: dropped
+        self.origin_samples = self.segmenter.samples_seen
+        if opened is not None:  # speech the file goes on with: announced at 0 ms
+            self._handle([opened])
 
     def feed_samples(self, samples: npt.NDArray[np.float32]) -> None:
         """Feed float32 mono samples at the stream's input rate (microphone, files)."""
@@ -159,7 +186,7 @@ class StreamPipeline:
                         stream=self.stream,
                         utterance_id=self._current_id,
                         seq=self.n_utterances,
-                        start_ms=self._ms(event.start_sample),
+                        start_ms=max(0.0, self._ms(event.start_sample)),
                     )
                 )
                 if self.live is not None:
@@ -168,6 +195,7 @@ class StreamPipeline:
                 self._schedule(event)
 
     def _schedule(self, utt: UtteranceReady) -> None:
+        utt = self._from_origin(utt)
         utt = self.buckets.align(utt)  # equal lengths can share a run (streamer/buckets.py)
         eager = self.live.cut(utt) if self.live is not None else None
         utt_id = self._current_id or uuid.uuid4().hex[:12]
@@ -283,7 +311,7 @@ class StreamPipeline:
             stream=self.stream,
             utterance_id=utt_id,
             seq=seq,
-            start_ms=self._ms(utt.speech_start_sample),
+            start_ms=max(0.0, self._ms(utt.speech_start_sample)),
             end_ms=self._ms(utt.speech_end_sample),
             models=self.models,
             latency_ms=proto.Latency(
@@ -305,8 +333,21 @@ class StreamPipeline:
         if self.emit is not None:
             self.emit(event)
 
+    def _from_origin(self, utt: UtteranceReady) -> UtteranceReady:
+        """``utt`` without the audio of the lead-in: the models hear the stream's own audio."""
+        cut = self.origin_samples - utt.audio_start_sample
+        if cut <= 0 or cut >= utt.audio.size:  # (an utterance within the lead-in was dropped)
+            return utt
+        return dataclasses.replace(
+            utt,
+            audio=utt.audio[cut:],
+            audio_start_sample=self.origin_samples,
+            speech_start_sample=max(utt.speech_start_sample, self.origin_samples),
+        )
+
     def _ms(self, n_samples: int) -> float:
-        return round(n_samples * 1000.0 / self.rate_hz, 1)
+        """Stream time of a segmenter sample count (negative inside a lead-in)."""
+        return round((n_samples - self.origin_samples) * 1000.0 / self.rate_hz, 1)
 
 
 def sample_pipeline(
