@@ -344,6 +344,7 @@ def segmenter_detector(
                 rate_hz=RATE_HZ,
                 seconds=config.file_lead_in_ms / 1000,
                 min_rise_db=config.file_lead_in_rise_db,
+                search_ms=config.noise_window_ms,
             )
             heard = heard[: heard.size // seg.frame_samples * seg.frame_samples]
             events, lead = seg.feed(heard), heard.size / RATE_HZ

@@ -216,16 +216,19 @@ def quiet_lead_in(
     seconds: float,
     min_rise_db: float = 0.0,
     window_ms: int = 150,
+    search_ms: int = 1500,
 ) -> F32Array:
-    """``seconds`` of a file's own quietest ``window_ms`` stretch, repeated, to hear before it.
+    """``seconds`` of a file's quietest ``window_ms`` stretch near its start, repeated.
 
-    What the file sounds like when nobody speaks (``segmenter.file_lead_in_ms``). A file whose
-    first sample is already speech (a trimmed clip) gives a live segmenter no silence to learn
-    its floor from; a file can be read ahead, so its quietest stretch stands in for the silence
-    before it. A noise-only file's quietest stretch is its noise, so its lead-in opens nothing.
-    Files shorter than the window are their own stretch. Empty output when the input is empty,
-    ``seconds <= 0``, or the file's first ``window_ms`` are less than ``min_rise_db`` louder than
-    its quietest stretch (the file starts quiet: a live segmenter learns its floor from that).
+    What the file sounds like when nobody speaks, to be heard before it
+    (``segmenter.file_lead_in_ms``). A file whose first sample is already speech (a trimmed clip)
+    gives a live segmenter no silence to learn its noise floor from; a file can be read ahead,
+    so the quietest stretch of its first ``search_ms`` (the floor's window, where a live
+    segmenter would look too) stands in for the silence before it. A noise-only file's quietest
+    stretch is its noise, so its lead-in opens nothing. Files shorter than the window are their
+    own stretch. Empty output when the input is empty, ``seconds <= 0``, or the file's first
+    ``window_ms`` are less than ``min_rise_db`` louder than that stretch (the file starts in its
+    own quiet, from which a live segmenter learns the floor anyway).
     """
     x = np.asarray(samples, dtype=np.float32)
     n_out = round(seconds * rate_hz)
@@ -236,7 +239,8 @@ def quiet_lead_in(
     if x.size > window:
         hop = max(1, rate_hz // 100)  # 10 ms
         power = np.cumsum(np.concatenate(([0.0], x.astype(np.float64) ** 2)))
-        starts = np.arange(0, x.size - window + 1, hop)
+        last = min(x.size - window, max(0, rate_hz * search_ms // 1000 - window))
+        starts = np.arange(0, last + 1, hop)
         energy = power[starts + window] - power[starts]
         quietest = int(np.argmin(energy))
         rise_db = 10.0 * np.log10((energy[0] + 1e-12) / (energy[quietest] + 1e-12))

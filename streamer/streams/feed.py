@@ -135,6 +135,7 @@ async def run_file(
         rate_hz=rate_hz,
         seconds=services.config.segmenter.file_lead_in_ms / 1000.0,
         min_rise_db=services.config.segmenter.file_lead_in_rise_db,
+        search_ms=services.config.segmenter.noise_window_ms,
     )
     pieces: Iterable[F32Array] = chunks(samples, rate_hz * FILE_CHUNK_MS // 1000)
     return await run_source(
