@@ -53,12 +53,13 @@ class SegmenterConfig:
     min_utterance_samples: int = 0
     """Utterances with less audio than this are dropped (the model manifest's min_samples)."""
     file_lead_in_ms: int = 1000
-    """Files only (``streamer transcribe``): the segmenter first hears this much of the file's
-    own quietest 150 ms, repeated, so speech from the first sample starts an utterance
-    (:func:`streamer.audio.quiet_lead_in`); times still count from the file's start. 0: off."""
+    """Files only (``streamer transcribe``): the segmenter first hears this much of the quietest
+    150 ms of the file's first ``noise_window_ms``, repeated, so speech from the first sample
+    starts an utterance (:func:`streamer.audio.quiet_lead_in`); the models never hear it and
+    times still count from the file's start. 0: off."""
     file_lead_in_rise_db: float = 6.0
     """Files only: the lead-in is heard only when the file's first 150 ms are at least this much
-    louder (dB) than its quietest 150 ms (it starts inside a sound, not in its own quiet)."""
+    louder (dB) than that quiet stretch (it starts inside a sound, not in its own quiet)."""
     start_threshold: float | None = None
     """Score of a confident speech frame; None: the detector's default (webrtc 0.5)."""
     keep_threshold: float | None = None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import soundfile as sf
+import soxr
 
 REPO = Path(__file__).resolve().parents[1]
 AUDIO = REPO.parent / "shared" / "audio"
@@ -52,3 +53,16 @@ def test_the_lead_in_is_a_setting() -> None:
     clips = sorted(AUDIO.glob("fsdd/*_jackson_*.wav")) + sorted(AUDIO.glob("fsdd/*_lucas_*.wav"))
     off = _transcribe(clips, "STREAMER_SEGMENTER_FILE_LEAD_IN_MS=0")
     assert len({e["stream"] for e in off}) < 74
+
+
+def test_a_file_at_another_rate_gets_the_same_utterance(tmp_path: Path) -> None:
+    """The lead-in is resampled with the file: an 8 kHz copy of a trimmed clip gives the same
+    one utterance, at the same times within two segmenter frames."""
+    clip = AUDIO / "fsdd" / "6_lucas_2.wav"  # no utterance at all without the lead-in
+    samples, rate = sf.read(str(clip), dtype="float32")
+    low = tmp_path / "6_lucas_2_8k.wav"
+    sf.write(str(low), soxr.resample(samples, rate, 8000), 8000)
+    (a,), (b,) = _transcribe([clip]), _transcribe([low])
+    assert a["type"] == b["type"] == "utterance"
+    assert abs(a["start_ms"] - b["start_ms"]) <= 60.0
+    assert abs(a["end_ms"] - b["end_ms"]) <= 60.0

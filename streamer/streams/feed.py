@@ -124,11 +124,13 @@ async def run_file(
 ) -> StreamPipeline | None:
     """A whole file through :func:`run_source`, as ``streamer transcribe`` reads one.
 
-    The file is read ahead: its segmenter first hears ``segmenter.file_lead_in_ms`` of the
-    file's own quietest stretch (:func:`streamer.audio.quiet_lead_in`), so speech from the
-    first sample starts an utterance; times still count from the file's start. Then the file is
-    fed in :data:`FILE_CHUNK_MS` chunks with at most :data:`FILE_BACKLOG` utterances in flight.
-    ``progress`` wraps the chunks (a progress bar). Returns what :func:`run_source` returns.
+    The file is read ahead: when it starts inside a sound, its segmenter first hears
+    ``segmenter.file_lead_in_ms`` of the quietest stretch of its start
+    (:func:`streamer.audio.quiet_lead_in`), so speech from the first sample starts an
+    utterance; the models never hear that, and times still count from the file's start. Then
+    the file is fed in :data:`FILE_CHUNK_MS` chunks with at most :data:`FILE_BACKLOG`
+    utterances in flight. ``progress`` wraps the chunks (a progress bar). Returns what
+    :func:`run_source` returns.
     """
     lead = quiet_lead_in(
         samples,
