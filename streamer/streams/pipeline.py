@@ -334,14 +334,19 @@ class StreamPipeline:
             self.emit(event)
 
     def _from_origin(self, utt: UtteranceReady) -> UtteranceReady:
-        """``utt`` without the audio of the lead-in: the models hear the stream's own audio."""
+        """``utt`` without the audio of the lead-in: the models hear the stream's own audio.
+
+        Only as much lead-in stays as the models' minimum length needs, if the file's part of
+        the utterance is shorter than that.
+        """
         cut = self.origin_samples - utt.audio_start_sample
-        if cut <= 0 or cut >= utt.audio.size:  # (an utterance within the lead-in was dropped)
+        cut = min(cut, utt.audio.size - self.segmenter.config.min_utterance_samples)
+        if cut <= 0:
             return utt
         return dataclasses.replace(
             utt,
             audio=utt.audio[cut:],
-            audio_start_sample=self.origin_samples,
+            audio_start_sample=utt.audio_start_sample + cut,
             speech_start_sample=max(utt.speech_start_sample, self.origin_samples),
         )
 
