@@ -38,9 +38,8 @@ from streamer.serve.journal import Journal
 from streamer.serve.routes import routes as http_routes
 from streamer.serve.security import exposure_warning
 from streamer.serve.websocket import StreamerServer
-from streamer.streams.feed import run_file, run_source
+from streamer.streams.feed import file_stream_name, run_file, run_source
 from streamer.streams.intents_setup import setup_intents
-from streamer.streams.pipeline import file_stream_name
 from streamer.streams.registry import StreamClaim
 from streamer.streams.services import Services, compile_contexts
 from streamer.streams.sources import DeviceError, MicSource, read_audio_file

@@ -52,7 +52,8 @@ from streamer import protocol as proto
 from streamer.audio import AudioFormat, pcm_to_float
 from streamer.errors import AudioFormatError, ProtocolError, StreamerError
 from streamer.serve.wyoming_events import intent_events
-from streamer.streams.pipeline import StreamPipeline, sample_pipeline
+from streamer.streams.feed import sample_pipeline
+from streamer.streams.pipeline import StreamPipeline
 from streamer.streams.registry import StreamClaim
 from streamer.streams.services import Services
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Callable, Iterable
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Protocol
 
-from streamer.audio import F32Array, quiet_lead_in
-from streamer.streams.pipeline import Emit, StreamPipeline, sample_pipeline
+from streamer.audio import AudioFormat, F32Array, quiet_lead_in
+from streamer.streams.pipeline import Emit, StreamPipeline, stream_segmenter_config
 from streamer.streams.registry import StreamClaim
 from streamer.streams.services import Services
 from streamer.streams.sources import chunks
@@ -24,6 +26,36 @@ from streamer.streams.sources import chunks
 FILE_CHUNK_MS = 100
 #: Utterances of one file allowed in flight before reading more of it (backpressure).
 FILE_BACKLOG = 4
+
+
+def sample_pipeline(
+    services: Services,
+    *,
+    stream: str,
+    rate_hz: int,
+    models: Sequence[str] | None = None,
+    emit: Emit | None = None,
+) -> StreamPipeline:
+    """A pipeline fed float32 mono samples at ``rate_hz`` (microphone, files, Wyoming).
+
+    ``models``: None runs every loaded model. Endpointing is the server's, with the models'
+    minimum length; the context is the server's default (the first ``--context``), if any.
+    """
+    names = tuple(services.runner.encoders) if models is None else tuple(models)
+    return StreamPipeline(
+        services,
+        stream=stream,
+        fmt=AudioFormat(rate_hz, "pcm_f32le", 1),
+        models=names,
+        segmenter=stream_segmenter_config(services, names, {}),
+        emit=emit,
+        context=services.default_context,
+    )
+
+
+def file_stream_name(path: Path) -> str:
+    """A valid stream name for an audio file: its stem, other characters replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:64] or "file"
 
 
 class AudioSource(Protocol):

@@ -15,11 +15,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -353,36 +351,6 @@ class StreamPipeline:
     def _ms(self, n_samples: int) -> float:
         """Stream time of a segmenter sample count (negative inside a lead-in)."""
         return round((n_samples - self.origin_samples) * 1000.0 / self.rate_hz, 1)
-
-
-def sample_pipeline(
-    services: Services,
-    *,
-    stream: str,
-    rate_hz: int,
-    models: Sequence[str] | None = None,
-    emit: Emit | None = None,
-) -> StreamPipeline:
-    """A pipeline fed float32 mono samples at ``rate_hz`` (microphone, files, Wyoming).
-
-    ``models``: None runs every loaded model. Endpointing is the server's, with the models'
-    minimum length; the context is the server's default (the first ``--context``), if any.
-    """
-    names = tuple(services.runner.encoders) if models is None else tuple(models)
-    return StreamPipeline(
-        services,
-        stream=stream,
-        fmt=AudioFormat(rate_hz, "pcm_f32le", 1),
-        models=names,
-        segmenter=stream_segmenter_config(services, names, {}),
-        emit=emit,
-        context=services.default_context,
-    )
-
-
-def file_stream_name(path: Path) -> str:
-    """A valid stream name for an audio file: its stem, other characters replaced by ``_``."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)[:64] or "file"
 
 
 def stream_segmenter_config(

@@ -27,8 +27,8 @@ from streamer import protocol as proto
 from streamer.config import Config
 from streamer.errors import StreamerError
 from streamer.segmenter_config import SegmenterConfig
-from streamer.streams.feed import ChunkSource, run_source
-from streamer.streams.pipeline import StreamPipeline, file_stream_name
+from streamer.streams.feed import ChunkSource, file_stream_name, run_source
+from streamer.streams.pipeline import StreamPipeline
 from streamer.streams.sources import chunks, read_audio_file
 from streamer.vad import VadThresholds
 
