@@ -153,6 +153,7 @@ async def run_file(
     claim: StreamClaim,
     emit: Emit | None = None,
     progress: Callable[[Iterable[F32Array]], Iterable[F32Array]] | None = None,
+    on_pipeline: Callable[[StreamPipeline], None] | None = None,
 ) -> StreamPipeline | None:
     """A whole file through :func:`run_source`, as ``streamer transcribe`` reads one.
 
@@ -161,7 +162,8 @@ async def run_file(
     (:func:`streamer.audio.quiet_lead_in`), so speech from the first sample starts an
     utterance; the models never hear that, and times still count from the file's start. Then
     the file is fed in :data:`FILE_CHUNK_MS` chunks with at most :data:`FILE_BACKLOG`
-    utterances in flight. ``progress`` wraps the chunks (a progress bar). Returns what
+    utterances in flight. ``progress`` wraps the chunks (a progress bar); ``on_pipeline`` is
+    called with the pipeline once it has heard the lead-in, before the file. Returns what
     :func:`run_source` returns.
     """
     lead = quiet_lead_in(
@@ -178,9 +180,16 @@ async def run_file(
         claim,
         emit=emit,
         backlog=FILE_BACKLOG,
-        on_pipeline=functools.partial(_hear, lead, rate_hz),
+        on_pipeline=functools.partial(_hear, lead, rate_hz, on_pipeline),
     )
 
 
-def _hear(lead: F32Array, rate_hz: int, pipeline: StreamPipeline) -> None:
+def _hear(
+    lead: F32Array,
+    rate_hz: int,
+    then: Callable[[StreamPipeline], None] | None,
+    pipeline: StreamPipeline,
+) -> None:
     pipeline.hear_lead_in(lead, rate_hz=rate_hz)
+    if then is not None:
+        then(pipeline)

@@ -27,9 +27,9 @@ from streamer import protocol as proto
 from streamer.config import Config
 from streamer.errors import StreamerError
 from streamer.segmenter_config import SegmenterConfig
-from streamer.streams.feed import ChunkSource, file_stream_name, run_source
+from streamer.streams.feed import file_stream_name, run_file
 from streamer.streams.pipeline import StreamPipeline
-from streamer.streams.sources import chunks, read_audio_file
+from streamer.streams.sources import read_audio_file
 from streamer.vad import VadThresholds
 
 if TYPE_CHECKING:
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Chunk fed to the pipeline at a time (ms) and utterances allowed in flight (as transcribe).
-CHUNK_MS = 100
-BACKLOG = 4
 #: Columns of the waveform envelope (min/max per column): enough for a sharp 14-inch plot.
 ENVELOPE_COLUMNS = 2400
 _LEVELS = 4  # rows of result labels, so that neighbours do not overlap
@@ -81,11 +78,6 @@ async def trace_file(config: Config, models: dict[str, Path], path: Path) -> Tra
     services = build_services(config, models)
     traces: list[Trace] = []
 
-    def on_frame(start_sample: int, score: float) -> None:
-        trace = traces[0]
-        trace.frame_starts_s.append(start_sample / trace.rate_hz)
-        trace.scores.append(score)
-
     def on_event(event: proto.ServerEvent) -> None:
         if isinstance(event, proto.Utterance):
             traces[0].utterances.append(event)
@@ -105,15 +97,22 @@ async def trace_file(config: Config, models: dict[str, Path], path: Path) -> Tra
                 frame_s=segmenter.frame_samples / pipeline.rate_hz,
             )
         )
+        origin, rate_hz = pipeline.origin_samples, pipeline.rate_hz  # the segmenter's clock
+
+        def on_frame(start_sample: int, score: float) -> None:
+            traces[0].frame_starts_s.append((start_sample - origin) / rate_hz)
+            traces[0].scores.append(score)
+
         segmenter.on_frame = on_frame
 
     try:
-        source = ChunkSource(
-            chunks(audio.samples, audio.rate_hz * CHUNK_MS // 1000), rate_hz=audio.rate_hz
-        )
-        claim = services.streams.admit(file_stream_name(path))
-        await run_source(
-            services, source, claim, emit=on_event, backlog=BACKLOG, on_pipeline=on_pipeline
+        await run_file(
+            services,
+            audio.samples,
+            rate_hz=audio.rate_hz,
+            claim=services.streams.admit(file_stream_name(path)),
+            emit=on_event,
+            on_pipeline=on_pipeline,
         )
     finally:
         services.runner.close()
