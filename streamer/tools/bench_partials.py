@@ -193,6 +193,17 @@ def compare_finals(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[
     }
 
 
+def _stable_words(events: Timed) -> dict[str, list[Event]]:
+    """Each utterance's distinct stable words, over all its partials (utterance id -> words)."""
+    stable: dict[str, dict[tuple[str, float, float], Event]] = {}
+    for _, e in _of(events, "partial"):
+        for w in e.get("words") or []:
+            if w.get("stable"):
+                key = (w["word"], w["start_ms"], w["end_ms"])
+                stable.setdefault(e["utterance_id"], {})[key] = w
+    return {u: list(ws.values()) for u, ws in stable.items()}
+
+
 def stable_contradictions(events: Timed) -> tuple[int, list[str]]:
     """(stable words, those the final contradicts) of one stream's events.
 
@@ -201,15 +212,11 @@ def stable_contradictions(events: Timed) -> tuple[int, list[str]]:
     ``"word@start-end ms in: final text"``.
     """
     finals = {e["utterance_id"]: _words(e) for _, e in _of(events, "utterance") if _words(e)}
-    stable: dict[str, dict[tuple[str, float, float], Event]] = {}
-    for _, e in _of(events, "partial"):
-        for w in e.get("words") or []:
-            if w.get("stable") and e["utterance_id"] in finals:
-                key = (w["word"], w["start_ms"], w["end_ms"])
-                stable.setdefault(e["utterance_id"], {})[key] = w
     n, bad = 0, []
-    for u, ws in stable.items():
-        for w in ws.values():
+    for u, ws in _stable_words(events).items():
+        if u not in finals:
+            continue
+        for w in ws:
             n += 1
             if not any(same_word(w, f) for f in finals[u]):
                 text = " ".join(f"{f['word']}@{f['start_ms']:.0f}" for f in finals[u])
@@ -219,11 +226,7 @@ def stable_contradictions(events: Timed) -> tuple[int, list[str]]:
 
 def stable_before_final(events: Timed) -> int:
     """How many of one stream's final words some partial had already shown as stable."""
-    stable: dict[str, list[Event]] = {}
-    for _, e in _of(events, "partial"):
-        stable.setdefault(e["utterance_id"], []).extend(
-            w for w in e.get("words") or [] if w.get("stable")
-        )
+    stable = _stable_words(events)
     return sum(
         any(same_word(word, w) for w in stable.get(final["utterance_id"], []))
         for _, final in _of(events, "utterance")
