@@ -36,8 +36,6 @@ Sets with more clips than ``--max-clips`` are sampled (seeded, stated).
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import json
 import sys
 import time
@@ -58,7 +56,7 @@ from streamer.scoring import boundary_hits, f1_from_hits  # noqa: E402
 from streamer.segmenter import Segmenter, UtteranceReady  # noqa: E402
 from streamer.segmenter_config import SegmenterConfig  # noqa: E402
 from streamer_training.evaluate import load_audio  # noqa: E402
-from streamer_training.train_vad import speech_extent  # noqa: E402
+from streamer_training.train_vad import manifest, speech_extent, tuning_key  # noqa: E402
 
 RATE_HZ = 16_000
 SHARED = ROOT.parent / "shared"
@@ -70,10 +68,6 @@ Detector = Callable[[Audio], tuple[Segments, Segments]]
 PARTS = ("tuning", "scoring")
 FSDD_TUNING_SPEAKERS = ("george",)
 BUILT_STREAMS_PER_PART = 4
-
-
-def _even(key: str) -> bool:
-    return hashlib.sha1(key.encode()).digest()[-1] % 2 == 0
 
 
 @dataclass
@@ -100,12 +94,6 @@ class EvalSet:
 def _clip(folder: str, name: str) -> Clip:
     """A dataset file as a clip without truth."""
     return Clip("", load_audio(DATASETS / folder / name))
-
-
-def manifest(folder: str) -> list[dict[str, str]]:
-    """Rows of ``datasets/FOLDER/manifest.csv``."""
-    with open(DATASETS / folder / "manifest.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def word_extent_s(x: Audio) -> tuple[float, float]:
@@ -235,7 +223,7 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
     used = {i["source"] for s in streams.values() for i in s["segment_info"]}
     noise_rows = [r for r in manifest("speech_commands") if r["kind"] == "noise"]
     for part in PARTS:
-        parts_noise = [r for r in noise_rows if _even(r["file"]) == (part == "tuning")]
+        parts_noise = [r for r in noise_rows if tuning_key(r["file"]) == (part == "tuning")]
         if "built" in names:
             bed = [load_audio(DATASETS / "speech_commands" / r["file"]) for r in parts_noise]
             bed = [
@@ -277,7 +265,7 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
                     lambda r=r: Clip("", load_audio(DATASETS / "speech_commands" / r["file"])),
                 )
                 for r in sc
-                if r["kind"] != "noise" and _even(r["speaker"]) == (part == "tuning")
+                if r["kind"] != "noise" and tuning_key(r["speaker"]) == (part == "tuning")
             ],
         )
         add(

@@ -45,11 +45,16 @@ EXAMPLE_S = 12.0
 Audio = npt.NDArray[np.float32]
 
 
-def _even(key: str) -> bool:
+def tuning_key(key: str) -> bool:
+    """Whether a Speech Commands speaker (or noise file) is in the segmentation tuning part.
+
+    The last byte of the key's sha1 is even; ``bench/segmentation.py`` splits by the same rule.
+    """
     return hashlib.sha1(key.encode()).digest()[-1] % 2 == 0
 
 
-def _manifest(folder: str) -> list[dict[str, str]]:
+def manifest(folder: str) -> list[dict[str, str]]:
+    """Rows of ``datasets/FOLDER/manifest.csv``."""
     with open(DATASETS / folder / "manifest.csv", newline="") as f:
         return list(csv.DictReader(f))
 
@@ -89,26 +94,26 @@ def load_pools(part: str) -> Pools:
         return "heldout" if hashlib.sha1(speaker.encode()).digest()[-1] % 4 == 0 else "train"
 
     rows: dict[str, list[Path]] = {"an4": [], "sc": [], "wake": [], "fsdd": [], "libri": []}
-    for r in _manifest("an4"):
+    for r in manifest("an4"):
         if r["speaker"] not in scoring and an4_part(r["speaker"]) == part:
             rows["an4"].append(DATASETS / "an4" / r["file"])
     noise: list[Audio] = []
     if part == "train":
-        for r in _manifest("speech_commands"):
+        for r in manifest("speech_commands"):
             if r["kind"] == "noise":
                 continue
-            if _even(r["speaker"]):
+            if tuning_key(r["speaker"]):
                 rows["sc"].append(DATASETS / "speech_commands" / r["file"])
-        for i, r in enumerate(_manifest("wake_words")):
+        for i, r in enumerate(manifest("wake_words")):
             if i % 2 == 0:
                 rows["wake"].append(DATASETS / "wake_words" / r["file"])
         rows["fsdd"] = sorted((DATASETS / "fsdd").glob("*_george_*.wav"))
         rows["libri"] = [
             DATASETS / "librispeech_sentences" / r["file"]
-            for r in _manifest("librispeech_sentences")
+            for r in manifest("librispeech_sentences")
         ]
-    for r in _manifest("speech_commands"):
-        if r["kind"] == "noise" and _even(r["file"]):
+    for r in manifest("speech_commands"):
+        if r["kind"] == "noise" and tuning_key(r["file"]):
             x = load_audio(DATASETS / "speech_commands" / r["file"])
             if 10 * np.log10((x.astype(np.float64) ** 2).mean() + 1e-20) >= -60:
                 noise.append(x)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -15,13 +13,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import soundfile as sf
-import soxr
 from hypothesis import given, settings, strategies as st
 
 from streamer.errors import AudioFormatError, ConfigError
 from streamer.scoring import TOLERANCE_S, boundary_f1
 from streamer.segmenter import Segmenter, SegmenterEvent, SpeechStarted, UtteranceReady
 from streamer.segmenter_config import SegmenterConfig
+from streamer_training.evaluate import load_audio
+from streamer_training.train_vad import manifest, tuning_key
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 RATE = 16_000
@@ -420,19 +419,12 @@ LEARNED = SegmenterConfig(vad="learned")
 LEARNED_STREAM_F1_FLOOR = 0.65
 
 
-def _dataset(path: Path) -> Audio:
-    assert path.exists(), f"shared dataset file missing: {path}"
-    samples, rate = sf.read(path, dtype="float32")
-    assert rate == RATE, path
-    return np.asarray(samples, dtype=np.float32)
-
-
 def test_learned_detector_meets_its_floor_on_a_scoring_stream() -> None:
     """datasets/streams (AN4 speakers no knob or training run saw): F1 a little under the
     bench's figure for the learned detector (see bench/RESULTS.md, "Segmentation")."""
     meta = json.loads((DATASETS / "streams" / "streams.json").read_text())["streams"]
     name = "stream_00.flac"
-    pred = spans_s(run(_dataset(DATASETS / "streams" / name), LEARNED, chunk=4800))
+    pred = spans_s(run(load_audio(DATASETS / "streams" / name), LEARNED, chunk=4800))
     f1 = boundary_f1(pred, [(a, b) for a, b, _ in meta[name]["segments"]])
     assert f1 >= LEARNED_STREAM_F1_FLOOR, f"{name}: boundary F1 {f1:.3f}"
 
@@ -442,22 +434,17 @@ def test_learned_detector_cuts_trimmed_words_of_unseen_speakers_once() -> None:
     (47 of 50 measured; the target is 99%, see issue notes)."""
     clips = sorted((DATASETS / "fsdd").glob("*_jackson_*.wav"))[::10]
     assert len(clips) == 50, f"shared FSDD clips missing under {DATASETS / 'fsdd'}"
-    counts = []
-    for clip in clips:
-        samples, rate = sf.read(clip, dtype="float32")
-        x = soxr.resample(samples, rate, RATE).astype(np.float32) if rate != RATE else samples
-        counts.append(len(utterances(run(x, LEARNED, chunk=320))))
+    counts = [len(utterances(run(load_audio(clip), LEARNED, chunk=320))) for clip in clips]
     assert counts.count(1) >= 45, f"{counts.count(0)} none, {sum(c > 1 for c in counts)} several"
 
 
 def test_learned_detector_stays_silent_on_noise_only_clips() -> None:
     """Speech Commands noise clips of the bench's scoring parity (sha1 of the file name): at
     most the 2 utterances measured (the target is none)."""
-    with open(DATASETS / "speech_commands" / "manifest.csv", newline="") as f:
-        rows = [r["file"] for r in csv.DictReader(f) if r["kind"] == "noise"]
-    files = [f for f in rows if hashlib.sha1(f.encode()).digest()[-1] % 2 == 1]
+    rows = [r["file"] for r in manifest("speech_commands") if r["kind"] == "noise"]
+    files = [f for f in rows if not tuning_key(f)]
     assert len(files) > 100, "shared Speech Commands noise clips missing"
     found = [
-        f for f in files if utterances(run(_dataset(DATASETS / "speech_commands" / f), LEARNED))
+        f for f in files if utterances(run(load_audio(DATASETS / "speech_commands" / f), LEARNED))
     ]
     assert len(found) <= 2, found
