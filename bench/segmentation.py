@@ -324,18 +324,18 @@ def segmenter_detector(
 
     def detect(samples: Audio) -> tuple[Segments, Segments]:
         seg = Segmenter(config)
-        events = []
-        lead = 0.0
-        if file:  # as StreamPipeline.hear_lead_in: whole frames
-            heard = quiet_lead_in(
-                samples,
-                rate_hz=RATE_HZ,
-                seconds=config.file_lead_in_ms / 1000,
-                min_rise_db=config.file_lead_in_rise_db,
-                search_ms=config.noise_window_ms,
+        if file:  # as streamer.streams.feed.run_file
+            seg.hear_lead_in(
+                quiet_lead_in(
+                    samples,
+                    rate_hz=RATE_HZ,
+                    seconds=config.file_lead_in_ms / 1000,
+                    min_rise_db=config.file_lead_in_rise_db,
+                    search_ms=config.noise_window_ms,
+                )
             )
-            heard = heard[: heard.size // seg.frame_samples * seg.frame_samples]
-            events, lead = seg.feed(heard), heard.size / RATE_HZ
+        lead = seg.samples_seen / RATE_HZ
+        events = []
         for i in range(0, samples.size, chunk):
             events += seg.feed(samples[i : i + chunk])
         events += seg.flush()

@@ -251,6 +251,18 @@ class Segmenter:
             self._close(self._n_frames, forced=False, events=events)
         return events
 
+    def hear_lead_in(self, samples: npt.NDArray[np.float32]) -> SpeechStarted | None:
+        """Hear audio before the stream (a file's lead-in); its own time then starts here.
+
+        Whole frames only (the stream's frames fall as they would without it); utterances cut
+        within it are dropped. Returns the start of an utterance still open at its end.
+        """
+        whole = samples.size // self.frame_samples * self.frame_samples
+        opened = None
+        for event in self.feed(samples[:whole]):
+            opened = event if isinstance(event, SpeechStarted) else None
+        return opened
+
     def _step(self, frame: npt.NDArray[np.float32], events: list[SegmenterEvent]) -> None:
         i = self._n_frames
         self._n_frames += 1

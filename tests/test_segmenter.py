@@ -386,6 +386,22 @@ def test_non_finite_samples_are_neutralised() -> None:
     assert len(utterances(run(x, chunk=320))) == 1
 
 
+def test_a_lead_in_keeps_only_whole_frames_and_drops_its_own_utterances() -> None:
+    """What a file's lead-in leaves behind: the frame grid, and an utterance still open."""
+    sentence = padded_sentence()
+    seg = Segmenter()
+    assert seg.hear_lead_in(sentence[:1000]) is None
+    assert seg.samples_seen == 960  # two whole 30 ms frames; the rest of the lead-in is unheard
+    assert seg.hear_lead_in(sentence) is None  # the sentence was cut within it: dropped
+    assert seg.feed(np.zeros(RATE, np.float32)) + seg.flush() == []
+    half = sentence.size // 2  # inside the sentence
+    seg = Segmenter()
+    started = seg.hear_lead_in(sentence[:half])
+    assert started is not None
+    assert started.start_sample < half
+    assert len(utterances(seg.feed(sentence[half:]) + seg.flush())) == 1
+
+
 def padded_sentence() -> Audio:
     """One sentence with a second of -55 dBFS noise before and after."""
     x = np.concatenate([np.zeros(RATE, np.float32), speech("sent_harvard_spk1_snt5.wav")])

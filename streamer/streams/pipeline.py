@@ -124,10 +124,7 @@ class StreamPipeline:
         lead = np.asarray(samples, dtype=np.float32)
         if rate_hz != self.rate_hz:
             lead = np.asarray(soxr.resample(lead, rate_hz, self.rate_hz), dtype=np.float32)
-        frame = self.segmenter.frame_samples  # whole frames: the file's frames fall as live
-        opened = None
-        for event in self.segmenter.feed(lead[: lead.size // frame * frame]):
-            opened = event if isinstance(event, SpeechStarted) else None  # cut: dropped
+        opened = self.segmenter.hear_lead_in(lead)
         self.origin_samples = self.segmenter.samples_seen
         if opened is not None:  # speech the file goes on with: announced at 0 ms
             self._handle([opened])
