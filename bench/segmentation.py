@@ -26,9 +26,10 @@ Sets and what each row reports:
 - noise-only files (``sc-noise``, ``nonspeech``): ``noise utt`` = utterances (must be 0);
 - ``cpu``: process CPU ms per audio second, audio fed in 20 ms chunks, all detectors measured
   in the same run.
-- ``--file``: the segmenter rows read each clip as ``streamer transcribe`` reads a file: the
-  segmenter first hears ``segmenter.file_lead_in_ms`` of the clip's own quietest 150 ms
-  (:func:`streamer.audio.quiet_lead_in`); without it, as a live stream hears it.
+- ``--file``: the segmenter rows read each clip as ``streamer transcribe`` reads a file: when the
+  clip starts inside a sound, the segmenter first hears ``segmenter.file_lead_in_ms`` of the
+  quietest 150 ms of its first 1.5 s (:func:`streamer.streams.feed.file_lead_in`); without
+  ``--file``, as a live stream hears it.
 
 Sets with more clips than ``--max-clips`` are sampled (seeded, stated).
 """
@@ -50,11 +51,11 @@ import webrtcvad
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamer.audio import quiet_lead_in  # noqa: E402
 from streamer.errors import ConfigError  # noqa: E402
 from streamer.scoring import boundary_hits, f1_from_hits  # noqa: E402
 from streamer.segmenter import Segmenter, UtteranceReady  # noqa: E402
 from streamer.segmenter_config import SegmenterConfig  # noqa: E402
+from streamer.streams.feed import file_lead_in  # noqa: E402
 from streamer_training.evaluate import load_audio  # noqa: E402
 from streamer_training.train_vad import manifest, speech_extent, tuning_key  # noqa: E402
 
@@ -262,7 +263,7 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
             [
                 (
                     r["file"],
-                    lambda r=r: Clip("", load_audio(DATASETS / "speech_commands" / r["file"])),
+                    lambda r=r: _clip("speech_commands", r["file"]),
                 )
                 for r in sc
                 if r["kind"] != "noise" and tuning_key(r["speaker"]) == (part == "tuning")
@@ -273,7 +274,7 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
             "word",
             part,
             [
-                (r["file"], lambda r=r: Clip("", load_audio(DATASETS / "an4" / r["file"])))
+                (r["file"], lambda r=r: _clip("an4", r["file"]))
                 for r in an4
                 if split[r["speaker"]] == part
             ],
@@ -284,7 +285,7 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
             "word",
             part,
             [
-                (r["file"], lambda r=r: Clip("", load_audio(DATASETS / "wake_words" / r["file"])))
+                (r["file"], lambda r=r: _clip("wake_words", r["file"]))
                 for i, r in enumerate(wake)
                 if (i % 2 == 0) == (part == "tuning")
             ],
@@ -296,7 +297,7 @@ def load_sets(names: set[str], max_clips: int) -> list[EvalSet]:
             [
                 (
                     r["file"],
-                    lambda r=r: Clip("", load_audio(DATASETS / "speech_commands" / r["file"])),
+                    lambda r=r: _clip("speech_commands", r["file"]),
                 )
                 for r in parts_noise
             ],
@@ -319,21 +320,13 @@ def segmenter_detector(
     """Run a fresh Segmenter over the samples in ``chunk``-sample pieces, then flush.
 
     ``file``: as ``streamer transcribe`` reads a file, the segmenter first hears the file's
-    ``quiet_lead_in`` (``config.file_lead_in_ms``); times still count from the file's start.
+    ``file_lead_in``; times still count from the file's start.
     """
 
     def detect(samples: Audio) -> tuple[Segments, Segments]:
         seg = Segmenter(config)
         if file:  # as streamer.streams.feed.run_file
-            seg.hear_lead_in(
-                quiet_lead_in(
-                    samples,
-                    rate_hz=RATE_HZ,
-                    seconds=config.file_lead_in_ms / 1000,
-                    min_rise_db=config.file_lead_in_rise_db,
-                    search_ms=config.noise_window_ms,
-                )
-            )
+            seg.hear_lead_in(file_lead_in(samples, rate_hz=RATE_HZ, config=config))
         lead = seg.samples_seen / RATE_HZ
         events = []
         for i in range(0, samples.size, chunk):

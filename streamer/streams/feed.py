@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from streamer.audio import AudioFormat, F32Array, quiet_lead_in
+from streamer.segmenter_config import SegmenterConfig
 from streamer.streams.pipeline import Emit, StreamPipeline, stream_segmenter_config
 from streamer.streams.registry import StreamClaim
 from streamer.streams.services import Services
@@ -166,13 +167,7 @@ async def run_file(
     called with the pipeline once it has heard the lead-in, before the file. Returns what
     :func:`run_source` returns.
     """
-    lead = quiet_lead_in(
-        samples,
-        rate_hz=rate_hz,
-        seconds=services.config.segmenter.file_lead_in_ms / 1000.0,
-        min_rise_db=services.config.segmenter.file_lead_in_rise_db,
-        search_ms=services.config.segmenter.noise_window_ms,
-    )
+    lead = file_lead_in(samples, rate_hz=rate_hz, config=services.config.segmenter)
     pieces: Iterable[F32Array] = chunks(samples, rate_hz * FILE_CHUNK_MS // 1000)
     return await run_source(
         services,
@@ -181,6 +176,20 @@ async def run_file(
         emit=emit,
         backlog=FILE_BACKLOG,
         on_pipeline=functools.partial(_hear, lead, rate_hz, on_pipeline),
+    )
+
+
+def file_lead_in(samples: F32Array, *, rate_hz: int, config: SegmenterConfig) -> F32Array:
+    """The lead-in a file gets with segmenter settings ``config`` (empty: none).
+
+    See :func:`streamer.audio.quiet_lead_in` and ``segmenter.file_lead_in_ms``.
+    """
+    return quiet_lead_in(
+        samples,
+        rate_hz=rate_hz,
+        seconds=config.file_lead_in_ms / 1000.0,
+        min_rise_db=config.file_lead_in_rise_db,
+        search_ms=config.noise_window_ms,
     )
 
 
