@@ -172,7 +172,7 @@ SOURCE_WEIGHTS = {"an4": 0.35, "sc": 0.2, "libri": 0.2, "wake": 0.1, "fsdd": 0.1
 
 
 def make_example(pools: Pools, rng: np.random.Generator) -> tuple[Audio, Audio]:
-    """One 8 s mixture and its per-sample speech truth (0/1)."""
+    """One ``EXAMPLE_S`` mixture and its per-sample speech truth (0/1)."""
     n = int(EXAMPLE_S * RATE)
     speech = np.zeros(n, np.float64)
     truth = np.zeros(n, np.float32)
@@ -314,9 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m streamer_training.train_vad [--out FILE] ...``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "streamer" / "models" / "vad_gru.npz")
-    parser.add_argument("--examples", type=int, default=12000)
+    parser.add_argument("--examples", type=int, default=16000)
     parser.add_argument("--heldout-examples", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--hidden", type=int, default=48)
     parser.add_argument("--lr", type=float, default=3e-3)
