@@ -10,7 +10,10 @@ what a caption can show without flicker (LocalAgreement-n, n = ``agree``, 3 by d
   the window that heard it (the last few hundred ms of a window are still being spoken, and a
   CTC model rereads them when the next audio arrives: two windows that both cut a word short
   agree on the wrong word) and has a confidence of at least ``stable_confidence`` (the words
-  the whole-utterance decoding reads differently are more often unsure ones);
+  the whole-utterance decoding reads differently are more often unsure ones), and it has at
+  least ``stable_min_chars`` characters: one-character words (spelled letters) wait for the
+  final, and so do the words after them (on validation speakers the whole-utterance decoding
+  read 12.9% of the letters three windows agreed on differently, against 1.5% of longer words);
 * a stable word is never changed or withdrawn: later hypotheses only ever add stable words;
 * hypotheses are aligned by time: a window starts before the last stable word ends (so the model
   hears context), and its words whose middle lies before that end are the stable words heard
@@ -49,6 +52,8 @@ class PartialsConfig:
     """Consecutive partial hypotheses that must agree on a word before it is stable (>= 2)."""
     stable_confidence: float = 0.5
     """A word is made stable only if its confidence is at least this in each of them."""
+    stable_min_chars: int = 2
+    """A word shorter than this (characters) is never made stable: it waits for the final."""
     engine_share: float = 0.3
     """Share of the engine's time (all workers) partial runs may take, over ``share_window_s``;
     past it a partial run is skipped. Partial runs never start while an utterance waits."""
@@ -63,6 +68,10 @@ class PartialsConfig:
             raise ConfigError("partials.lookback_ms and partials.guard_ms must be >= 0")
         if self.agree < 2:
             raise ConfigError(f"partials.agree must be >= 2, got {self.agree}")
+        if self.stable_min_chars < 1:
+            raise ConfigError(
+                f"partials.stable_min_chars must be >= 1, got {self.stable_min_chars}"
+            )
         if not 0 <= self.stable_confidence <= 1:
             raise ConfigError(
                 f"partials.stable_confidence must be in [0, 1], got {self.stable_confidence}"
@@ -84,13 +93,16 @@ def partial_window(*, now_ms: float, stable_end_ms: float | None, config: Partia
 class StableWords:
     """The stable prefix of one utterance's partial hypotheses (LocalAgreement-n, see module)."""
 
-    def __init__(self, *, guard_ms: float, agree: int = 2, min_confidence: float = 0.0) -> None:
+    def __init__(
+        self, *, guard_ms: float, agree: int = 2, min_confidence: float = 0.0, min_chars: int = 1
+    ) -> None:
         """Start an utterance with no stable word; the knobs: see :class:`PartialsConfig`."""
         if agree < 2:
             raise ValueError(f"agree must be >= 2, got {agree}")
         self.guard_ms = guard_ms
         self.agree = agree
         self.min_confidence = min_confidence
+        self.min_chars = min_chars
         self.stable: list[Word] = []
         self.revision = 0
         self._history: list[tuple[list[Word], float]] = []  # the last hypotheses, window ends
@@ -112,6 +124,7 @@ class StableWords:
         while (
             len(hypotheses) == self.agree
             and n < len(fresh)
+            and len(fresh[n].word) >= self.min_chars
             and all(
                 n < len(ws)
                 and ws[n].word == fresh[n].word

@@ -81,6 +81,15 @@ def test_three_agreeing_confident_hypotheses_when_so_configured() -> None:
     ]
 
 
+def test_short_words_wait_for_the_final_and_so_do_the_words_after_them() -> None:
+    words = StableWords(guard_ms=0, agree=2, min_chars=2)
+    hyp = [_word("erase", 0, 300), _word("g", 400, 500), _word("eight", 600, 900)]
+    words.update(hyp, window_end_ms=1000)
+    out = words.update(hyp, window_end_ms=1500)
+    assert [(w.word, w.stable) for w in out] == [("erase", True), ("g", False), ("eight", False)]
+    assert [w.word for w in words.update(hyp, window_end_ms=2000) if w.stable] == ["erase"]
+
+
 def test_a_window_that_rereads_stable_words_does_not_repeat_them() -> None:
     words = StableWords(guard_ms=0)
     words.update([_word("one", 0, 300), _word("two", 400, 700)], window_end_ms=2000)
@@ -107,6 +116,7 @@ def test_partial_window_is_bounded_and_starts_before_the_last_stable_word() -> N
         {"guard_ms": -1},
         {"agree": 1},
         {"stable_confidence": 1.5},
+        {"stable_min_chars": 0},
     ],
 )
 def test_bad_partials_settings_are_refused_by_name(field: dict[str, Any]) -> None:
@@ -287,6 +297,38 @@ async def _run(
                 task.cancel()
     await pipe.finish()
     return events, pipe
+
+
+async def _replay(services: Services, samples: npt.NDArray[np.float32]) -> StreamPipeline:
+    """Feed as bench/partials_rule.py does: each partial run awaited before more audio."""
+    names = tuple(services.runner.encoders)
+    pipe = StreamPipeline(
+        services,
+        stream="replay",
+        fmt=AudioFormat(16000, "pcm_f32le", 1),
+        models=names,
+        segmenter=stream_segmenter_config(services, names, {}),
+        want=("partial",),
+    )
+    assert pipe.live is not None
+    for k in range(0, samples.size, 320):
+        pipe.feed_samples(samples[k : k + 320])
+        await pipe.live.partial_done()
+    await pipe.finish()
+    return pipe
+
+
+async def test_a_replay_that_waits_for_each_partial_run_skips_none() -> None:
+    services = _services(interval_ms=200)
+    try:
+        pipe = await _replay(services, _clip("sent_harvard_spk1_snt1.wav"))
+    finally:
+        services.runner.close()
+    assert pipe.live is not None
+    counters = pipe.live.counters
+    assert counters.partial_runs >= 5
+    assert counters.partials_sent == counters.partial_runs
+    assert counters.partials_skipped == counters.partials_preempted == 0
 
 
 def _finals(events: Sequence[proto.ServerEvent]) -> list[dict[str, Any]]:

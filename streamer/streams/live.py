@@ -115,6 +115,7 @@ class LiveResults:
             guard_ms=self.config.guard_ms,
             agree=self.config.agree,
             min_confidence=self.config.stable_confidence,
+            min_chars=self.config.stable_min_chars,
         )
         self._next_partial = start_sample + self._samples(self.config.interval_ms)
 
@@ -157,6 +158,11 @@ class LiveResults:
         if eager.sent and utterance is not None:  # speech resumed and ended within one chunk
             self._withdraw(utterance)
         return None
+
+    async def partial_done(self) -> None:
+        """Wait for the partial run under way, if any (a replay faster than real time)."""
+        if self._partial is not None:
+            await self._partial
 
     async def close(self) -> None:
         """Stop every live run of the stream (the stream ended)."""
