@@ -28,7 +28,7 @@ from streamer.tools.bench_partials import (
     stream_audio,
 )
 from streamer.tools.partials_report import format_table as format_partials_table
-from streamer.tools.replay import StreamReport, _score
+from streamer.tools.replay import Played, StreamReport, score_report
 
 AUDIO = Path(__file__).resolve().parents[2] / "shared" / "audio"
 FILES = [AUDIO / "cmd_goforward.wav", AUDIO / "sent_harvard_spk1_snt1.wav"]
@@ -112,7 +112,7 @@ def test_latency_counts_from_the_frame_holding_the_speech_end() -> None:
         (10.7, {"type": "error", "code": "overloaded", "utterance_id": "u1"}),
         (10.8, {"type": "ended", "n_utterances": 2}),
     ]
-    _score(report, events, sent_ends, sent_at, 16000)
+    score_report(report, Played(events, sent_ends, sent_at), 16000)
     assert report.latencies_ms == pytest.approx([500.0])
     assert report.encode_ms == [7.0]
     assert (report.utterances, report.results, report.errors) == (2, 1, 1)

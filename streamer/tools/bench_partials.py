@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import contextlib
 import json
 import os
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,15 +26,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
-from streamer import protocol as proto
 from streamer.config import load_config
 from streamer.errors import StreamerError
 from streamer.streams.sources import read_audio_file
 from streamer.tools.partials_report import COMMAND_MAX_MS, format_table
-from streamer.tools.replay import MAX_IN_FLIGHT, StreamReport, _Flow, _score, _Sender
+from streamer.tools.replay import MAX_IN_FLIGHT, StreamReport, play_samples, score_report
 
 Audio = npt.NDArray[np.float32]
 Event = dict[str, Any]
@@ -115,21 +110,21 @@ class LivePlayer:
         start = {"type": "start", "sample_rate": rate_hz, "encoding": "pcm_s16le", "channels": 1}
         start |= {"stream": stream, **({"want": self.want} if self.want else {})}
         await asyncio.sleep(delay_s)
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        flow = _Flow()
-        sender = _Sender(samples, rate_hz, samples.size, chunk_ms=self.chunk_ms)
-        async with connect(
-            url + proto.INGEST_PATH, additional_headers=headers, max_size=None, compression=None
-        ) as ws:
-            reader = asyncio.create_task(flow.read(ws))
-            with contextlib.suppress(ConnectionClosed):
-                await ws.send(json.dumps(start))
-                await sender.send(ws, flow, realtime=True, max_in_flight=MAX_IN_FLIGHT)
-                await ws.send(json.dumps({"type": "end"}))
-            await reader
-        ends, sent_at = sender.ends or [0], sender.sent_at or [time.perf_counter()]
-        _score(report, flow.events, ends, sent_at, rate_hz)
-        self.streams[index] = LiveStream(report, flow.events, ends, sent_at, rate_hz)
+        played = await play_samples(
+            url,
+            start,
+            samples,
+            rate_hz,
+            samples.size,
+            realtime=True,
+            chunk_ms=self.chunk_ms,
+            max_in_flight=MAX_IN_FLIGHT,
+            token=self.token,
+        )
+        score_report(report, played, rate_hz)
+        self.streams[index] = LiveStream(
+            report, played.events, played.sent_ends, played.sent_at, rate_hz
+        )
         return report
 
     @property

@@ -96,26 +96,59 @@ async def play(
         **({"models": list(models)} if models else {}),
     }
     await asyncio.sleep(delay_s)
+    played = await play_samples(
+        url,
+        start,
+        audio.samples,
+        audio.rate_hz,
+        n_total,
+        realtime=realtime,
+        chunk_ms=chunk_ms,
+        max_in_flight=max_in_flight,
+        token=token,
+    )
+    score_report(report, played, audio.rate_hz)
+    return report
+
+
+@dataclass
+class Played:
+    """One connection's events (receive time, event) and when each frame left (its end sample)."""
+
+    events: list[tuple[float, dict[str, Any]]]
+    sent_ends: list[int]
+    sent_at: list[float]
+
+
+async def play_samples(
+    url: str,
+    start: dict[str, Any],
+    samples: npt.NDArray[np.float32],
+    rate_hz: int,
+    n_total: int,
+    *,
+    realtime: bool,
+    chunk_ms: int,
+    max_in_flight: int,
+    token: str | None,
+) -> Played:
+    """Send ``start``, then ``n_total`` samples (``samples`` looped) in frames, then ``end``.
+
+    Events are read until the daemon closes; a refused or closed connection keeps what came.
+    """
     headers = {"Authorization": f"Bearer {token}"} if token else None
     flow = _Flow()
-    sender = _Sender(audio.samples, audio.rate_hz, n_total, chunk_ms=chunk_ms)
+    sender = _Sender(samples, rate_hz, n_total, chunk_ms=chunk_ms)
     async with connect(
         url + proto.INGEST_PATH, additional_headers=headers, max_size=None, compression=None
     ) as ws:
         reader = asyncio.create_task(flow.read(ws))
-        with contextlib.suppress(ConnectionClosed):  # refused or closed: score what came
+        with contextlib.suppress(ConnectionClosed):
             await ws.send(json.dumps(start))
             await sender.send(ws, flow, realtime=realtime, max_in_flight=max_in_flight)
             await ws.send(json.dumps({"type": "end"}))
         await reader
-    _score(
-        report,
-        flow.events,
-        sender.ends or [0],
-        sender.sent_at or [time.perf_counter()],
-        audio.rate_hz,
-    )
-    return report
+    return Played(flow.events, sender.ends or [0], sender.sent_at or [time.perf_counter()])
 
 
 class _Sender:
@@ -200,13 +233,9 @@ class _Flow:
             await self._changed.wait()
 
 
-def _score(
-    report: StreamReport,
-    events: list[tuple[float, dict[str, Any]]],
-    sent_ends: list[int],
-    sent_at: list[float],
-    rate_hz: int,
-) -> None:
+def score_report(report: StreamReport, played: Played, rate_hz: int) -> None:
+    """Fill ``report`` from what one connection received: counts, errors and latencies."""
+    events, sent_ends, sent_at = played.events, played.sent_ends, played.sent_at
     seqs: set[int] = set()
     for received, event in events:
         kind = event.get("type")
