@@ -319,7 +319,7 @@ async def _replay(services: Services, samples: npt.NDArray[np.float32]) -> Strea
 
 
 async def test_a_replay_that_waits_for_each_partial_run_skips_none() -> None:
-    services = _services(interval_ms=200)
+    services = _services(interval_ms=200, engine_share=1.0)
     try:
         pipe = await _replay(services, _clip("sent_harvard_spk1_snt1.wav"))
     finally:
@@ -329,6 +329,7 @@ async def test_a_replay_that_waits_for_each_partial_run_skips_none() -> None:
     assert counters.partial_runs >= 5
     assert counters.partials_sent == counters.partial_runs
     assert counters.partials_skipped == counters.partials_preempted == 0
+    assert counters.partials_dropped == 0
 
 
 def _finals(events: Sequence[proto.ServerEvent]) -> list[dict[str, Any]]:
