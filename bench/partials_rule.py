@@ -10,7 +10,8 @@ with pauses of faint noise) in process with an idle engine, so a grid of rules c
 each stream is fed in 20 ms chunks through a real ``StreamPipeline`` asking for partials, and
 each partial run and each final is awaited before more audio is fed (every tick gets its
 partial, nothing is pre-empted; ``partials.engine_share`` is 1, as partial runs take most of
-the engine's wall time when audio comes faster than real time). A partial's time is the audio fed when its tick fired.
+the engine's wall time when audio comes faster than real time). A partial's time is the audio
+fed when its tick fired.
 
 Per rule (``partials.agree``, ``stable_confidence``, ``guard_ms``, ``lookback_ms``,
 ``stable_min_chars``) it prints the stable words the final contradicts (the live bench's

@@ -20,15 +20,20 @@ Compilation happens in three steps, each standard and each small:
    words and allowed at both ends. :meth:`CtcGraph.best_path` is Viterbi over these nodes on
    one utterance's log-probabilities, exactly (no beam), as :mod:`streamer.wordloop` does for a
    word loop; exact scores matter here because rejection compares them with the free path's.
+   Its frame loop is compiled by numba (a frame of a few thousand nodes in numpy costs ~100 us of
+   array calls; compiled, ~8 us): the JIT runs once per process, at the first search (cached on
+   disk where the package directory is writable), and importing this module does not load numba.
 
-Pure numpy and Python; no I/O.
+Pure numpy, numba and Python; no I/O.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -230,9 +235,10 @@ class CtcGraph:
         order = np.argsort(pairs[:, 1], kind="stable")
         self._src = pairs[order, 0]
         dst_sorted = pairs[order, 1]
-        self._segments = np.flatnonzero(np.r_[True, dst_sorted[1:] != dst_sorted[:-1]])
-        self._dst = dst_sorted
-        self._arc_ids = np.arange(len(self._src))
+        segments = np.flatnonzero(np.r_[True, dst_sorted[1:] != dst_sorted[:-1]])
+        # every node has its self-loop, so node j's incoming arcs are [starts[j], starts[j + 1])
+        assert len(segments) == len(tokens)
+        self._starts = np.r_[segments, len(self._src)].astype(np.int64)
         self.tokens = np.array(tokens, dtype=np.int64)
         self._initial = np.array(sorted(set(initial)), dtype=np.int64)
         self._finals = np.array(sorted(set(finals)), dtype=np.int64)
@@ -241,6 +247,11 @@ class CtcGraph:
     def n_nodes(self) -> int:
         """How many CTC nodes the graph has (each costs one cell of the search per frame)."""
         return len(self.tokens)
+
+    def prepare(self) -> None:
+        """Build the compiled search now (else the first search pays it: about a second, less
+        when numba's on-disk cache has it)."""
+        self.best_path(np.zeros((1, int(self.tokens.max()) + 1)))
 
     def best_path(self, log_probs: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.int64], float]:
         """The token id per frame of the best path, and its log score (``log_probs`` [T, V]).
@@ -252,28 +263,75 @@ class CtcGraph:
         tokens = self.tokens
         if not n_frames:
             return np.zeros(0, dtype=np.int64), -np.inf
-        emissions = log_probs[:, tokens]  # [T, nodes]: each node's token score per frame
-        score = np.full(len(tokens), -np.inf)
-        score[self._initial] = emissions[0, self._initial]
-        back = np.zeros((n_frames, len(tokens)), dtype=np.int32)
-        arc_ids = self._arc_ids
-        for t in range(1, n_frames):
-            cand = score[self._src]
-            best = np.maximum.reduceat(cand, self._segments)
-            winner = np.minimum.reduceat(
-                np.where(cand >= best[self._dst], arc_ids, len(arc_ids)), self._segments
-            )
-            back[t] = self._src[winner]
-            score = best + emissions[t]
-        finals = score[self._finals]
-        best_final = int(finals.argmax())
-        total = float(finals[best_final])
+        scores = np.ascontiguousarray(log_probs, dtype=np.float64)
+        search = _viterbi()
+        nodes, total = search(scores, tokens, self._src, self._starts, self._initial, self._finals)
         if not np.isfinite(total):
             return np.zeros(0, dtype=np.int64), -np.inf
-        state = int(self._finals[best_final])
-        path = np.empty(n_frames, dtype=np.int64)
-        for t in range(n_frames - 1, -1, -1):
-            path[t] = state
-            state = int(back[t, state])
-        out: npt.NDArray[np.int64] = tokens[path]
-        return out, total
+        out: npt.NDArray[np.int64] = tokens[nodes]
+        return out, float(total)
+
+
+_KERNEL: list[Callable[..., tuple[npt.NDArray[np.int64], float]]] = []
+_KERNEL_LOCK = threading.Lock()
+
+
+def _viterbi() -> Callable[..., tuple[npt.NDArray[np.int64], float]]:
+    """The compiled Viterbi search (numba imported and the kernel built at the first call)."""
+    if not _KERNEL:
+        with _KERNEL_LOCK:
+            if not _KERNEL:
+                import numba  # half a second to import: only once a context runs
+
+                njit = cast(Any, numba).njit
+                try:
+                    kernel = njit(cache=True, nogil=True)(_viterbi_frames)
+                except RuntimeError:  # no writable cache location: compile in every process
+                    kernel = njit(cache=False, nogil=True)(_viterbi_frames)
+                _KERNEL.append(kernel)
+    return _KERNEL[0]
+
+
+def _viterbi_frames(
+    log_probs: npt.NDArray[np.float64],
+    tokens: npt.NDArray[np.int64],
+    src: npt.NDArray[np.int64],
+    starts: npt.NDArray[np.int64],
+    initial: npt.NDArray[np.int64],
+    finals: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.int64], float]:  # pragma: no cover - runs compiled
+    """Viterbi over nodes: the best path's node per frame, and its score (``-inf``: none).
+
+    ``log_probs`` [T >= 1, vocab]; node j emits ``tokens[j]`` and its predecessors are
+    ``src[starts[j]:starts[j + 1]]`` (its self-loop included). Ties go to the first predecessor
+    in that order, and to the first final node.
+    """
+    n_frames, n_nodes = log_probs.shape[0], tokens.shape[0]
+    score = np.full(n_nodes, -np.inf)
+    for i in initial:
+        score[i] = log_probs[0, tokens[i]]
+    back = np.zeros((n_frames, n_nodes), dtype=np.int32)
+    new = np.empty(n_nodes)
+    for t in range(1, n_frames):
+        for j in range(n_nodes):
+            arg = src[starts[j]]
+            best = score[arg]
+            for a in range(starts[j] + 1, starts[j + 1]):
+                cand = score[src[a]]
+                if cand > best:
+                    best = cand
+                    arg = src[a]
+            new[j] = best + log_probs[t, tokens[j]]
+            back[t, j] = arg
+        score, new = new, score
+    state = finals[0]
+    total = score[state]
+    for f in finals[1:]:
+        if score[f] > total:
+            total = score[f]
+            state = f
+    path = np.empty(n_frames, dtype=np.int64)
+    for t in range(n_frames - 1, -1, -1):
+        path[t] = state
+        state = back[t, state]
+    return path, total

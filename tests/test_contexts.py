@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from streamer.config import EngineConfig
+from streamer.context_graph import CtcGraph
 from streamer.context_syntax import Group, MacroRef, SlotRef, Word, parse_expression
 from streamer.contexts import (
     DEFAULT_MAX_GAP_PER_FRAME,
@@ -292,6 +293,50 @@ def test_out_of_context_posteriors_are_rejected() -> None:
     assert result.intent == "callContact"  # still the best in-context parse
     lenient = context.understand(_posteriors("open the pod bay doors"), max_gap_per_frame=100.0)
     assert lenient.understood
+
+
+def _reference_best_path(graph: CtcGraph, log_probs: np.ndarray) -> tuple[np.ndarray, float]:
+    """The search in plain numpy (the shipped implementation before the compiled one)."""
+    src, starts = graph._src, graph._starts
+    dst = np.repeat(np.arange(graph.n_nodes), np.diff(starts))
+    segments, arc_ids = starts[:-1], np.arange(len(src))
+    emissions = log_probs[:, graph.tokens]
+    score = np.full(graph.n_nodes, -np.inf)
+    score[graph._initial] = emissions[0, graph._initial]
+    back = np.zeros((len(log_probs), graph.n_nodes), dtype=np.int64)
+    for t in range(1, len(log_probs)):
+        cand = score[src]
+        best = np.maximum.reduceat(cand, segments)
+        winner = np.minimum.reduceat(np.where(cand >= best[dst], arc_ids, len(src)), segments)
+        back[t] = src[winner]
+        score = best + emissions[t]
+    finals = score[graph._finals]
+    total = float(finals.max())
+    if not np.isfinite(total):
+        return np.zeros(0, dtype=np.int64), -np.inf
+    state = int(graph._finals[int(finals.argmax())])
+    path = np.empty(len(log_probs), dtype=np.int64)
+    for t in range(len(log_probs) - 1, -1, -1):
+        path[t] = state
+        state = int(back[t, state])
+    return graph.tokens[path], total
+
+
+@pytest.mark.parametrize("n_frames", [1, 3, 40, 160])
+def test_compiled_search_equals_the_numpy_search(n_frames: int) -> None:
+    """Same best path and score, ties included (log-probs rounded to make many)."""
+    home = load_context(REPO / "contexts" / "home.yaml", ALPHABET)
+    rng = np.random.default_rng(n_frames)
+    for rounding in (None, 0):
+        logits = rng.normal(0.0, 3.0, (n_frames, len(VOCAB)))
+        logits[:, 0] += 4.0  # blank-heavy, as CTC posteriors are
+        if rounding is not None:
+            logits = np.round(logits, rounding)
+        log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        path, score = home.graph.best_path(log_probs)
+        want_path, want_score = _reference_best_path(home.graph, log_probs)
+        assert score == want_score
+        assert np.array_equal(path, want_path)
 
 
 def test_degenerate_input() -> None:

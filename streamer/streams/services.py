@@ -108,6 +108,11 @@ def compile_contexts(
             len(next(iter(by_alphabet.values())).spec.expressions),
             time.perf_counter() - started,
         )
+    started = time.perf_counter()
+    for by_model in compiled.values():
+        next(iter(by_model.values())).graph.prepare()
+        log.info("context search compiled in %.2f s", time.perf_counter() - started)
+        break  # one compiled search serves every context
     return compiled
 
 
