@@ -15,14 +15,17 @@ Compilation happens in three steps, each standard and each small:
    The automaton carries no tags: intent and slots are read back from the best word sequence
    by matching it against the expressions (:mod:`streamer.contexts`), which is exact and keeps
    the graph free of output labels that would block the merging.
-3. **CTC graph**: each word arc becomes its characters, each followed by an optional blank (a
-   blank is required between two equal characters); the word delimiter is required between
-   words and allowed at both ends. :meth:`CtcGraph.best_path` is Viterbi over these nodes on
+3. **CTC graph**: the sentences spelt out (:func:`character_graph`: words joined by the
+   delimiter, which may also open and close a sentence) as a minimal automaton again, now with
+   one arc per character, so that word arcs share their characters; then a CTC node per
+   character arc and a blank node per state (a blank is optional between two characters and
+   required between two equal ones). :meth:`CtcGraph.best_path` is Viterbi over these nodes on
    one utterance's log-probabilities, exactly (no beam), as :mod:`streamer.wordloop` does for a
    word loop; exact scores matter here because rejection compares them with the free path's.
-   Its frame loop is compiled by numba (a frame of a few thousand nodes in numpy costs ~100 us of
-   array calls; compiled, ~8 us): the JIT runs once per process, at the first search (cached on
-   disk where the package directory is writable), and importing this module does not load numba.
+   Its frame loop is compiled by numba (a frame of home.yaml's 1,391 nodes and 4,045 arcs
+   costs ~4 us compiled; numpy array calls cost ~100 us a frame): the JIT runs once per
+   process, at the first search (cached on disk where the package directory is writable), and
+   importing this module does not load numba.
 
 Pure numpy, numba and Python; no I/O.
 """
@@ -186,6 +189,36 @@ def _minimize(moves: list[dict[str, int]], finals: set[int]) -> WordGraph:
     return WordGraph(tuple(sorted(arcs)), accepting, len(classes))
 
 
+#: The word delimiter's label in a :func:`character_graph` (no word holds a space).
+DELIMITER = " "
+
+
+def character_graph(words: WordGraph) -> WordGraph:
+    """The minimal automaton of ``words``' sentences spelt out: one arc per character.
+
+    Words are joined by :data:`DELIMITER`, which may also open and close a sentence (CTC models
+    often emit their word delimiter around speech). Spelt out, many word arcs share characters
+    (the number slots' "...ty", "...teen"), so the minimal automaton has far fewer arcs than
+    the words have characters (home.yaml: 806 against 1,778).
+    """
+    nfa = _Nfa({}, {})
+    word_end = [0, *(nfa.state() for _ in range(1, words.n_states))]  # a word state's NFA state
+    spaced = [nfa.state() for _ in range(words.n_states)]  # after its delimiter
+    nfa.empty[0].append(spaced[0])  # a sentence may start without the delimiter
+    for state in range(words.n_states):
+        nfa.words[word_end[state]].append((DELIMITER, spaced[state]))
+    for src, word, dst in words.arcs:
+        at = spaced[src]
+        for k, char in enumerate(word):
+            nxt = word_end[dst] if k == len(word) - 1 else nfa.state()
+            nfa.words[at].append((char, nxt))
+            at = nxt
+    for state in words.finals:
+        nfa.empty[word_end[state]].append(1)
+        nfa.empty[spaced[state]].append(1)
+    return _minimize(*_determinize(nfa))
+
+
 class CtcGraph:
     """The CTC search graph of a :class:`WordGraph` over one vocabulary.
 
@@ -197,40 +230,30 @@ class CtcGraph:
         self, words: WordGraph, *, char_ids: Mapping[str, int], blank_id: int, delimiter_id: int
     ) -> None:
         """Expand ``words`` into CTC nodes; ``char_ids`` must spell every word."""
-        tokens: list[int] = [blank_id]  # node 0: blank before anything
-        arcs: list[tuple[int, int]] = [(0, 0)]  # (from, to), self-loops included
-        junction: dict[int, int] = {}  # word state -> its delimiter node (its blank follows)
+        chars = character_graph(words)
+        tokens: list[int] = []
+        arcs: list[tuple[int, int]] = []  # (from, to), self-loops included
 
-        def node(token: int, *preds: int) -> int:
+        def node(token: int) -> int:
             tokens.append(token)
-            me = len(tokens) - 1
-            arcs.extend([(me, me), *((p, me) for p in preds)])
-            return me
+            arcs.append((len(tokens) - 1, len(tokens) - 1))
+            return len(tokens) - 1
 
-        for state in range(words.n_states):
-            junction[state] = node(delimiter_id)
-            node(blank_id, junction[state])
-        start_delim = junction[0]
-        arcs.append((0, start_delim))
-        initial = [0, start_delim]
-        finals: list[int] = []
-        for src, word, dst in words.arcs:
-            ids = [char_ids[ch] for ch in word]
-            delim = junction[src]
-            entries = (delim, delim + 1) + ((0,) if src == 0 else ())
-            char = node(ids[0], *entries)
-            if src == 0:
-                initial.append(char)
-            for i in range(1, len(ids)):
-                blank = node(blank_id, char)
-                preds = (blank, char) if ids[i] != ids[i - 1] else (blank,)
-                char = node(ids[i], *preds)
-            blank = node(blank_id, char)
-            ends = (char, blank)
-            arcs.extend((e, junction[dst]) for e in ends)
-            if dst in words.finals:
-                finals.extend(ends)
-        finals.extend(junction[s] + k for s in words.finals for k in (0, 1))
+        blank = [node(blank_id) for _ in range(chars.n_states)]  # per state: a blank after it
+        emit = [node(delimiter_id if c == DELIMITER else char_ids[c]) for _, c, _ in chars.arcs]
+        labelled = list(zip(chars.arcs, emit, strict=True))  # ((src, char, dst), its node)
+        arriving: dict[int, list[int]] = defaultdict(list)  # state -> nodes of arcs into it
+        for (_, _, dst), me in labelled:
+            arriving[dst].append(me)
+        for (src, _, dst), me in labelled:
+            arcs.append((blank[src], me))
+            # straight from the previous character, unless it is the same token (CTC needs a
+            # blank between two equal tokens, else they read as one)
+            arcs.extend((prev, me) for prev in arriving[src] if tokens[prev] != tokens[me])
+            arcs.append((me, blank[dst]))
+        initial = [blank[0], *(me for (src, _, _), me in labelled if src == 0)]
+        finals = [blank[f] for f in chars.finals]
+        finals += [me for (_, _, dst), me in labelled if dst in chars.finals]
         pairs = np.array(arcs, dtype=np.int64)
         order = np.argsort(pairs[:, 1], kind="stable")
         self._src = pairs[order, 0]
@@ -249,8 +272,10 @@ class CtcGraph:
         return len(self.tokens)
 
     def prepare(self) -> None:
-        """Build the compiled search now (else the first search pays it: about a second, less
-        when numba's on-disk cache has it)."""
+        """Build the compiled search now, not at the first search.
+
+        It takes about a second, less when numba's on-disk cache has it.
+        """
         self.best_path(np.zeros((1, int(self.tokens.max()) + 1)))
 
     def best_path(self, log_probs: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.int64], float]:

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from streamer.config import EngineConfig
-from streamer.context_graph import CtcGraph
+from streamer.context_graph import CtcGraph, WordGraph
 from streamer.context_syntax import Group, MacroRef, SlotRef, Word, parse_expression
 from streamer.contexts import (
     DEFAULT_MAX_GAP_PER_FRAME,
@@ -337,6 +337,64 @@ def test_compiled_search_equals_the_numpy_search(n_frames: int) -> None:
         want_path, want_score = _reference_best_path(home.graph, log_probs)
         assert score == want_score
         assert np.array_equal(path, want_path)
+
+
+def _sentences(words: WordGraph, state: int = 0) -> list[list[str]]:
+    """Every word sequence the (acyclic) word graph accepts from ``state``."""
+    out = [[]] if state in words.finals else []
+    for src, word, dst in words.arcs:
+        if src == state:
+            out += [[word, *rest] for rest in _sentences(words, dst)]
+    return out
+
+
+def _forced_score(log_probs: np.ndarray, labels: list[int]) -> float:
+    """Best CTC alignment score of exactly ``labels`` (textbook Viterbi, blank-extended labels)."""
+    ext = [0]
+    for label in labels:
+        ext += [label, 0]
+    alpha = np.full(len(ext), -np.inf)
+    alpha[:2] = log_probs[0, ext[:2]]
+    for t in range(1, len(log_probs)):
+        prev = alpha.copy()
+        for k in range(len(ext)):
+            best = prev[k]
+            if k >= 1:
+                best = max(best, prev[k - 1])
+            if k >= 2 and ext[k] != 0 and ext[k] != ext[k - 2]:
+                best = max(best, prev[k - 2])
+            alpha[k] = best + log_probs[t, ext[k]]
+    return float(max(alpha[-2:])) if len(ext) > 1 else float(alpha[-1])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_search_finds_the_best_alignment_of_any_sentence_of_the_context(seed: int) -> None:
+    """Exhaustive check: the graph's best score is the best forced alignment over every
+    sentence of the context, each with or without a delimiter before and after it, and the
+    transcript is that sentence."""
+    context = _context(
+        '    call:\n      - "@call $contacts:contact (now)"\n'
+        '    pour:\n      - "[fill, pour] (all) (the) [glass, mug]"\n',
+        "  slots:\n    contacts: [mom, dad, jeff, anna, otto]\n"
+        "  macros:\n    call: [ring, dial, call]\n",
+    )
+    index = {t: i for i, t in enumerate(VOCAB)}
+    rng = np.random.default_rng(seed)
+    n_frames = int(rng.integers(12, 40))
+    logits = rng.normal(0.0, 2.5, (n_frames, len(VOCAB)))
+    logits[:, 0] += 2.0
+    log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    best, best_text = -np.inf, ""
+    for sentence in _sentences(context.words):
+        labels = [index[c] for c in "|".join(sentence)]
+        for framed in (labels, [2, *labels], [*labels, 2], [2, *labels, 2]):
+            score = _forced_score(log_probs, framed)
+            if score > best:
+                best, best_text = score, " ".join(sentence)
+    _, score = context.graph.best_path(log_probs)
+    assert score == pytest.approx(best, rel=1e-12, abs=1e-12)
+    if np.isfinite(best):
+        assert context.understand(log_probs, max_gap_per_frame=1e9).transcript == best_text
 
 
 def test_degenerate_input() -> None:
