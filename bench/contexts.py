@@ -24,6 +24,14 @@ Usage: ``.venv/bin/python bench/contexts.py [--per-voice 30] [--ooc 100] [--seed
   (all out-of-context clips, all SNRs) is at most ``--fa-target``.
 - **CPU**: thread CPU time per utterance of the encoder (one onnxruntime thread) and of the
   context search, and the compile time of home.yaml and of a generated 100-expression context.
+- ``--whisper``: in the same run, the speech-to-text-then-NLU pipeline on the test half at the
+  SNRs of ``--whisper-snr`` (default clean and 9 dB): Whisper base (``bench/real_voices.py``'s
+  faster-whisper setup: int8, 1 thread, beam 5, English, hash-checked payload from ``make
+  baselines``) transcribes the same mixed audio, its text is normalised as ``real_voices.py``
+  scores Whisper (numerals in words, "%" read "percent", punctuation dropped) and
+  :meth:`Context.parse` reads the intent and slots from it: a command is accepted when the
+  parse is right, out-of-context speech falsely accepted when it parses at all (a transcript
+  has no score to reject on). CPU: process time per clip.
 
 Prints Markdown tables (the figures in bench/RESULTS.md come from it).
 """
@@ -32,11 +40,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import random
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +63,9 @@ from streamer.contexts import Alphabet, Context, compile_context, load_context  
 from streamer.engine.encoder import Encoder  # noqa: E402
 from streamer_training.evaluate import load_audio  # noqa: E402
 from streamer_training.synth import Voice, synthesize  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from real_voices import normalise, whisper_dirs, whisper_transcriber  # noqa: E402
 
 RATE_HZ = 16000
 SNRS_DB = (None, 24, 21, 18, 15, 12, 9, 6)  # None: clean
@@ -213,6 +227,9 @@ def hundred_expression_context() -> str:
 
 
 Row = tuple[int, "float | None", float, bool, float, float]
+WhisperRow = tuple[int, "float | None", bool, bool, float]
+#: Whisper base's audio -> text, and the SNRs (None: clean) it runs at.
+Whisper = tuple[Callable[[np.ndarray], str], "set[int | None]"]
 
 
 def _pct(n_d: tuple[int, int]) -> str:
@@ -282,13 +299,26 @@ def report(rows: list[Row], clips: list[Clip], *, fa_target: float) -> float:
 
 
 def measure(
-    encoder: Encoder, home: Context, clips: list[Clip], pool: list[np.ndarray], rng: random.Random
-) -> list[Row]:
-    """Every clip at every SNR: (clip index, SNR, gap, right parse, encoder s, search s)."""
+    encoder: Encoder,
+    home: Context,
+    clips: list[Clip],
+    pool: list[np.ndarray],
+    rng: random.Random,
+    whisper: Whisper | None = None,
+) -> tuple[list[Row], list[WhisperRow]]:
+    """Every clip at every SNR: (clip index, SNR, gap, right parse, encoder s, search s); and
+    Whisper's (clip index, SNR, right parse, parsed at all, CPU s) where ``whisper`` runs."""
     rows: list[Row] = []
+    whisper_rows: list[WhisperRow] = []
     for i, clip in enumerate(clips):
         for snr in SNRS_DB:
             audio = mix(clip.audio, snr, pool, rng)
+            if whisper is not None and clip.split == "test" and snr in whisper[1]:
+                cpu0 = time.process_time()
+                parsed = home.parse(whisper_text(whisper[0](audio)))
+                cpu = time.process_time() - cpu0
+                right = clip.intent is not None and parsed == (clip.intent, clip.slots)
+                whisper_rows.append((i, snr, right, parsed is not None, cpu))
             t0 = time.thread_time()
             logits = encoder.run(audio)["logits"][0]
             t1 = time.thread_time()
@@ -301,7 +331,62 @@ def measure(
             rows.append((i, snr, found.gap_per_frame, right, t1 - t0, t2 - t1))
         if i % 50 == 0:
             print(f"{i}/{len(clips)}", file=sys.stderr)
-    return rows
+    return rows, whisper_rows
+
+
+def whisper_text(text: str) -> str:
+    """A Whisper transcript in the context's words (see the module docstring)."""
+    return " ".join(normalise(text.replace("%", " percent ").replace("°", " degrees ")))
+
+
+def load_whisper(tmp: Path) -> Callable[[np.ndarray], str] | None:
+    """Whisper base as ``bench/real_voices.py`` runs it, or None (one line says why)."""
+    if importlib.util.find_spec("faster_whisper") is None:
+        print("Whisper comparison skipped: faster-whisper is not installed (make baselines).")
+        return None
+    for name, folder, why in whisper_dirs(tmp):
+        if name == "base":
+            if folder is None:
+                print(f"Whisper comparison skipped: {why}.")
+                return None
+            return whisper_transcriber(folder, beam=5)
+    return None
+
+
+def whisper_report(rows: list[Row], whisper_rows: list[WhisperRow], clips: list[Clip], t: float):
+    """The daemon (at threshold ``t``) and Whisper base + the context, on the same test clips."""
+    snrs = sorted({r[1] for r in whisper_rows}, key=lambda x: (x is not None, -(x or 0)))
+    names = ["clean" if x is None else f"{x} dB" for x in snrs]
+    print("\n| test half, same clips | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(snrs))
+    lines: list[tuple[str, Callable[[object], tuple[int, int]]]] = [
+        ("command acceptance, context search", lambda x: accepted(rows, clips, "test", t, x)),
+        ("command acceptance, Whisper base + context", lambda x: _count(whisper_rows, clips, x)),
+        (
+            "false acceptance, context search",
+            lambda x: false_accepted(rows, clips, "test", t, snr=x),
+        ),
+        (
+            "false acceptance, Whisper base + context",
+            lambda x: _count(whisper_rows, clips, x, oc=1),
+        ),
+    ]
+    for label, pick in lines:
+        print(f"| {label} | " + " | ".join(_pct(pick(snr)) for snr in snrs) + " |")
+    ours = statistics.mean(
+        r[4] + r[5] for r in rows if clips[r[0]].split == "test" and r[1] in snrs
+    )
+    theirs = statistics.mean(r[4] for r in whisper_rows)
+    print(
+        f"\nCPU per clip: encoder + context search {ours * 1000:.1f} ms (thread time), "
+        f"Whisper base {theirs * 1000:.0f} ms (process time)"
+    )
+
+
+def _count(whisper_rows: list[WhisperRow], clips: list[Clip], snr: object, *, oc: int = 0):
+    """Whisper's (right parses, in-context clips) or, ``oc``, (any parse, out-of-context clips)."""
+    sel = [r for r in whisper_rows if r[1] == snr and (clips[r[0]].intent is None) == bool(oc)]
+    return sum(r[3] if oc else r[2] for r in sel), len(sel)
 
 
 def main() -> int:
@@ -311,6 +396,14 @@ def main() -> int:
     parser.add_argument("--fa-target", type=float, default=0.01, help="validation FA at most")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--whisper", action="store_true", help="compare with Whisper base")
+    parser.add_argument(
+        "--whisper-snr",
+        type=lambda v: None if v == "clean" else int(v),
+        nargs="+",
+        default=[None, 9],
+        help="SNRs it runs at: dB or clean (default: clean 9)",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     encoder = Encoder.load(
@@ -329,8 +422,15 @@ def main() -> int:
     pool = noise_pool()
     clips = build_clips(home, args, rng)
     print(f"{len(clips)} clips, {len(pool)} noise recordings", file=sys.stderr)
-    rows = measure(encoder, home, clips, pool, rng)
+    with tempfile.TemporaryDirectory() as tmp:
+        whisper = load_whisper(Path(tmp)) if args.whisper else None
+        snrs = set(args.whisper_snr)
+        rows, whisper_rows = measure(
+            encoder, home, clips, pool, rng, (whisper, snrs) if whisper else None
+        )
     threshold = report(rows, clips, fa_target=args.fa_target)
+    if whisper_rows:
+        whisper_report(rows, whisper_rows, clips, threshold)
     print(
         f"\ncompile: home.yaml {compile_home_s * 1000:.0f} ms; "
         f"generated 100-expression context {compile_100_s * 1000:.0f} ms"

@@ -329,8 +329,8 @@ def whisper_dirs(tmp: Path) -> Iterator[tuple[str, Path | None, str]]:
         yield "base", folder, ""
 
 
-def whisper_system(model_dir: Path, *, beam: int) -> System:
-    """faster-whisper on the CPU: int8, 1 thread, English, beam ``beam``."""
+def whisper_transcriber(model_dir: Path, *, beam: int) -> Callable[[Audio], str]:
+    """faster-whisper on the CPU: int8, 1 thread, English, beam ``beam``: audio -> text."""
     from faster_whisper import WhisperModel
 
     model = WhisperModel(
@@ -347,6 +347,13 @@ def whisper_system(model_dir: Path, *, beam: int) -> System:
             without_timestamps=True,
         )
         return " ".join(s.text.strip() for s in segments).strip()
+
+    return text_of
+
+
+def whisper_system(model_dir: Path, *, beam: int) -> System:
+    """:func:`whisper_transcriber` over records."""
+    text_of = whisper_transcriber(model_dir, beam=beam)
 
     def run(records: list[Record]) -> list[Result]:
         text_of(load_audio(records[0].path))  # warm-up
