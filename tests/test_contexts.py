@@ -222,6 +222,19 @@ def test_shipped_contexts_compile_against_the_demo_bundle() -> None:
         {"degrees": "seventy two"},
     )
     assert home.parse("switch the bedroom lamp off") == ("lightsOff", {"room": "bedroom"})
+    alarm = load_context(REPO / "contexts" / "alarm.yaml", alphabet)
+    assert alarm.parse("set an alarm for six thirty am tomorrow") == (
+        "setAlarm",
+        {"time": "six thirty", "period": "am", "day": "tomorrow"},
+    )
+    assert alarm.parse("do i have any alarms for tomorrow morning") == (
+        "queryAlarms",
+        {"day": "tomorrow morning"},
+    )
+    assert alarm.parse("get rid of my eight am alarm") == (
+        "removeAlarm",
+        {"time": "eight", "period": "am"},
+    )
     assert coffee.parse("can i have a medium double shot americano") == (
         "orderBeverage",
         {"size": "medium", "numberOfShots": "double shot", "beverage": "americano"},
