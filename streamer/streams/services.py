@@ -109,10 +109,9 @@ def compile_contexts(
             time.perf_counter() - started,
         )
     started = time.perf_counter()
-    for by_model in compiled.values():
-        next(iter(by_model.values())).graph.prepare()
-        log.info("context search compiled in %.2f s", time.perf_counter() - started)
-        break  # one compiled search serves every context
+    first = next(iter(next(iter(compiled.values())).values()))
+    first.graph.prepare()  # one compiled search serves every context
+    log.info("context search compiled in %.2f s", time.perf_counter() - started)
     return compiled
 
 
