@@ -1,8 +1,10 @@
 """Contexts on unseen voices in noise: command acceptance, false acceptance, CPU, compile time.
 
-Usage: ``.venv/bin/python bench/contexts.py [--per-voice 30] [--ooc 100] [--seed 3]``
+Usage: ``.venv/bin/python bench/contexts.py [--per-voice 30] [--ooc 100] [--seed 3]
+[--context contexts/home.yaml] [--exclude-scenario NAME ...] [--whisper] [--json OUT]``
 
-- **In-context speech**: sentences drawn at random from ``contexts/home.yaml`` (a random path
+- **In-context speech**: sentences drawn at random from the context (``--context``, default
+  ``contexts/home.yaml``; a random path
   through a random expression, slot values at random), their truth being what
   :meth:`Context.parse` reads from the text (intent and every slot), spoken by espeak-ng voices
   that neither the training data nor the model card's held-out set used
@@ -11,7 +13,8 @@ Usage: ``.venv/bin/python bench/contexts.py [--per-voice 30] [--ooc 100] [--seed
   No second Piper voice is installed here (the ``train`` extra's en_US-joe-medium is a training
   voice), so no Piper voice is tested.
 - **Out-of-context speech**: SLURP sentences (``datasets/slurp_text``, spoken by the same split
-  voices), LibriSpeech utterances and wake words (``datasets/librispeech_sentences``,
+  voices; those the context parses, and those of the ``--exclude-scenario`` scenarios, left
+  out), LibriSpeech utterances and wake words (``datasets/librispeech_sentences``,
   ``datasets/wake_words``: real speech, split in halves for validation and test).
 - **Noise**: every clip clean and at 24..6 dB SNR in 3 dB steps: a random excerpt of the clip's
   length from the noise pool (``audio/nonspeech_*``, ``speech_commands/_silence_``), scaled so
@@ -175,9 +178,13 @@ def mix(speech: np.ndarray, snr_db: float | None, pool: list[np.ndarray], rng: r
 def build_clips(home: Context, args: argparse.Namespace, rng: random.Random) -> list[Clip]:
     """The in-context and out-of-context clips, each tagged with its split."""
     clips: list[Clip] = []
-    slurp = [json.loads(line)["sentence"] for line in (SHARED / "datasets/slurp_text/devel.jsonl")
-             .read_text().splitlines()]  # fmt: skip
-    slurp = [s for s in slurp if home.parse(s) is None]
+    slurp_rows = [json.loads(line) for line in (SHARED / "datasets/slurp_text/devel.jsonl")
+                  .read_text().splitlines()]  # fmt: skip
+    slurp = [
+        r["sentence"]
+        for r in slurp_rows
+        if r["scenario"] not in args.exclude_scenario and home.parse(r["sentence"]) is None
+    ]
     rng.shuffle(slurp)
     per_voice_ooc = max(1, args.ooc // len(VALIDATION_VOICES + TEST_VOICES))
     for split, voices in (("val", VALIDATION_VOICES), ("test", TEST_VOICES)):
@@ -186,7 +193,7 @@ def build_clips(home: Context, args: argparse.Namespace, rng: random.Random) -> 
                 parsed = home.parse(text)
                 assert parsed is not None, text
                 audio = synthesize(text, _voice(name, rng))
-                clips.append(Clip(audio, split, f"home:{name}", parsed[0], parsed[1]))
+                clips.append(Clip(audio, split, f"{home.name}:{name}", parsed[0], parsed[1]))
             for _ in range(per_voice_ooc):
                 audio = synthesize(slurp.pop(), _voice(name, rng))
                 clips.append(Clip(audio, split, "slurp"))
@@ -268,7 +275,7 @@ def false_accepted(
     return sum(r[2] <= t for r in sel), len(sel)
 
 
-def report(rows: list[Row], clips: list[Clip], *, fa_target: float) -> float:
+def report(rows: list[Row], clips: list[Clip], *, fa_target: float, name: str) -> float:
     """Choose the threshold on validation, print the tables; return the threshold."""
     fa = {t: false_accepted(rows, clips, "val", t) for t in GRID}
     ok = [t for t in GRID if fa[t][0] <= fa_target * fa[t][1]]
@@ -292,8 +299,8 @@ def report(rows: list[Row], clips: list[Clip], *, fa_target: float) -> float:
     search = [r[5] * 1000 for r in rows]
     print("\n| CPU per utterance (thread time, 1 thread) | mean ms | median ms |")
     print("|---|---:|---:|")
-    for name, ms in (("encoder (commands-ctc int8)", enc), ("context search (home)", search)):
-        print(f"| {name} | {statistics.mean(ms):.1f} | {statistics.median(ms):.1f} |")
+    for label, ms in (("encoder (commands-ctc)", enc), (f"context search ({name})", search)):
+        print(f"| {label} | {statistics.mean(ms):.1f} | {statistics.median(ms):.1f} |")
     print(f"\ncontext search / encoder CPU, all utterances: {sum(search) / sum(enc):.1%}")
     return t
 
@@ -397,6 +404,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
     parser.add_argument("--whisper", action="store_true", help="compare with Whisper base")
+    parser.add_argument("--context", type=Path, default=ROOT / "contexts/home.yaml")
+    parser.add_argument(
+        "--exclude-scenario",
+        nargs="+",
+        default=[],
+        help="SLURP scenarios left out of the out-of-context sentences",
+    )
     parser.add_argument(
         "--whisper-snr",
         type=lambda v: None if v == "clean" else int(v),
@@ -413,7 +427,7 @@ def main() -> int:
     )
     alphabet = Alphabet.of(encoder.manifest)
     started = time.perf_counter()
-    home = load_context(ROOT / "contexts/home.yaml", alphabet)
+    home = load_context(args.context, alphabet)
     compile_home_s = time.perf_counter() - started
     started = time.perf_counter()
     compile_context(hundred_expression_context(), alphabet, source="generated")
@@ -428,11 +442,11 @@ def main() -> int:
         rows, whisper_rows = measure(
             encoder, home, clips, pool, rng, (whisper, snrs) if whisper else None
         )
-    threshold = report(rows, clips, fa_target=args.fa_target)
+    threshold = report(rows, clips, fa_target=args.fa_target, name=home.name)
     if whisper_rows:
         whisper_report(rows, whisper_rows, clips, threshold)
     print(
-        f"\ncompile: home.yaml {compile_home_s * 1000:.0f} ms; "
+        f"\ncompile: {args.context.name} {compile_home_s * 1000:.0f} ms; "
         f"generated 100-expression context {compile_100_s * 1000:.0f} ms"
     )
     if args.json:
