@@ -146,7 +146,7 @@ def test_noise_only_clips_give_at_most_the_known_utterance(scores: dict[str, Any
 
 
 @pytest.mark.xfail(
-    reason="_silence_/2224.flac (bursts at -25 dBFS) is cut as an utterance and read as 'four'",
+    reason="_silence_/2224.flac (bursts at -25 dBFS) is cut as an utterance (read as a word)",
     strict=True,
 )
 def test_noise_only_clips_give_no_utterance(scores: dict[str, Any]) -> None:
