@@ -21,8 +21,10 @@ Usage: ``.venv/bin/python bench/contexts.py [--per-voice 30] [--ooc 100] [--seed
   that the loudest 2048-sample frame of speech over the loudest of the noise gives the SNR, the
   mix then peak-normalised to 0.5.
 - **Decision**: exactly the daemon's (``streamer.contexts.Context.understand`` on the
-  ``commands-ctc`` logits). A command is accepted when it is understood with the right intent and
-  every slot right; out-of-context speech is falsely accepted when it is understood at all.
+  ``commands-ctc`` logits, with ``--blank-penalty``, default the daemon's
+  ``decoder.context_blank_penalty``). A command is accepted when it is understood with the right
+  intent and every slot right; out-of-context speech is falsely accepted when it is understood
+  at all.
 - **Threshold**: the largest ``max_gap_per_frame`` on a grid whose validation false acceptance
   (all out-of-context clips, all SNRs) is at most ``--fa-target``.
 - **CPU**: thread CPU time per utterance of the encoder (one onnxruntime thread) and of the
@@ -62,7 +64,13 @@ sys.path.insert(0, str(ROOT))
 
 from streamer.config import EngineConfig  # noqa: E402
 from streamer.context_syntax import Group, MacroRef, Phrase, SlotRef, Term, Word  # noqa: E402
-from streamer.contexts import Alphabet, Context, compile_context, load_context  # noqa: E402
+from streamer.contexts import (  # noqa: E402
+    DEFAULT_BLANK_PENALTY,
+    Alphabet,
+    Context,
+    compile_context,
+    load_context,
+)
 from streamer.engine.encoder import Encoder  # noqa: E402
 from streamer_training.evaluate import load_audio  # noqa: E402
 from streamer_training.synth import Voice, synthesize  # noqa: E402
@@ -312,6 +320,8 @@ def measure(
     pool: list[np.ndarray],
     rng: random.Random,
     whisper: Whisper | None = None,
+    *,
+    blank_penalty: float = DEFAULT_BLANK_PENALTY,
 ) -> tuple[list[Row], list[WhisperRow]]:
     """Every clip at every SNR: (clip index, SNR, gap, right parse, encoder s, search s); and
     Whisper's (clip index, SNR, right parse, parsed at all, CPU s) where ``whisper`` runs."""
@@ -329,7 +339,9 @@ def measure(
             t0 = time.thread_time()
             logits = encoder.run(audio)["logits"][0]
             t1 = time.thread_time()
-            found = home.understand(logits, max_gap_per_frame=float("inf"))
+            found = home.understand(
+                logits, max_gap_per_frame=float("inf"), blank_penalty=blank_penalty
+            )
             t2 = time.thread_time()
             right = clip.intent is not None and (found.intent, dict(found.slots)) == (
                 clip.intent,
@@ -406,6 +418,12 @@ def main() -> int:
     parser.add_argument("--whisper", action="store_true", help="compare with Whisper base")
     parser.add_argument("--context", type=Path, default=ROOT / "contexts/home.yaml")
     parser.add_argument(
+        "--blank-penalty",
+        type=float,
+        default=DEFAULT_BLANK_PENALTY,
+        help="nats off the blank before the context reads (decoder.context_blank_penalty)",
+    )
+    parser.add_argument(
         "--exclude-scenario",
         nargs="+",
         default=[],
@@ -440,7 +458,13 @@ def main() -> int:
         whisper = load_whisper(Path(tmp)) if args.whisper else None
         snrs = set(args.whisper_snr)
         rows, whisper_rows = measure(
-            encoder, home, clips, pool, rng, (whisper, snrs) if whisper else None
+            encoder,
+            home,
+            clips,
+            pool,
+            rng,
+            (whisper, snrs) if whisper else None,
+            blank_penalty=args.blank_penalty,
         )
     threshold = report(rows, clips, fa_target=args.fa_target, name=home.name)
     if whisper_rows:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamer.contexts import DEFAULT_MAX_GAP_PER_FRAME
+from streamer.contexts import DEFAULT_BLANK_PENALTY, DEFAULT_MAX_GAP_PER_FRAME
 from streamer.errors import ConfigError
 from streamer.partials import PartialsConfig
 from streamer.segmenter_config import SegmenterConfig
@@ -165,12 +165,18 @@ class DecoderConfig:
     """A context rejects an utterance (``understood: false``) when its best in-context path scores
     this many nats per emitting frame below the free path (chosen on validation voices:
     bench/contexts.py)."""
+    context_blank_penalty: float = DEFAULT_BLANK_PENALTY
+    """Nats taken off the blank's log-probability in every frame before a context reads an
+    utterance, so that characters the model is unsure of are spelt rather than dropped (chosen
+    on validation voices: bench/contexts.py)."""
 
     def __post_init__(self) -> None:
         if not self.grammar_max_gap_per_frame >= 0:
             raise ConfigError("decoder.grammar_max_gap_per_frame must be >= 0")
         if not self.context_max_gap_per_frame >= 0:
             raise ConfigError("decoder.context_max_gap_per_frame must be >= 0")
+        if not 0 <= self.context_blank_penalty <= 20:
+            raise ConfigError("decoder.context_blank_penalty must be within 0-20")
         if not 0.0 <= self.abstain_below <= 1.0:
             raise ConfigError("decoder.abstain_below must be within 0-1")
         positive(self, "n_best")

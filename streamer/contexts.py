@@ -56,6 +56,7 @@ from streamer.outputs import checked, log_softmax
 from streamer.wordloop import unspellable
 
 __all__ = [
+    "DEFAULT_BLANK_PENALTY",
     "DEFAULT_MAX_GAP_PER_FRAME",
     "Alphabet",
     "Context",
@@ -65,10 +66,13 @@ __all__ = [
     "load_context",
 ]
 
-DEFAULT_MAX_GAP_PER_FRAME: Final = 0.8
+DEFAULT_MAX_GAP_PER_FRAME: Final = 1.0
 """Rejection threshold (nats per emitting frame), chosen on validation voices by
 bench/contexts.py (validation false acceptance at most 1%); see
 ``decoder.context_max_gap_per_frame``."""
+DEFAULT_BLANK_PENALTY: Final = 2.5
+"""Nats taken off the blank's log-probability in every frame before a context reads it; see
+``decoder.context_blank_penalty``."""
 
 
 @dataclass(frozen=True)
@@ -186,17 +190,23 @@ class Context:
         log_probs: npt.ArrayLike,
         *,
         max_gap_per_frame: float = DEFAULT_MAX_GAP_PER_FRAME,
+        blank_penalty: float = DEFAULT_BLANK_PENALTY,
     ) -> Understanding:
         """Understand one utterance from its CTC output [frames, vocab].
 
         Args:
             log_probs: the utterance's CTC log-probabilities (or logits: they are normalised).
             max_gap_per_frame: the largest gap (nats per emitting frame) still understood.
+            blank_penalty: nats taken off the blank's log-probability in every frame, for the
+                context's path and the free path alike (the free transcript is read so too):
+                a model that drops characters it is unsure of is nudged to spell them.
 
         Raises:
             ModelError: the shape, dtype or values are wrong.
         """
         x = log_softmax(checked(log_probs, "ctc log-probs", (None, len(self.alphabet.vocab))))
+        if blank_penalty:
+            x[:, self.alphabet.blank_id] -= blank_penalty
         free = x.argmax(axis=1) if len(x) else np.zeros(0, dtype=np.int64)
         free_text = self._read(free)
         path, score = self.graph.best_path(x)

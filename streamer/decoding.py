@@ -23,7 +23,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from streamer.contexts import DEFAULT_MAX_GAP_PER_FRAME, Context, Understanding
+from streamer.contexts import (
+    DEFAULT_BLANK_PENALTY,
+    DEFAULT_MAX_GAP_PER_FRAME,
+    Context,
+    Understanding,
+)
 from streamer.ctc import CtcBeamDecoder, CtcGreedyDecoder, CtcKind, build_search
 from streamer.errors import ModelError
 from streamer.heads import IntentDecoder, decode_embedding, decode_value
@@ -261,6 +266,7 @@ def decode_utterance(
     want_embedding: bool = False,
     context: Mapping[str, Context] | None = None,
     max_gap_per_frame: float = DEFAULT_MAX_GAP_PER_FRAME,
+    blank_penalty: float = DEFAULT_BLANK_PENALTY,
 ) -> Decoded:
     """Decode one utterance's outputs of every bundle a stream runs, and merge the results.
 
@@ -286,6 +292,7 @@ def decode_utterance(
         context: the stream's context compiled per ctc model (model name -> Context); None or
             empty: no context.
         max_gap_per_frame: a context's rejection threshold (nats per emitting frame).
+        blank_penalty: nats off the blank's log-probability before a context reads the frames.
 
     Raises:
         ModelError: a model has no decoder, or an output is missing or malformed.
@@ -318,7 +325,9 @@ def decode_utterance(
             )
             if context and understood is None and name in context:
                 understanding = context[name].understand(
-                    take(found, "logits"), max_gap_per_frame=max_gap_per_frame
+                    take(found, "logits"),
+                    max_gap_per_frame=max_gap_per_frame,
+                    blank_penalty=blank_penalty,
                 )
                 understood = context_intent(understanding, context[name].name)
     decoded = Decoded(intent=understood or matched)

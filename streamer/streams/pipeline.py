@@ -295,6 +295,7 @@ class StreamPipeline:
                 want_embedding=self.want_embedding,
                 context=self.context,
                 max_gap_per_frame=decoder.context_max_gap_per_frame,
+                blank_penalty=decoder.context_blank_penalty,
             )
 
         decode_start = time.perf_counter()
