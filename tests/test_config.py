@@ -39,6 +39,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ("[server]\nmax_connections = 0\n", "server.max_connections must be positive"),
         ("[engine]\nprovider = 'tpu'\n", "engine.provider"),
         ("[decoder]\nabstain_below = 2.0\n", "abstain_below"),
+        ("[decoder]\ncontext_blank_penalty = -1.0\n", "decoder.context_blank_penalty"),
         ("server = 1\n", "must be a [table]"),
         ("[server\n", "config file"),
     ],

@@ -296,6 +296,23 @@ def test_a_misspelt_in_context_utterance_is_corrected() -> None:
     assert 0.0 < result.confidence < 1.0
 
 
+def test_a_blank_penalty_spells_the_characters_the_model_is_unsure_of() -> None:
+    """A character just below the blank in its frames is dropped by the free path unless the
+    blank is penalised; with the penalty the free path spells it and the gap closes."""
+    context = compile_context(CONTACTS, ALPHABET)
+    log_probs = _posteriors("dial jane")
+    n = VOCAB.index("n")
+    unsure = log_probs.argmax(axis=1) == n
+    log_probs[unsure, n], log_probs[unsure, 0] = np.log(0.4), np.log(0.5)
+    plain = context.understand(log_probs, blank_penalty=0.0)
+    nudged = context.understand(log_probs, blank_penalty=2.5)
+    assert plain.free_transcript == "dial jae"
+    assert nudged.free_transcript == "dial jane"
+    assert nudged.transcript == plain.transcript == "dial jane"
+    assert nudged.gap_per_frame < plain.gap_per_frame
+    assert nudged.confidence == 1.0
+
+
 def test_out_of_context_posteriors_are_rejected() -> None:
     """Speech that no expression covers is not understood; the free transcript is kept."""
     context = compile_context(CONTACTS, ALPHABET)
