@@ -46,7 +46,7 @@ from streamer.engine.bundles import resolve_models  # noqa: E402
 from streamer.streams.pipeline import StreamPipeline, stream_segmenter_config  # noqa: E402
 from streamer.streams.sources import read_audio_file  # noqa: E402
 from streamer.tools.bench_partials import (  # noqa: E402
-    same_word,
+    first_appearances,
     stable_before_final,
     stable_contradictions,
     stream_audio,
@@ -84,24 +84,6 @@ async def replay(services: Any, audio: np.ndarray, rate_hz: int) -> list[tuple[f
     return events
 
 
-def first_appearances(events: list[tuple[float, dict]]) -> list[float]:
-    """Delays (ms, stream time) from a final word's end to the first partial holding it."""
-    partials: dict[str, list[tuple[float, list[dict]]]] = {}
-    for t, e in events:
-        if e["type"] == "partial":
-            partials.setdefault(e["utterance_id"], []).append((t, e.get("words") or []))
-    delays = []
-    for _, final in events:
-        if final["type"] != "utterance" or not final.get("transcript"):
-            continue
-        for word in final["transcript"]["words"]:
-            heard = partials.get(final["utterance_id"], [])
-            first = next((t for t, ws in heard if any(same_word(word, w) for w in ws)), None)
-            if first is not None:
-                delays.append(first * 1000.0 - word["end_ms"])
-    return delays
-
-
 async def run_rule(
     rule: dict[str, float], audio: list[np.ndarray], rate_hz: int, models: dict[str, Path]
 ) -> dict[str, Any]:
@@ -118,12 +100,8 @@ async def run_rule(
             n, bad = stable_contradictions(events)
             n_stable, n_bad = n_stable + n, n_bad + len(bad)
             n_first += stable_before_final(events)
-            n_words += sum(
-                len(e["transcript"]["words"])
-                for _, e in events
-                if e["type"] == "utterance" and e.get("transcript")
-            )
-            delays += first_appearances(events)
+            found, words = first_appearances(events, lambda ms: ms / 1000.0)  # times: audio fed
+            delays, n_words = delays + found, n_words + words
     finally:
         services.runner.close()
     return {

@@ -248,7 +248,7 @@ def test_first_appearance_runs_from_sending_the_word_end_to_the_first_partial_wi
     ]
     report = StreamReport(stream="s", file="f")
     stream = LiveStream(report, events, [1600, 3200, 4800, 6400], [10.0, 10.1, 10.2, 10.3], 16000)
-    delays, n_words = first_appearances(stream)
+    delays, n_words = first_appearances(stream.events, stream.sent_time)
     assert delays == pytest.approx([150.0, 150.0])  # turn: sent 10.1, seen 10.25; on: 10.2, 10.35
     assert n_words == 3
     assert stable_before_final(events) == 1  # "turn" only: "on" was never stable, "off" is u9's

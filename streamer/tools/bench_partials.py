@@ -20,7 +20,7 @@ import bisect
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,24 +229,27 @@ def stable_before_final(events: Timed) -> int:
     )
 
 
-def first_appearances(stream: LiveStream) -> tuple[list[float], int]:
+def first_appearances(
+    events: Timed, sent_time: Callable[[float], float]
+) -> tuple[list[float], int]:
     """Delays (ms) from a final word's end being sent to the first partial holding it.
 
-    Returns the delays of the final words some partial of the same utterance held, and the
-    number of final words in all.
+    ``sent_time``: stream time (ms) -> when the audio holding it was sent, on the clock of the
+    events' times (:meth:`LiveStream.sent_time`). Returns the delays of the final words some
+    partial of the same utterance held, and the number of final words in all.
     """
     partials: dict[str, list[tuple[float, list[Event]]]] = {}
-    for t, e in _of(stream.events, "partial"):
+    for t, e in _of(events, "partial"):
         partials.setdefault(e["utterance_id"], []).append((t, e.get("words") or []))
     delays: list[float] = []
     n_words = 0
-    for _, final in _of(stream.events, "utterance"):
+    for _, final in _of(events, "utterance"):
         for word in _words(final):
             n_words += 1
             heard = partials.get(final["utterance_id"], [])
             first = next((t for t, ws in heard if any(same_word(word, w) for w in ws)), None)
             if first is not None:
-                delays.append((first - stream.sent_time(word["end_ms"])) * 1000.0)
+                delays.append((first - sent_time(word["end_ms"])) * 1000.0)
     return delays, n_words
 
 
@@ -319,7 +322,7 @@ def measure(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[str, An
     leads = [lead for a, b in zip(off, on, strict=True) for lead in eager_leads_over_today(a, b)]
     for s in on:
         n, bad = stable_contradictions(s.events)
-        d, w = first_appearances(s)
+        d, w = first_appearances(s.events, s.sent_time)
         n_stable, n_words = n_stable + n, n_words + w
         contradicted += bad
         n_stable_first += stable_before_final(s.events)
