@@ -32,7 +32,7 @@ Pure numpy, numba and Python; no I/O.
 
 from __future__ import annotations
 
-import threading
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -297,24 +297,18 @@ class CtcGraph:
         return out, float(total)
 
 
-_KERNEL: list[Callable[..., tuple[npt.NDArray[np.int64], float]]] = []
-_KERNEL_LOCK = threading.Lock()
-
-
+@functools.cache
 def _viterbi() -> Callable[..., tuple[npt.NDArray[np.int64], float]]:
     """The compiled Viterbi search (numba imported and the kernel built at the first call)."""
-    if not _KERNEL:
-        with _KERNEL_LOCK:
-            if not _KERNEL:
-                import numba  # half a second to import: only once a context runs
+    import numba  # half a second to import: only once a context runs
 
-                njit = cast(Any, numba).njit
-                try:
-                    kernel = njit(cache=True, nogil=True)(_viterbi_frames)
-                except RuntimeError:  # no writable cache location: compile in every process
-                    kernel = njit(cache=False, nogil=True)(_viterbi_frames)
-                _KERNEL.append(kernel)
-    return _KERNEL[0]
+    njit = cast(Any, numba).njit
+    try:
+        kernel: Callable[..., tuple[npt.NDArray[np.int64], float]]
+        kernel = njit(cache=True, nogil=True)(_viterbi_frames)
+    except RuntimeError:  # no writable cache location: compile in every process
+        kernel = njit(cache=False, nogil=True)(_viterbi_frames)
+    return kernel
 
 
 def _viterbi_frames(
