@@ -209,8 +209,12 @@ class LearnedVad:
 
     @property
     def thresholds(self) -> VadThresholds:
-        """Defaults chosen on the tuning part of bench/segmentation.py."""
-        return VadThresholds(start=0.5, keep=0.5, edge=0.3)
+        """Defaults chosen on the tuning part of bench/segmentation.py (bench/RESULTS.md).
+
+        High on purpose: the score falls slowly after speech ends, so a keep threshold of 0.5
+        held utterances open through noise (late ends, merged utterances).
+        """
+        return VadThresholds(start=0.8, keep=0.75, edge=0.7)
 
     def score(self, frame: npt.NDArray[np.float32]) -> float:
         """Return the next frame's speech probability."""

@@ -431,8 +431,8 @@ def test_silero_backend_finds_the_same_single_utterance() -> None:
 
 DATASETS = AUDIO.parent / "datasets"
 LEARNED = SegmenterConfig(vad="learned")
-#: Measured 0.698 on stream_00 (bench/RESULTS.md: 0.676 over the three streams).
-LEARNED_STREAM_F1_FLOOR = 0.65
+#: Measured 0.884 on stream_00 (bench/RESULTS.md: 0.848 over the three streams).
+LEARNED_STREAM_F1_FLOOR = 0.85
 
 
 def test_learned_detector_meets_its_floor_on_a_scoring_stream() -> None:
@@ -447,20 +447,20 @@ def test_learned_detector_meets_its_floor_on_a_scoring_stream() -> None:
 
 def test_learned_detector_cuts_trimmed_words_of_unseen_speakers_once() -> None:
     """FSDD jackson (a scoring speaker), every tenth clip: trimmed digits give one utterance
-    (47 of 50 measured; the target is 99%, see issue notes)."""
+    (43 of 50 measured; the target is 99%, see issue notes)."""
     clips = sorted((DATASETS / "fsdd").glob("*_jackson_*.wav"))[::10]
     assert len(clips) == 50, f"shared FSDD clips missing under {DATASETS / 'fsdd'}"
     counts = [len(utterances(run(load_audio(clip), LEARNED, chunk=320))) for clip in clips]
-    assert counts.count(1) >= 45, f"{counts.count(0)} none, {sum(c > 1 for c in counts)} several"
+    assert counts.count(1) >= 41, f"{counts.count(0)} none, {sum(c > 1 for c in counts)} several"
 
 
 def test_learned_detector_stays_silent_on_noise_only_clips() -> None:
     """Speech Commands noise clips of the bench's scoring parity (sha1 of the file name): at
-    most the 2 utterances measured (the target is none)."""
+    most the 1 utterance measured (the target is none)."""
     rows = [r["file"] for r in manifest("speech_commands") if r["kind"] == "noise"]
     files = [f for f in rows if not tuning_key(f)]
     assert len(files) > 100, "shared Speech Commands noise clips missing"
     found = [
         f for f in files if utterances(run(load_audio(DATASETS / "speech_commands" / f), LEARNED))
     ]
-    assert len(found) <= 2, found
+    assert len(found) <= 1, found
