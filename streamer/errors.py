@@ -35,9 +35,13 @@ class ProtocolError(StreamerError):
     Attributes:
         code: the stable machine-readable error code sent to the client.
         close_code: the WebSocket close code to use if the connection must close, else None.
+        field: for ``bad_field``, the client message's field at fault (``"want"``), when known.
     """
 
-    def __init__(self, code: str, message: str, *, close_code: int | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, *, close_code: int | None = None, field: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.close_code = close_code
+        self.field = field

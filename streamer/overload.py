@@ -135,4 +135,5 @@ def check_endpointing(base: SegmenterConfig, endpointing: Mapping[str, float]) -
             proto.BAD_FIELD,
             f"endpointing.max_utterance_s may not exceed the server's {base.max_utterance_s:g}",
             close_code=proto.CLOSE_INVALID_DATA,
+            field="endpointing",
         )

@@ -99,11 +99,13 @@ def is_name(value: str) -> bool:
     return NAME_RE.fullmatch(value) is not None and value not in (".", "..")
 
 
-def _check_name(value: str, what: str, *, allow_star: bool = False) -> None:
+def _check_name(value: str, what: str, field: str, *, allow_star: bool = False) -> None:
     if allow_star and value == "*":
         return
     if not is_name(value):
-        raise protocol_error(BAD_FIELD, f"{what} {quote(value)} must be 1-64 of [A-Za-z0-9_.-]")
+        raise protocol_error(
+            BAD_FIELD, f"{what} {quote(value)} must be 1-64 of [A-Za-z0-9_.-]", field=field
+        )
 
 
 # ---------------------------------------------------------------- client -> server
@@ -132,22 +134,30 @@ class Start(WireMessage):
             AudioFormat(self.sample_rate, self.encoding, self.channels)
         except AudioFormatError as exc:
             raise protocol_error(UNSUPPORTED_FORMAT, str(exc)) from None
-        _check_name(self.stream, "stream")
+        _check_name(self.stream, "stream", "stream")
         if self.context is not None:
-            _check_name(self.context, "context")
+            _check_name(self.context, "context", "context")
         for name in self.models:
-            _check_name(name, "model")
+            _check_name(name, "model", "models")
         for key, value in self.endpointing.items():
             if key not in ENDPOINTING_KNOBS:
-                raise protocol_error(BAD_FIELD, f"unknown endpointing knob {quote(key)}")
+                raise protocol_error(
+                    BAD_FIELD, f"unknown endpointing knob {quote(key)}", field="endpointing"
+                )
             low, high = ENDPOINTING_KNOBS[key]
             if not low <= value <= high or (key == "vad_mode" and value != int(value)):
-                raise protocol_error(BAD_FIELD, f"endpointing.{key} must be in [{low}, {high}]")
+                raise protocol_error(
+                    BAD_FIELD, f"endpointing.{key} must be in [{low}, {high}]", field="endpointing"
+                )
         for extra in self.want:
             if extra not in EXTRAS:
-                raise protocol_error(BAD_FIELD, f"unknown extra {quote(extra)} in want")
-        if len(set(self.models)) < len(self.models) or len(set(self.want)) < len(self.want):
-            raise protocol_error(BAD_FIELD, "models and want must not repeat a name")
+                raise protocol_error(
+                    BAD_FIELD, f"unknown extra {quote(extra)} in want", field="want"
+                )
+        if len(set(self.models)) < len(self.models):
+            raise protocol_error(BAD_FIELD, "models must not repeat a name", field="models")
+        if len(set(self.want)) < len(self.want):
+            raise protocol_error(BAD_FIELD, "want must not repeat a name", field="want")
 
     @property
     def audio_format(self) -> AudioFormat:
@@ -188,10 +198,12 @@ class Subscribe(WireMessage):
         if len(self.streams) > MAX_LIST_LEN or len(self.events) > MAX_LIST_LEN:
             raise protocol_error(BAD_FIELD, f"at most {MAX_LIST_LEN} streams and events")
         for name in self.streams:
-            _check_name(name, "stream", allow_star=True)
+            _check_name(name, "stream", "streams", allow_star=True)
         for event in self.events:
             if event != "*" and event not in SUBSCRIBABLE:
-                raise protocol_error(BAD_FIELD, f"cannot subscribe to event type {quote(event)}")
+                raise protocol_error(
+                    BAD_FIELD, f"cannot subscribe to event type {quote(event)}", field="events"
+                )
 
 
 ClientMessage = Start | Flush | End | Subscribe
@@ -342,11 +354,14 @@ class Error(WireMessage):
     message: str
     stream: str | None = None
     utterance_id: str | None = None
+    field: str | None = None
+    """For ``bad_field``: the field of the client's message at fault, when the server knows it
+    (match on this, not on ``message``)."""
 
     @classmethod
     def from_exception(cls, exc: ProtocolError, *, stream: str | None = None) -> Error:
         """Return the error event that reports ``exc``."""
-        return cls(code=exc.code, message=str(exc), stream=stream)
+        return cls(code=exc.code, message=str(exc), stream=stream, field=exc.field)
 
 
 LiveEvent = Partial | Eager | Resumed

@@ -66,9 +66,18 @@ MAX_CLOSE_REASON_BYTES: Final = 123
 MAX_QUOTE_CHARS: Final = 40
 
 
-def protocol_error(code: str, message: str) -> ProtocolError:
-    """Return the :class:`ProtocolError` of ``code``, with its close code from the table."""
-    return ProtocolError(code, message, close_code=CLOSE_CODES[code])
+def protocol_error(code: str, message: str, *, field: str | None = None) -> ProtocolError:
+    """Return the :class:`ProtocolError` of ``code``, with its close code from the table.
+
+    ``field``: the client message's field at fault, sent with the error (``bad_field``).
+    """
+    return ProtocolError(code, message, close_code=CLOSE_CODES[code], field=field)
+
+
+def top_field(path: str) -> str | None:
+    """The message's own field a :func:`build` path is in: ``"start.want[0]"`` -> ``"want"``."""
+    parts = path.split(".", 2)
+    return parts[1].split("[", 1)[0] if len(parts) > 1 else None
 
 
 def quote(value: object) -> str:
@@ -182,13 +191,19 @@ def build(cls: Any, obj: dict[str, Any], path: str, *, strict: bool) -> object:
         required = {name: name not in cls._field_defaults for name in cls._fields}
     unknown = set(obj) - set(required) - {"type"}
     if strict and unknown:
-        raise protocol_error(BAD_FIELD, f"{path}: unknown field {quote(min(unknown))}")
+        raise protocol_error(
+            BAD_FIELD,
+            f"{path}: unknown field {quote(min(unknown))}",
+            field=top_field(path) or min(unknown),
+        )
     kwargs = {}
     for name, needed in required.items():
         if name in obj:
             kwargs[name] = _convert(hints[name], obj[name], f"{path}.{name}", strict=strict)
         elif needed:
-            raise protocol_error(BAD_FIELD, f"{path}: missing field {name!r}")
+            raise protocol_error(
+                BAD_FIELD, f"{path}: missing field {name!r}", field=top_field(path) or name
+            )
     return cls(**kwargs)
 
 
@@ -217,7 +232,11 @@ def _convert(tp: Any, value: object, path: str, *, strict: bool) -> object:
             return value
     elif isinstance(value, tp):  # str or bool
         return value
-    raise protocol_error(BAD_FIELD, f"{path} must be {_TYPE_NAMES.get(origin or tp, 'an object')}")
+    raise protocol_error(
+        BAD_FIELD,
+        f"{path} must be {_TYPE_NAMES.get(origin or tp, 'an object')}",
+        field=top_field(path),
+    )
 
 
 _TYPE_NAMES: Final[dict[Any, str]] = {

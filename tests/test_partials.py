@@ -479,6 +479,7 @@ async def test_live_events_over_websocket_reach_only_who_asked() -> None:
     assert partials[0]["type"] == "partial"
     assert partials[0]["stream"] == "kitchen"
     assert refused[-1]["code"] == "bad_field"
+    assert refused[-1]["field"] == "want"  # what the captions page matches on
     assert "ctc" in refused[-1]["message"]
 
 

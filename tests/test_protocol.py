@@ -255,6 +255,36 @@ def test_bad_messages_get_stable_codes(raw: str | bytes, code: str, close: int) 
     assert _code(raw) == (code, close)
 
 
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ('{"type":"flush","now":true}', "now"),
+        ('{"type":"start"}', "sample_rate"),
+        (_start(sample_rate=16000.0), "sample_rate"),
+        (_start(stream="a/b"), "stream"),
+        (_start(models=["../etc"]), "models"),
+        (_start(models=["a", "a"]), "models"),
+        (_start(endpointing={"hangover": 1}), "endpointing"),
+        (_start(endpointing={"vad_mode": 1.5}), "endpointing"),
+        (_start(want=["partials"]), "want"),
+        (_start(want=["embedding", "embedding"]), "want"),
+        (_start(want=[1]), "want"),
+        (_start(context="../x"), "context"),
+        ('{"type":"subscribe","streams":["*"],"events":["audio"]}', "events"),
+        ('{"type":"subscribe","streams":[1]}', "streams"),
+    ],
+)
+def test_bad_field_errors_name_the_field(raw: str, field: str) -> None:
+    """A ``bad_field`` error names the client message's field at fault, and the error event
+    carries it, so a client can match on it instead of on the message text."""
+    got = _attempt(p.decode_client_text, raw)
+    assert isinstance(got, ProtocolError)
+    assert (got.code, got.field) == ("bad_field", field)
+    event = json.loads(p.Error.from_exception(got).encode())
+    assert event["field"] == field
+    assert "field" not in json.loads(p.Error(code="internal", message="x").encode())
+
+
 def test_too_large_text_is_rejected_by_byte_count() -> None:
     """The size limit counts UTF-8 bytes, for both str and bytes input."""
     small = '{"type":"end"}'

@@ -163,7 +163,7 @@ class Ingest:
     async def _fail(self, exc: ProtocolError) -> None:
         stream = self.pipeline.stream if self.pipeline is not None else None
         self.services.client_errors.report(log, f"connection {self.ws.id}", exc.code, str(exc))
-        self._send(proto.Error(code=exc.code, message=str(exc), stream=stream))
+        self._send(proto.Error.from_exception(exc, stream=stream))
         self.services.metrics.error(exc.code)
         await self._flush_outbox()
         await close_discarding(self.ws, exc.close_code or proto.CLOSE_POLICY, exc.code)
@@ -216,6 +216,7 @@ def check_partial(services: Services, want: Iterable[str], models: Iterable[str]
             proto.BAD_FIELD,
             "want partial needs a ctc model among the stream's models",
             close_code=proto.CLOSE_INVALID_DATA,
+            field="want",
         )
 
 
@@ -235,6 +236,7 @@ def stream_context(services: Services, name: str | None, models: Iterable[str]) 
             proto.BAD_FIELD,
             f"no context named {quote(chosen)} (known: {known})",
             close_code=proto.CLOSE_INVALID_DATA,
+            field="context",
         )
     if not any(m in services.contexts[chosen] for m in models):
         if name is None:
@@ -243,6 +245,7 @@ def stream_context(services: Services, name: str | None, models: Iterable[str]) 
             proto.BAD_FIELD,
             f"context {quote(chosen)} needs a ctc model in the stream's models",
             close_code=proto.CLOSE_INVALID_DATA,
+            field="context",
         )
     return chosen
 
@@ -263,7 +266,10 @@ def segmenter_config(
         return stream_segmenter_config(services, models, values)
     except StreamerError as exc:
         raise ProtocolError(
-            proto.BAD_FIELD, f"endpointing: {exc}", close_code=proto.CLOSE_INVALID_DATA
+            proto.BAD_FIELD,
+            f"endpointing: {exc}",
+            close_code=proto.CLOSE_INVALID_DATA,
+            field="endpointing",
         ) from None
 
 

@@ -159,7 +159,7 @@ class Subscription:
     async def _fail(self, exc: ProtocolError) -> None:
         self.services.client_errors.report(log, f"connection {self.ws.id}", exc.code, str(exc))
         self.services.metrics.error(exc.code)
-        await self.ws.send(proto.Error(code=exc.code, message=str(exc)).encode())
+        await self.ws.send(proto.Error.from_exception(exc).encode())
         await close_discarding(self.ws, exc.close_code or proto.CLOSE_POLICY, exc.code)
 
     def _waker(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:

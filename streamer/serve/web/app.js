@@ -256,7 +256,7 @@ function onEvent(ev) {
 
 /** Whether ``ev`` refuses this stream's ``want: ["partial"]`` (none of its models is a ctc model). */
 function refusedPartial(ev) {
-  return wantPartial && !conn.live && ev.code === "bad_field" && /\bpartial\b/.test(ev.message || "");
+  return wantPartial && !conn.live && ev.code === "bad_field" && ev.field === "want";
 }
 
 // ---------------------------------------------------------------- captions
