@@ -138,8 +138,8 @@ async def test_the_daemon_serves_with_the_learned_detector_and_says_so(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known limit: after speech the network's state latches in quiet coloured room noise, "
-    "so it bridges a lecture's pauses into one 30 s forced cut (VAD_CARD.md, bench/RESULTS.md)",
+    reason="known limit: its training labels a sentence's inner pauses as speech, so after speech "
+    "it bridges a lecture's pauses into one 30 s forced cut (VAD_CARD.md, bench/RESULTS.md)",
 )
 def test_a_lecture_pause_ends_the_utterance() -> None:
     """A recorded lecture (60 s, pauses of up to 2.2 s): no utterance is ended by
