@@ -136,19 +136,26 @@ async def test_the_daemon_serves_with_the_learned_detector_and_says_so(
     assert finals[0]["transcript"]["text"] == "seven"
 
 
+class BridgedPauseError(AssertionError):
+    """The known limit below (a subclass, so the expected failure is this one and no other)."""
+
+
 @pytest.mark.xfail(
     strict=True,
+    raises=BridgedPauseError,
     reason="known limit: its training labels a sentence's inner pauses as speech, so after speech "
     "it bridges a lecture's pauses into one 30 s forced cut (VAD_CARD.md, bench/RESULTS.md)",
 )
 def test_a_lecture_pause_ends_the_utterance() -> None:
     """A recorded lecture (60 s, pauses of up to 2.2 s): no utterance is ended by
-    ``max_utterance_s``, none is longer than 20 s (webrtc: 8 utterances, the longest 18.6 s)."""
+    ``max_utterance_s``, none is longer than 20 s (webrtc: 8 utterances, the longest 18.6 s).
+    A missing file fails the test (only :class:`BridgedPauseError` is the expected failure)."""
     path = AUDIO / "long_lecture_silero_test.wav"
     assert path.exists(), f"shared speech material missing: {path}"
     x, rate = sf.read(path, dtype="float32")
     assert rate == 16_000
     seg = Segmenter(SegmenterConfig(vad="learned"))
     utts = [e for e in seg.feed(x) + seg.flush() if isinstance(e, UtteranceReady)]
-    assert not any(u.forced_cut for u in utts)
-    assert max(u.speech_end_sample - u.speech_start_sample for u in utts) < 20 * 16_000
+    longest = max(u.speech_end_sample - u.speech_start_sample for u in utts) / 16_000
+    if any(u.forced_cut for u in utts) or longest >= 20:
+        raise BridgedPauseError(f"{len(utts)} utterances, the longest {longest:.1f} s")
