@@ -171,6 +171,35 @@ def _active_power(x: npt.NDArray[np.float64]) -> float:
 SOURCE_WEIGHTS = {"an4": 0.35, "sc": 0.2, "libri": 0.2, "wake": 0.1, "fsdd": 0.15}
 
 
+#: A pause inside an utterance at least this long (s) and this far under its peak (dB) is
+#: labelled non-speech. Without it the whole extent was speech, and the network learnt that
+#: quiet after speech is still speech: it bridged a lecture's pauses into 30 s utterances.
+PAUSE_MIN_S = 0.6
+PAUSE_DB = 35.0
+
+
+def inner_pauses(seg: npt.NDArray[np.float64], lab: Audio) -> Audio:
+    """``lab`` (per-sample 0/1) with the long pauses of ``seg`` set to 0.
+
+    10 ms frames smoothed over 3; a pause is a run of frames ``PAUSE_DB`` under the loudest for
+    at least ``PAUSE_MIN_S``; its first and last 50 ms stay speech (fades, releases).
+    """
+    frames = seg[: seg.size // 160 * 160].reshape(-1, 160)
+    e = 10 * np.log10((frames**2).mean(axis=1) + 1e-12)
+    e = np.convolve(e, np.ones(3) / 3, mode="same")
+    quiet = e < e.max() - PAUSE_DB
+    out = lab.copy()
+    run = 0
+    for i, q in enumerate(np.append(quiet, False)):
+        if q:
+            run += 1
+            continue
+        if run >= PAUSE_MIN_S * 100:
+            out[(i - run + 5) * 160 : (i - 5) * 160] = 0
+        run = 0
+    return out
+
+
 def make_example(pools: Pools, rng: np.random.Generator) -> tuple[Audio, Audio]:
     """One ``EXAMPLE_S`` mixture and its per-sample speech truth (0/1)."""
     n = int(EXAMPLE_S * RATE)
@@ -197,6 +226,7 @@ def make_example(pools: Pools, rng: np.random.Generator) -> tuple[Audio, Audio]:
             lab = np.zeros(seg.size, np.float32)
             lab[a:b] = 1
         seg *= np.sqrt(10 ** ((level_db + rng.uniform(-3, 3)) / 10) / _active_power(seg[lab > 0]))
+        lab = inner_pauses(seg, lab)
         if first and mode < 0.4 and rng.random() < 0.5:  # start inside the utterance
             cut = int(rng.integers(seg.size // 2 + 1))
             seg, lab = seg[cut:], lab[cut:]
