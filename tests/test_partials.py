@@ -189,6 +189,7 @@ def _frames(scores: Sequence[float]) -> npt.NDArray[np.float32]:
 
 
 _SEG = SegmenterConfig(
+    vad="webrtc",
     frame_ms=20,
     min_speech_ms=60,
     min_silence_ms=200,
@@ -512,7 +513,9 @@ async def test_eager_withdrawn_when_speech_resumes_and_ends_in_one_chunk() -> No
     services = _services()
     names = tuple(services.runner.encoders)
     events: list[proto.ServerEvent] = []
-    cfg = dataclasses.replace(stream_segmenter_config(services, names, {}), frame_ms=20)
+    cfg = dataclasses.replace(
+        stream_segmenter_config(services, names, {}), vad="webrtc", frame_ms=20
+    )
     pipe = StreamPipeline(
         services,
         stream="s",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,52 @@ def test_a_trimmed_clip_starting_inside_speech_gives_its_utterance() -> None:
         events = seg.feed(samples) + seg.flush()
         found += sum(isinstance(e, UtteranceReady) for e in events) == 1
     assert found >= 19
+
+
+def _opened(x: np.ndarray) -> int:
+    seg = Segmenter(SegmenterConfig(vad="learned"))
+    return sum(isinstance(e, UtteranceReady) for e in seg.feed(x) + seg.flush())
+
+
+def _quiet(seconds: float) -> np.ndarray:
+    rng = np.random.default_rng(4)
+    return (rng.standard_normal(round(seconds * 16_000)) * 10 ** (-70 / 20)).astype(np.float32)
+
+
+def _sweep_then_quiet() -> np.ndarray:
+    """A tone sweeping 200 Hz to 4 kHz in 1 s at -20 dBFS opening a stream, then 2 s quiet."""
+    t = np.arange(16_000) / 16_000
+    sweep = 0.1 * np.sin(2 * np.pi * (200 * t + 3800 * t**2 / 2))
+    return np.concatenate([sweep.astype(np.float32), _quiet(2.0)])
+
+
+def _rumble_then_quiet() -> np.ndarray:
+    """1.5 s of a real low-frequency noise recording opening a stream, then 2 s quiet."""
+    path = AUDIO / "nonspeech_noise3.wav"
+    assert path.exists(), f"shared speech material missing: {path}"
+    rumble, _ = sf.read(path, dtype="float32")
+    return np.concatenate([rumble[:24_000], _quiet(2.0)])
+
+
+@pytest.mark.parametrize("make", [_sweep_then_quiet, _rumble_then_quiet])
+def test_a_tone_or_rumble_opening_a_stream_starts_nothing(
+    make: Callable[[], np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shape gate: with no floor yet, the network alone calls these speech (checked below
+    with the gate off), the gate keeps them from starting an utterance."""
+    x = make()
+    assert _opened(x) == 0
+    monkeypatch.setattr("streamer.vad_learned.GATE_BANDS", 0)
+    monkeypatch.setattr("streamer.vad_learned.GATE_LOW_DB", 200.0)
+    assert _opened(x) == 1, "without the gate the network opens an utterance here"
+
+
+def test_the_gate_lets_a_sentence_start_after_a_tone() -> None:
+    speech, _ = sf.read(AUDIO / "sent_harvard_spk1_snt1.wav", dtype="float32")
+    x = np.concatenate([_sweep_then_quiet(), speech, np.zeros(16_000, np.float32)])
+    seg = Segmenter(SegmenterConfig(vad="learned"))
+    (utt,) = [e for e in seg.feed(x) + seg.flush() if isinstance(e, UtteranceReady)]
+    assert 3 * 16_000 - 480 * 10 <= utt.speech_start_sample <= 3 * 16_000 + 16_000 // 2
 
 
 def test_other_frame_sizes_and_bad_files_raise_config_error(tmp_path: Path) -> None:
