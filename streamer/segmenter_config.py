@@ -23,7 +23,8 @@ class SegmenterConfig:
     """
 
     frame_ms: int = 30
-    """VAD frame length in ms: 10, 20 or 30 (what webrtcvad accepts)."""
+    """VAD frame length in ms: 30, or 10 or 20 with ``vad = "webrtc"`` (the learned detector
+    scores 30 ms frames only)."""
     vad: str = "learned"
     """Frame detector: ``"learned"`` (webrtcvad + log-mel through a small GRU,
     :mod:`streamer.vad_learned`; 30 ms frames only), ``"webrtc"`` (webrtcvad + noise floor;
