@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -97,8 +97,8 @@ class Segmenter:
     every ``UtteranceReady`` directly follows its ``SpeechStarted``. A started utterance is
     dropped (no ``UtteranceReady``; counted in :attr:`dropped`) when its audio is shorter than
     ``min_utterance_samples``, or when it is the continuation of a forced cut and no speech
-    followed. :meth:`flush` ends the current utterance now (client ``flush``/``end``); a
-    partial frame stays buffered. Memory is bounded: at most ``pre_roll_ms`` plus the longer of
+    followed. :meth:`flush` ends the current utterance now (client ``flush``/``end``); audio
+    that reaches the end then keeps the partial frame, which stays buffered. Memory is bounded: at most ``pre_roll_ms`` plus the longer of
     ``max_utterance_s`` and ``edge_extension_ms + min_speech_ms``, plus one frame.
     """
 
@@ -249,6 +249,9 @@ class Segmenter:
         events: list[SegmenterEvent] = []
         if self._speaking:
             self._close(self._n_frames, forced=False, events=events)
+        ready = [e for e in events if isinstance(e, UtteranceReady)]
+        if ready and ready[0].audio_end_sample == self._n_frames * self.frame_samples:
+            events = [replace(ready[0], audio=np.concatenate((ready[0].audio, self._pending)))]
         return events
 
     def hear_lead_in(self, samples: npt.NDArray[np.float32]) -> SpeechStarted | None:

@@ -369,6 +369,20 @@ def test_flush_ends_the_open_utterance_now() -> None:
     assert seg.flush() == []
 
 
+def test_a_flush_inside_a_word_keeps_the_samples_after_the_last_whole_frame() -> None:
+    """A stream that ends inside speech: the utterance's audio runs to its very last sample
+    (the partial frame too), as a trimmed clip needs; the clock still counts every sample."""
+    x = np.concatenate([noise(0.5, -65), speech("sent_harvard_spk1_snt1.wav")])
+    x = x[: int(1.5 * RATE) + 77]
+    seg = Segmenter()
+    seg.feed(x[:1000])
+    seg.feed(x[1000:])
+    (ready,) = seg.flush()
+    assert isinstance(ready, UtteranceReady)
+    assert ready.audio_end_sample == seg.samples_seen == x.size
+    np.testing.assert_array_equal(ready.audio, x[ready.audio_start_sample :])
+
+
 def test_frame_observer_sees_every_frame_in_order() -> None:
     """on_frame gets one (start sample, score) per frame, in stream order."""
     seen: list[tuple[int, float]] = []
