@@ -97,9 +97,9 @@ class Segmenter:
     every ``UtteranceReady`` directly follows its ``SpeechStarted``. A started utterance is
     dropped (no ``UtteranceReady``; counted in :attr:`dropped`) when its audio is shorter than
     ``min_utterance_samples``, or when it is the continuation of a forced cut and no speech
-    followed. :meth:`flush` ends the current utterance now (client ``flush``/``end``); audio
-    that reaches the end then keeps the partial frame, which stays buffered. Memory is bounded: at most ``pre_roll_ms`` plus the longer of
-    ``max_utterance_s`` and ``edge_extension_ms + min_speech_ms``, plus one frame.
+    followed. :meth:`flush` ends the current utterance now (client ``flush``/``end``). Memory is
+    bounded: at most ``pre_roll_ms`` plus the longer of ``max_utterance_s`` and
+    ``edge_extension_ms + min_speech_ms``, plus one frame.
     """
 
     def __init__(
@@ -245,7 +245,7 @@ class Segmenter:
         return events
 
     def flush(self) -> list[SegmenterEvent]:
-        """End the current utterance now; return its ``UtteranceReady`` (if not dropped)."""
+        """End the open utterance now (with the partial frame, if its audio reaches it)."""
         events: list[SegmenterEvent] = []
         if self._speaking:
             self._close(self._n_frames, forced=False, events=events)
