@@ -14,6 +14,9 @@ what a caption can show without flicker (LocalAgreement-n, n = ``agree``, 3 by d
   least ``stable_min_chars`` characters: one-character words (spelled letters) wait for the
   final, and so do the words after them (on validation speakers the whole-utterance decoding
   read 12.9% of the letters three windows agreed on differently, against 1.5% of longer words);
+  with ``agree_whole_window`` the windows must also read alike every later word the oldest of
+  them heard end before its guard: where a window's reading of a stretch still changes, the
+  model is unsure of it (speech it never learnt), and a word agreed before it waits too;
 * a stable word is never changed or withdrawn: later hypotheses only ever add stable words;
 * hypotheses are aligned by time: a window starts before the last stable word ends (so the model
   hears context), and its words whose middle lies before that end are the stable words heard
@@ -54,6 +57,9 @@ class PartialsConfig:
     """A word is made stable only if its confidence is at least this in each of them."""
     stable_min_chars: int = 2
     """A word shorter than this (characters) is never made stable: it waits for the final."""
+    agree_whole_window: bool = True
+    """Words become stable only when the agreeing windows also agree on every later word the
+    oldest of them heard end before its guard (letters included); false: on the words alone."""
     engine_share: float = 0.3
     """Share of the engine's time (all workers) partial runs may take, over ``share_window_s``;
     past it a partial run is skipped. Partial runs never start while an utterance waits."""
@@ -94,7 +100,13 @@ class StableWords:
     """The stable prefix of one utterance's partial hypotheses (LocalAgreement-n, see module)."""
 
     def __init__(
-        self, *, guard_ms: float, agree: int = 2, min_confidence: float = 0.0, min_chars: int = 1
+        self,
+        *,
+        guard_ms: float,
+        agree: int = 2,
+        min_confidence: float = 0.0,
+        min_chars: int = 1,
+        whole_window: bool = False,
     ) -> None:
         """Start an utterance with no stable word; the knobs: see :class:`PartialsConfig`."""
         if agree < 2:
@@ -103,6 +115,7 @@ class StableWords:
         self.agree = agree
         self.min_confidence = min_confidence
         self.min_chars = min_chars
+        self.whole_window = whole_window
         self.stable: list[Word] = []
         self.revision = 0
         self._history: list[tuple[list[Word], float]] = []  # the last hypotheses, window ends
@@ -134,6 +147,8 @@ class StableWords:
             )
         ):
             n += 1
+        if n and self.whole_window and not _agree_to_guard(hypotheses):
+            n = 0
         self.stable.extend(fresh[:n])
         self.revision += 1
         return (*(_flagged(w, True) for w in self.stable), *(_flagged(w, False) for w in fresh[n:]))
@@ -143,6 +158,13 @@ class StableWords:
         if end is None:
             return list(words)
         return [w for w in words if (w.start_ms + w.end_ms) / 2 > end]
+
+
+def _agree_to_guard(hypotheses: Sequence[tuple[list[Word], float]]) -> bool:
+    """Every hypothesis reads the words the oldest heard end before its limit the same way."""
+    oldest, limit = hypotheses[0]
+    settled = [w.word for w in oldest if w.end_ms <= limit]
+    return all([w.word for w in ws[: len(settled)]] == settled for ws, _ in hypotheses)
 
 
 def _flagged(word: Word, stable: bool) -> PartialWord:

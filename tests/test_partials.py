@@ -90,6 +90,29 @@ def test_short_words_wait_for_the_final_and_so_do_the_words_after_them() -> None
     assert [w.word for w in words.update(hyp, window_end_ms=2000) if w.stable] == ["erase"]
 
 
+def test_windows_that_differ_later_on_make_nothing_stable_when_so_configured() -> None:
+    """Two windows agree on "cat" but read what follows differently: the model is unsure of
+    this stretch, so "cat" waits (whole-window agreement); the words-alone rule takes it."""
+    first = [_word("cat", 0, 300), _word("make", 400, 700), _word("it", 800, 900)]
+    second = [_word("cat", 0, 300), _word("o", 400, 450), _word("it", 800, 900)]
+    whole = StableWords(guard_ms=0, agree=2, min_chars=2, whole_window=True)
+    words_alone = StableWords(guard_ms=0, agree=2, min_chars=2)
+    for rule in (whole, words_alone):
+        rule.update(first, window_end_ms=1000)
+    assert not any(w.stable for w in whole.update(second, window_end_ms=1500))
+    assert [w.word for w in words_alone.update(second, window_end_ms=1500) if w.stable] == ["cat"]
+    # once the windows read the stretch alike, it is stable; a word only the newest window
+    # heard ("now") need not agree yet
+    whole.update(first, window_end_ms=1500)
+    out = whole.update([*first, _word("now", 1300, 1500)], window_end_ms=2000)
+    assert [(w.word, w.stable) for w in out] == [
+        ("cat", True),
+        ("make", True),
+        ("it", True),
+        ("now", False),
+    ]
+
+
 def test_a_window_that_rereads_stable_words_does_not_repeat_them() -> None:
     words = StableWords(guard_ms=0)
     words.update([_word("one", 0, 300), _word("two", 400, 700)], window_end_ms=2000)
@@ -149,14 +172,14 @@ def _hypotheses(draw: st.DrawFn) -> list[tuple[list[Word], float]]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(_hypotheses(), st.sampled_from([0.0, 300.0]), st.sampled_from([2, 3]))
+@given(_hypotheses(), st.sampled_from([0.0, 300.0]), st.sampled_from([2, 3]), st.booleans())
 def test_stable_words_only_ever_grow(
-    hyps: list[tuple[list[Word], float]], guard: float, agree: int
+    hyps: list[tuple[list[Word], float]], guard: float, agree: int, whole_window: bool
 ) -> None:
     """Property: whatever the hypotheses, a stable word is never changed nor withdrawn, each
     partial's stable words start with the previous partial's, and no stable word ends within the
     guard of the window that made it stable."""
-    words = StableWords(guard_ms=guard, agree=agree)
+    words = StableWords(guard_ms=guard, agree=agree, whole_window=whole_window)
     before: list[tuple[str, float, float]] = []
     for hyp, now in hyps:
         out = words.update(hyp, window_end_ms=now)

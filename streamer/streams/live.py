@@ -116,6 +116,7 @@ class LiveResults:
             agree=self.config.agree,
             min_confidence=self.config.stable_confidence,
             min_chars=self.config.stable_min_chars,
+            whole_window=self.config.agree_whole_window,
         )
         self._next_partial = start_sample + self._samples(self.config.interval_ms)
 
