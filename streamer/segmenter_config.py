@@ -32,7 +32,7 @@ class SegmenterConfig:
     vad_mode: int = 3
     """webrtc: webrtcvad aggressiveness 0-3; 3 fires least on noise, the band-SNR gate does the
     rest (the learned detector always reads mode 3, its training input)."""
-    pre_roll_ms: int = 300
+    pre_roll_ms: int = 500
     """Audio kept before the speech start (ms, rounded up to whole frames)."""
     post_roll_ms: int = 200
     """Audio kept after the speech end (ms, whole frames; at most what has been heard)."""

@@ -52,13 +52,25 @@ class SecurityConfig:
         if self.token is not None:
             check_token(self.token, "security.token")
         for origin in parse_origins(self.origins):
-            parts = urlsplit(origin)
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            try:
+                parts = urlsplit(origin)
+                valid = parts.scheme in ("http", "https") and bool(parts.netloc) and not parts.path
+            except ValueError:  # e.g. an unclosed "[" of an IPv6 host
+                valid = False
+            if not valid:
                 raise ConfigError(
                     f"security.origins: {origin!r} is not an origin like https://host[:port]"
                 )
         if self.keyfile is not None and self.certfile is None:
             raise ConfigError("security.keyfile needs security.certfile")
+
+
+def _scheme(url: str) -> str | None:
+    """The URL's scheme, None when it does not parse (an unclosed IPv6 bracket)."""
+    try:
+        return urlsplit(url).scheme
+    except ValueError:
+        return None
 
 
 def check_token(token: str, what: str) -> None:
@@ -134,7 +146,7 @@ class BusConfig:
     """Events one ``since`` replay sends at most; an older gap is reported as ``dropped``."""
 
     def __post_init__(self) -> None:
-        if self.url is not None and urlsplit(self.url).scheme not in ("redis", "rediss"):
+        if self.url is not None and _scheme(self.url) not in ("redis", "rediss"):
             raise ConfigError(f"bus.url must be redis://HOST:PORT[/DB], got {self.url!r}")
         positive(self, "max_events", "lease_ms", "timeout_s", "block_ms", "reconnect_max_s")
         positive(self, "replay_max_events")

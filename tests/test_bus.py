@@ -93,6 +93,8 @@ def test_backoff_and_redaction() -> None:
 def test_bus_url_is_checked() -> None:
     with pytest.raises(ConfigError, match=r"bus\.url"):
         config(bus={"url": "http://127.0.0.1:6379"})
+    with pytest.raises(ConfigError, match=r"bus\.url"):  # urllib itself refuses this one
+        config(bus={"url": "redis://[::1:6379"})
 
 
 @pytest.mark.parametrize("retention_s", [-1.0, float("nan"), float("inf")])

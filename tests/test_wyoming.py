@@ -299,7 +299,9 @@ async def test_drain_answers_the_request_in_progress(wyoming: Wyoming, speech: n
     assert got[got.index("transcript") :] == ["transcript", "transcript-stop", "intent"]
 
 
-@pytest.mark.parametrize("uri", ["udp://x:1", "tcp://host", "tcp://:10300", "tcp://h:99999"])
+@pytest.mark.parametrize(
+    "uri", ["udp://x:1", "tcp://host", "tcp://:10300", "tcp://h:99999", "tcp://[::1:10300"]
+)
 def test_parse_uri_rejects(uri: str) -> None:
     """Only tcp://HOST:PORT is accepted."""
     with pytest.raises(ConfigError):

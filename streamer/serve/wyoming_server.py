@@ -27,11 +27,11 @@ def parse_uri(uri: str) -> tuple[str, int]:
     Raises:
         ConfigError: not a tcp:// URI with a host and a port.
     """
-    parsed = urlparse(uri)
     try:
+        parsed = urlparse(uri)
         port = parsed.port
-    except ValueError:
-        port = None
+    except ValueError:  # an unclosed IPv6 bracket, a port out of range
+        raise ConfigError(f"--wyoming needs tcp://HOST:PORT, got {uri!r}") from None
     if parsed.scheme != "tcp" or not parsed.hostname or port is None:
         raise ConfigError(f"--wyoming needs tcp://HOST:PORT, got {uri!r}")
     return parsed.hostname, port
