@@ -6,16 +6,16 @@ Usage: ``.venv/bin/python bench/intents_zero_shot.py [--part validation|test] [-
 
 Choose on validation, then report test once at the validation threshold::
 
-    bench/intents_zero_shot.py --part validation      # writes data/embed/intents_thresholds.json
-    bench/intents_zero_shot.py --part test --threshold-from data/embed/intents_thresholds.json
+    bench/intents_zero_shot.py --part validation      # writes data/demo/intents_thresholds.json
+    bench/intents_zero_shot.py --part test --threshold-from data/demo/intents_thresholds.json
 
-- **Clips**: ``data/embed/embed_{validation,test}.npz`` (:mod:`streamer_training.embed_data`):
+- **Clips**: ``data/demo/embed_{validation,test}.npz`` (:mod:`streamer_training.embed_data`):
   held-out CLINC150 and SLURP intents (whole intents no training run saw), spoken by held-out
   espeak-ng variants (validation and test voices disjoint), and CLINC's out-of-scope sentences
   (``clinc:oos``). Three groups: ``clinc`` and ``slurp`` (in scope) and ``oos``; ``--limit N``
   keeps at most N clips of each, chosen by a seeded hash (``--seed``). Every system reads
   exactly the same clips.
-- **Intents**: the part's intents of ``data/embed/embed_intents.json``, each defined by its 5
+- **Intents**: the part's intents of ``data/demo/embed_intents.json``, each defined by its 5
   example sentences (text only, never spoken), CLINC and SLURP in one intents file; a name
   ``clinc:x`` is written ``clinc.x`` (protocol names have no colon). Every clip, out-of-scope
   ones too, is matched against all of them by :class:`streamer.intent_matching.IntentMatcher` (an
@@ -43,7 +43,7 @@ Figures per system, per dataset (``clinc``, ``slurp``, ``all`` = both in-scope g
 - ``threshold``: chosen on **validation only**, per system, on ``all``: the cosine that maximises
   the mean of in-scope accuracy with abstention and OOS rejection (candidates: midpoints between
   consecutive best cosines). ``--part validation`` writes it (``--threshold-out``;
-  by default ``data/embed/intents_thresholds.json``, not with ``--limit``);
+  by default ``data/demo/intents_thresholds.json``, not with ``--limit``);
   ``--part test --threshold-from FILE`` reads it. Without a threshold, its columns are ``-``.
 - ``acc@t``: in-scope clips with the right nearest intent *and* best cosine >= threshold (an
   abstention counts wrong). ``OOS rej@t``: out-of-scope clips whose best cosine is below it
@@ -114,7 +114,7 @@ from streamer_training.data import Corpus  # noqa: E402
 from streamer_training.embed_data import CLINC, EXAMPLES_PER_INTENT  # noqa: E402
 
 RATE_HZ = 16_000
-EMBED_DIR = ROOT / "data" / "embed"
+EMBED_DIR = ROOT / "data" / "demo"  # bin/train_demo --stage embed-data writes here
 THRESHOLDS_FILE = EMBED_DIR / "intents_thresholds.json"
 """Where ``--part validation`` (without ``--limit``) writes the thresholds it chose."""
 GROUPS = ("clinc", "slurp", "oos")
