@@ -10,7 +10,7 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from streamer.errors import ConfigError
 
@@ -52,12 +52,13 @@ class SecurityConfig:
         if self.token is not None:
             check_token(self.token, "security.token")
         for origin in parse_origins(self.origins):
-            try:
-                parts = urlsplit(origin)
-                valid = parts.scheme in ("http", "https") and bool(parts.netloc) and not parts.path
-            except ValueError:  # e.g. an unclosed "[" of an IPv6 host
-                valid = False
-            if not valid:
+            parts = _split_url(origin)
+            if (
+                parts is None
+                or parts.scheme not in ("http", "https")
+                or not parts.netloc
+                or parts.path
+            ):
                 raise ConfigError(
                     f"security.origins: {origin!r} is not an origin like https://host[:port]"
                 )
@@ -65,10 +66,10 @@ class SecurityConfig:
             raise ConfigError("security.keyfile needs security.certfile")
 
 
-def _scheme(url: str) -> str | None:
-    """The URL's scheme, None when it does not parse (an unclosed IPv6 bracket)."""
+def _split_url(url: str) -> SplitResult | None:
+    """The URL's parts, None when urllib cannot split it (an unclosed IPv6 bracket)."""
     try:
-        return urlsplit(url).scheme
+        return urlsplit(url)
     except ValueError:
         return None
 
@@ -146,8 +147,10 @@ class BusConfig:
     """Events one ``since`` replay sends at most; an older gap is reported as ``dropped``."""
 
     def __post_init__(self) -> None:
-        if self.url is not None and _scheme(self.url) not in ("redis", "rediss"):
-            raise ConfigError(f"bus.url must be redis://HOST:PORT[/DB], got {self.url!r}")
+        if self.url is not None:
+            parts = _split_url(self.url)
+            if parts is None or parts.scheme not in ("redis", "rediss"):
+                raise ConfigError(f"bus.url must be redis://HOST:PORT[/DB], got {self.url!r}")
         positive(self, "max_events", "lease_ms", "timeout_s", "block_ms", "reconnect_max_s")
         positive(self, "replay_max_events")
         if not 0 <= self.retention_s < float("inf"):
