@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -235,8 +235,9 @@ def save_best(work_dir: Path, recipe: RealRecipe) -> Path:
     """Write the Hugging Face folder ``work_dir/hf`` from ``best.pt``; return it."""
     import torch
 
-    model = build_model(CtcRecipe())
     state = torch.load(work_dir / "best.pt", map_location="cpu", weights_only=True)
+    # A run on a GPU machine (streamer_training.real_gpu) may have grown the encoder deeper.
+    model = build_model(replace(CtcRecipe(), n_layers=int(state.get("layers", CtcRecipe.n_layers))))
     model.load_state_dict(state["model"])
     hf_dir = work_dir / "hf"
     save_hf(model, hf_dir)
