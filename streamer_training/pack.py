@@ -3,7 +3,7 @@
 The ``real`` stage reads the shared datasets, the synthetic corpus and the noise recordings from
 this machine's folders. To train elsewhere (a machine with a CUDA GPU, say) everything it draws
 from is packed into one folder: ``audio.ogg`` (every clip back to back, Ogg/Opus at about
-40 kbit/s: speech stays intelligible, ten times smaller than 16-bit PCM), ``index.json`` (each
+31 kbit/s: speech stays intelligible, eight times smaller than 16-bit PCM), ``index.json`` (each
 clip's offset, length, transcript and group) and ``init.pt`` (the starting weights).
 
 Groups: the real **train** speakers by dataset (``an4``, ``speech_commands``, ``fsdd``,
@@ -33,7 +33,7 @@ AUDIO = "audio.ogg"
 INDEX = "index.json"
 INIT = "init.pt"
 COMPRESSION_LEVEL = 0.88
-"""libsndfile's Opus compression level (0 best, 1 smallest): 0.88 is about 40 kbit/s."""
+"""libsndfile's Opus compression level (0 best, 1 smallest): 0.88 gave 31 kbit/s on this data."""
 SYNTH_MAX_S = 2400.0
 """Synthetic commands packed, in seconds of audio (they are 20% of the draws; the pack must stay
 small enough to copy)."""

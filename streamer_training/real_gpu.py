@@ -131,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--minutes", type=float, default=7.0)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help="start from this state dict (a best.pt of a run) instead of the pack's",
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--peak-lr", type=float, default=5e-4)
     parser.add_argument("--warmup-steps", type=int, default=300)
@@ -163,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     model = build_model(replace(CtcRecipe(), n_layers=args.layers))
-    init = torch.load(args.pack / pack.INIT, map_location="cpu", weights_only=True)
+    init = torch.load(args.init or args.pack / pack.INIT, map_location="cpu", weights_only=True)
+    init = init.get("model", init)  # a run's best.pt holds the state under "model"
     model.load_state_dict(stack_layers(init, args.layers))
     model.to(args.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.peak_lr, weight_decay=0.01)

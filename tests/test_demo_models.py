@@ -86,7 +86,8 @@ def test_ctc_beam_search_with_the_grammar_lm_reads_fsdd_digits(
     ctc: tuple[Encoder, CtcGreedyDecoder],
 ) -> None:
     """The daemon's decoder for commands-ctc is the beam search with the shipped LM, and it
-    spells most shared FSDD digits exactly (CARD: about 70%; greedy: under 40%)."""
+    spells nearly all shared FSDD digits exactly (110 of 120 with the 8-layer graph; greedy as
+    many: the LM no longer has to repair them, as it did for the 4-layer graphs)."""
     encoder, greedy = ctc
     beam = OutputDecoder(encoder.manifest, bundle_dir=EXPORTED / "commands-ctc")
     assert beam.ctc_search.startswith("beam search with lm.arpa")
@@ -98,8 +99,8 @@ def test_ctc_beam_search_with_the_grammar_lm_reads_fsdd_digits(
         found = beam.decode({"logits": logits}).transcript
         right["beam"] += found is not None and found.text == want
         right["greedy"] += greedy.decode(logits).text == want
-    assert right["beam"] / len(files) >= 0.6, right
-    assert right["beam"] > right["greedy"], right
+    assert right["beam"] / len(files) >= 0.85, right
+    assert right["beam"] >= right["greedy"], right
 
 
 def test_intent_fsdd_digits(intent: tuple[Encoder, IntentDecoder]) -> None:

@@ -77,6 +77,14 @@ def test_time_boxed_run_leaves_a_best_checkpoint_the_export_stage_reads(tmp_path
     curve = json.loads((out / "curve.json").read_text())
     assert curve["steps"] >= 1
     assert {"an4_wer", "x_wer", "mean_wer"} <= set(curve["evals"][-1])
+    # A second run starts from the first one's best (a warm restart of the grown model).
+    again = tmp_path / "again"
+    args = [*args[:3], str(again), *args[4:], "--init", str(out / "best.pt")]
+    assert real_gpu.main(args) == 0
+    first = json.loads((out / "curve.json").read_text())["evals"]
+    assert json.loads((again / "curve.json").read_text())["evals"][0]["mean_wer"] == min(
+        e["mean_wer"] for e in first
+    )
     work = tmp_path / "work"
     work.mkdir()
     (out / "best.pt").rename(work / "best.pt")
