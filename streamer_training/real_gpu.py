@@ -104,7 +104,6 @@ def greedy_wer(model: Any, items: list[pack.Clip], device: str, batch_size: int 
 
     from streamer_training.evaluate import word_error_rate
 
-    hyps: list[str] = []
     order = sorted(range(len(items)), key=lambda i: len(items[i].audio))
     by_index: dict[int, str] = {}
     model.eval()
@@ -151,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     t0 = time.monotonic()
     groups = pack.by_group(pack.read(args.pack))
+    missing = [g for g in ("synthetic", "background") if g not in groups]
+    if missing or not any(g.startswith("val:") for g in groups):
+        raise SystemExit(
+            f"real_gpu: {args.pack} lacks {missing or 'validation'} clips (not a pack?)"
+        )
     recipe = real_voices.RealRecipe()
     real = {
         name: [real_voices._Item(c.audio, c.text) for c in clips]
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     evaluate(0)
     start = time.monotonic()  # the budget is for training: the first evaluation is not in it
-    last_eval, step, losses = time.monotonic(), 0, []
+    last_eval, step = time.monotonic(), 0
     for values, mask, labels in _loader(mixture, args.batch_size, args.seed, args.workers):
         elapsed = time.monotonic() - start
         if elapsed >= budget_s:
@@ -219,9 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         step += 1
-        losses.append(float(out.loss.detach()) if step % 50 == 0 else math.nan)
-        if step % 200 == 0:
-            log.info("step %d %.0fs loss %.3f lr %.2e", step, elapsed, losses[-1], lr)
+        if step % 200 == 0:  # reading the loss waits for the GPU: only when it is logged
+            log.info("step %d %.0fs loss %.3f lr %.2e", step, elapsed, float(out.loss), lr)
         if time.monotonic() - last_eval >= args.eval_every_s:
             evaluate(step)
             last_eval = time.monotonic()

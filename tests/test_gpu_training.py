@@ -91,3 +91,9 @@ def test_time_boxed_run_leaves_a_best_checkpoint_the_export_stage_reads(tmp_path
     hf = real_voices.save_best(work, real_voices.RealRecipe())
     config = json.loads((hf / "config.json").read_text())
     assert config["num_hidden_layers"] == 8
+
+
+def test_a_folder_that_is_not_a_full_pack_is_refused_by_name(tmp_path: Path) -> None:
+    pack.write(tmp_path, [pack.Clip("an4", "yes", _tone(0.5, 300))])
+    with pytest.raises(SystemExit, match=r"lacks \['synthetic', 'background'\]"):
+        real_gpu.main(["--pack", str(tmp_path), "--out", str(tmp_path / "out"), "--device", "cpu"])
