@@ -97,3 +97,17 @@ def test_a_folder_that_is_not_a_full_pack_is_refused_by_name(tmp_path: Path) -> 
     pack.write(tmp_path, [pack.Clip("an4", "yes", _tone(0.5, 300))])
     with pytest.raises(SystemExit, match=r"lacks \['synthetic', 'background'\]"):
         real_gpu.main(["--pack", str(tmp_path), "--out", str(tmp_path / "out"), "--device", "cpu"])
+
+
+def test_train_demo_pack_stage_needs_the_starting_bundle(tmp_path: Path) -> None:
+    """``--stage pack`` without ``--init-bundle``: one line saying so, exit 1, nothing packed."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(repo / "bin" / "train_demo"), "--stage", "pack"]
+    cmd += ["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == "train_demo: --stage pack needs --init-bundle"
+    assert not (tmp_path / "data" / "pack").exists()
