@@ -17,22 +17,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streamer_training.evaluate import Bundle, load_audio  # noqa: E402
 
 SPEECH = ROOT.parent / "shared" / "audio" / "sent_harvard_spk1_snt1.wav"
-
-
-def session(bundle: Path) -> ort.InferenceSession:
-    """One-thread CPU session of ``bundle/model.onnx``."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(
-        str(bundle / "model.onnx"), options, providers=["CPUExecutionProvider"]
-    )
 
 
 def main() -> int:
@@ -43,10 +34,10 @@ def main() -> int:
     args = parser.parse_args()
     if not SPEECH.exists():
         sys.exit(f"encoder_cost: {SPEECH} is missing (the shared audio folder)")
-    speech, _ = sf.read(SPEECH, dtype="float32")
-    sessions = {b: session(b) for b in args.bundles}
+    speech = load_audio(SPEECH)
+    sessions = {b: Bundle(b).session for b in args.bundles}
     print(
-        "| bundle | parameters file MB | "
+        "| bundle | model.onnx MB | "
         + " | ".join(f"{s:g} s median / p90 ms" for s in args.seconds)
         + " |"
     )

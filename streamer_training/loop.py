@@ -86,8 +86,12 @@ def lr_at(step: int, *, peak: float, warmup: int, total: int) -> float:
     """Linear warm-up to ``peak`` then cosine decay to 5% of it at ``total``."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return peak * cosine_floor((step - warmup) / max(1, total - warmup))
+
+
+def cosine_floor(progress: float) -> float:
+    """Cosine from 1 at ``progress`` 0 down to 0.05 at 1 (and after)."""
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 class CyclicSchedule(Protocol):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from streamer_training import data, loop, pack, real_voices
-from streamer_training.train_ctc import CtcRecipe, build_model, encode_text, greedy_decode
+from streamer_training.train_ctc import CtcRecipe, build_model, encode_batch, greedy_decode
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,7 @@ def batches(mixture: real_voices.RealMixture, batch_size: int, seed: int) -> Ite
     while True:
         batch = loop.draw_batch(mixture.draw, batch_size, rng, length=lambda u: len(u.audio))
         values, mask, _ = loop.pad_batch([u.audio for u in batch])
-        rows = [encode_text(u.text) for u in batch]
-        labels = np.full((len(batch), max(1, *map(len, rows))), -100, dtype=np.int64)
-        for i, row in enumerate(rows):
-            labels[i, : len(row)] = row
+        labels = encode_batch([u.text for u in batch])
         yield torch.from_numpy(values), torch.from_numpy(mask), torch.from_numpy(labels)
 
 
@@ -205,11 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if elapsed >= budget_s:
             break
         warm = min(1.0, (step + 1) / args.warmup_steps)
-        lr = (
-            args.peak_lr
-            * warm
-            * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * elapsed / budget_s)))
-        )
+        lr = args.peak_lr * warm * loop.cosine_floor(elapsed / budget_s)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(args.device, dtype=torch.bfloat16):

@@ -29,7 +29,7 @@ from streamer_training.evaluate import load_audio
 from streamer_training.train_ctc import (
     CtcRecipe,
     build_model,
-    encode_text,
+    encode_batch,
     save_hf,
     transcribe,
 )
@@ -196,11 +196,8 @@ def train(
             functools.partial(mixture.draw), recipe.batch_size, rng, length=lambda u: len(u.audio)
         )
         values, mask, _ = loop.pad_batch([u.audio for u in batch])
-        label_rows = [encode_text(u.text) for u in batch]
-        labels = np.full((len(batch), max(1, *map(len, label_rows))), -100, dtype=np.int64)
-        for i, lab in enumerate(label_rows):
-            labels[i, : len(lab)] = lab
-        lr = recipe.peak_lr * _schedule(step, recipe)
+        labels = encode_batch([u.text for u in batch])
+        lr = loop.lr_at(step, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=recipe.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
@@ -244,11 +241,3 @@ def save_best(work_dir: Path, recipe: RealRecipe) -> Path:
     meta = {"best_step": int(state["step"]), "recipe": asdict(recipe)}
     (hf_dir / "training_meta.json").write_text(json.dumps(meta, indent=1))
     return hf_dir
-
-
-def _schedule(step: int, recipe: RealRecipe) -> float:
-    """Linear warm-up, then cosine decay to 5% of the peak."""
-    if step < recipe.warmup_steps:
-        return (step + 1) / recipe.warmup_steps
-    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
-    return 0.05 + 0.95 * 0.5 * (1.0 + float(np.cos(np.pi * min(1.0, progress))))

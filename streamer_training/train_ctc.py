@@ -75,6 +75,18 @@ def encode_text(text: str) -> list[int]:
     return [index.get("|" if ch == " " else ch, 1) for ch in grammar.normalize_text(text)]
 
 
+def encode_batch(texts: list[str]) -> np.ndarray:
+    """Vocabulary ids of ``texts``, one row each, padded with -100 (the CTC loss's ignore).
+
+    At least one column, so a batch of empty transcripts (noise-only clips) is a valid target.
+    """
+    rows = [encode_text(t) for t in texts]
+    labels = np.full((len(rows), max(1, *map(len, rows))), -100, dtype=np.int64)
+    for i, row in enumerate(rows):
+        labels[i, : len(row)] = row
+    return labels
+
+
 def greedy_decode(ids: np.ndarray) -> str:
     """Collapse repeats, drop blanks, map ``|`` to spaces."""
     out: list[str] = []
@@ -217,11 +229,7 @@ def train(
             length=lambda u: len(u.audio),
         )
         values, mask, lengths = loop.pad_batch([u.audio for u in batch])
-        labels_list = [encode_text(u.text) for u in batch]
-        width = max(len(lab) for lab in labels_list)
-        labels = np.full((len(batch), width), -100, dtype=np.int64)
-        for i, lab in enumerate(labels_list):
-            labels[i, : len(lab)] = lab
+        labels = encode_batch([u.text for u in batch])
         lr = loop.lr_cycles(recipe, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
