@@ -141,7 +141,7 @@ def build(
         clips += [Clip(group, item.text, item.audio) for item in items]
     total = 0.0
     for utt in data.Corpus.load(synthetic).items:
-        if utt.audio.size > 3.5 * RATE:
+        if utt.audio.size > real_voices.SYNTH_ITEM_MAX_S * RATE:  # never drawn: not worth packing
             continue
         total += utt.audio.size / RATE
         if total > synthetic_max_s:

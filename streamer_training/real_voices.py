@@ -37,6 +37,8 @@ from streamer_training.train_ctc import (
 log = logging.getLogger(__name__)
 
 RATE = data.SAMPLE_RATE_HZ
+SYNTH_ITEM_MAX_S = 3.5
+"""Synthetic commands longer than this are never drawn (the real clips set the lengths)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class RealMixture:
         recipe: RealRecipe,
     ) -> None:
         self.real = real
-        self.synthetic = [u for u in synthetic.items if u.audio.size <= 3.5 * RATE]
+        self.synthetic = [u for u in synthetic.items if u.audio.size <= SYNTH_ITEM_MAX_S * RATE]
         self.noises = noises
         self.recipe = recipe
         names = [n for n, _ in recipe.dataset_weights if real.get(n)]
