@@ -37,14 +37,16 @@ assumes:
   ``revise_drop_db`` (3 dB) after it.
 * the revision needs one frame the first scoring already called confident: noise that opens
   a stream and then stops is not turned into speech by the quieter floor found after it.
+* end of a stream (:meth:`flush`, client ``end``, a file's end): a word too short to have
+  started an utterance (``flush_onset_ms`` of frames at least the edge threshold, one of them
+  confident, still held) becomes one; a live stream that goes on never uses the rule.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -52,40 +54,16 @@ import numpy.typing as npt
 from streamer.detectors import make_vad
 from streamer.errors import AudioFormatError
 from streamer.segmenter_config import SegmenterConfig
+from streamer.segments import (
+    FrameObserver,
+    SegmenterEvent,
+    SpeechStarted,
+    UtteranceReady,
+    last_onset,
+)
 from streamer.vad import SAMPLE_RATE_HZ, Vad, VadThresholds
 
-
-@dataclass(frozen=True)
-class SpeechStarted:
-    """Speech began at ``start_sample`` (counted from the stream's first sample)."""
-
-    start_sample: int
-
-
-@dataclass(frozen=True, eq=False)
-class UtteranceReady:
-    """One utterance: its audio and where, in stream samples, its speech starts and ends.
-
-    ``audio`` runs from ``audio_start_sample`` and includes the pre-roll and post-roll;
-    ``speech_start_sample``/``speech_end_sample`` bound the speech itself (end exclusive).
-    ``forced_cut`` is True when ``max_utterance_s`` ended it rather than silence.
-    """
-
-    audio: npt.NDArray[np.float32]
-    speech_start_sample: int
-    speech_end_sample: int
-    audio_start_sample: int
-    forced_cut: bool
-
-    @property
-    def audio_end_sample(self) -> int:
-        """Stream sample just after the last sample of ``audio``."""
-        return self.audio_start_sample + int(self.audio.size)
-
-
-SegmenterEvent = SpeechStarted | UtteranceReady
-#: Per-frame observer: (frame start sample, score). For plots and debugging.
-FrameObserver = Callable[[int, float], None]
+__all__ = ["FrameObserver", "Segmenter", "SegmenterEvent", "SpeechStarted", "UtteranceReady"]
 
 
 class Segmenter:
@@ -144,11 +122,12 @@ class Segmenter:
         self._first = 0  # frame index of self._frames[0]
         self._n_frames = 0
         self._speaking = False
-        self._opened = (
-            False  # whether any utterance has started (ends the start-of-stream revision)
-        )
+        self._opened = False  # whether any utterance started (ends the start-of-stream revision)
         self._confident_run = 0
         self._edge_run_start: int | None = None
+        self._flush_onset = math.ceil(cfg.flush_onset_ms / frame_ms)
+        held = self._pre_roll + self._edge_ext + self._min_speech + 1
+        self._idle_scores: deque[tuple[int, float]] = deque(maxlen=held)
         self._start = self._last_keep = self._last_confident = self._edge_end = 0
 
     @property
@@ -245,14 +224,30 @@ class Segmenter:
         return events
 
     def flush(self) -> list[SegmenterEvent]:
-        """End the open utterance now (with the partial frame, if its audio reaches it)."""
+        """End the open utterance now (with the partial frame, if its audio reaches it).
+
+        With none open, a short word still held becomes one (``flush_onset_ms``).
+        """
         events: list[SegmenterEvent] = []
         if self._speaking:
             self._close(self._n_frames, forced=False, events=events)
-        ready = [e for e in events if isinstance(e, UtteranceReady)]
-        if ready and ready[0].audio_end_sample == self._n_frames * self.frame_samples:
-            events = [replace(ready[0], audio=np.concatenate((ready[0].audio, self._pending)))]
-        return events
+        elif self._flush_onset and (
+            run := last_onset(
+                self._idle_scores, self.thresholds, min_frames=self._flush_onset, since=self._first
+            )
+        ):
+            self._edge_run_start = run[0]
+            self._open(run[1], events)
+            self._last_keep = self._last_confident = run[1]
+            self._edge_end = run[1] + 1
+            self._close(self._n_frames, forced=False, events=events)
+        last = self._n_frames * self.frame_samples
+        return [
+            replace(e, audio=np.concatenate((e.audio, self._pending)))
+            if isinstance(e, UtteranceReady) and e.audio_end_sample == last
+            else e
+            for e in events
+        ]
 
     def hear_lead_in(self, samples: npt.NDArray[np.float32]) -> SpeechStarted | None:
         """Hear audio before the stream (a file's lead-in); its own time then starts here.
@@ -295,10 +290,12 @@ class Segmenter:
         """
         self._confident_run = 0
         self._edge_run_start = None
+        self._idle_scores.clear()
         for j in range(self._first, len(scores)):
             self._decide(j, scores[j], events)
 
     def _step_idle(self, i: int, score: float, events: list[SegmenterEvent]) -> None:
+        self._idle_scores.append((i, score))
         if score >= self.thresholds.edge:
             if self._edge_run_start is None:
                 self._edge_run_start = i

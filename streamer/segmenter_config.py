@@ -50,6 +50,11 @@ class SegmenterConfig:
     edge_extension_ms: int = 300
     """How far weak frames may move the start back (before the confident run) or the end on
     (after the last keep frame), in ms."""
+    flush_onset_ms: int = 150
+    """At the stream's end (client ``end``/``flush``, a file's end): a run of at least this much
+    speech-like audio (every frame at least the edge threshold, one confident) that was too
+    short to start an utterance still becomes one: a trimmed clip's short word ends before
+    ``min_speech_ms`` of confident frames came. 0: off. A live stream that goes on never uses it."""
     max_utterance_s: float = 30.0
     """Forced cut: the longest speech span of one utterance (s); bounds the buffer."""
     min_utterance_samples: int = 0
@@ -109,6 +114,7 @@ class SegmenterConfig:
             "extra_silence_ms",
             "edge_extension_ms",
             "file_lead_in_ms",
+            "flush_onset_ms",
         ):
             _check(name, getattr(self, name), low=0, high=60_000)
         for name in ("min_speech_ms", "min_silence_ms", "max_unconfident_ms", "noise_window_ms"):
