@@ -6,7 +6,7 @@ hysteresis:
 
 * an utterance **starts** after ``min_speech_ms`` of consecutive confident frames (score >=
   ``start_threshold``); its start is then moved back over the weaker frames just before
-  (score >= ``edge_threshold``, at most ``edge_extension_ms``), where soft onsets and initial
+  (score >= ``onset_threshold``, at most ``edge_extension_ms``), where soft onsets and initial
   fricatives live;
 * it **stays open** while frames score >= ``keep_threshold``, and ends after a run of
   non-speech frames (the hangover); its end is the last such frame, moved on over the weak
@@ -101,8 +101,10 @@ class Segmenter:
         self.thresholds = VadThresholds(
             start=base.start if cfg.start_threshold is None else cfg.start_threshold,
             keep=base.keep if cfg.keep_threshold is None else cfg.keep_threshold,
-            edge=base.edge if cfg.edge_threshold is None else cfg.edge_threshold,
+            edge=(edge := base.edge if cfg.edge_threshold is None else cfg.edge_threshold),
+            onset=cfg.onset_threshold if cfg.onset_threshold is not None else base.onset,
         )
+        self._onset = edge if self.thresholds.onset is None else self.thresholds.onset
         self.on_frame = on_frame
         self.dropped = 0
         """Utterances dropped for being shorter than ``min_utterance_samples``."""
@@ -296,7 +298,7 @@ class Segmenter:
 
     def _step_idle(self, i: int, score: float, events: list[SegmenterEvent]) -> None:
         self._idle_scores.append((i, score))
-        if score >= self.thresholds.edge:
+        if score >= self._onset:
             if self._edge_run_start is None:
                 self._edge_run_start = i
         else:

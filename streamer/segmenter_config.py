@@ -73,8 +73,11 @@ class SegmenterConfig:
     """Score that keeps an utterance open; None: the detector's default (learned 0.75, webrtc
     0.1)."""
     edge_threshold: float | None = None
-    """Score that may widen the start or end; None: the detector's default (learned 0.7,
-    webrtc 0.05)."""
+    """Score that may widen the end (and the start, unless ``onset_threshold`` says otherwise);
+    None: the detector's default (learned 0.7, webrtc 0.05)."""
+    onset_threshold: float | None = None
+    """Score of the weak frames just before the confident run that move the start back; None:
+    the detector's default (learned 0.4, others their edge threshold)."""
     full_scale_snr_db: float = 7.0
     """webrtc: band SNR (dB) that scores 1; half of it is the confident level."""
     thump_ratio_db: float = 10.0
@@ -128,7 +131,7 @@ class SegmenterConfig:
         _check("voicing_threshold", self.voicing_threshold, low=0.0, high=1.0)
         _check("revise_drop_db", self.revise_drop_db, low=0.0, high=60.0)
         _check("file_lead_in_rise_db", self.file_lead_in_rise_db, low=0.0, high=120.0)
-        for name in ("start_threshold", "keep_threshold", "edge_threshold"):
+        for name in ("start_threshold", "keep_threshold", "edge_threshold", "onset_threshold"):
             value = getattr(self, name)
             if value is not None:
                 _check(name, value, low=0, high=1)

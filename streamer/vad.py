@@ -61,6 +61,8 @@ class VadThresholds:
     """A frame at or above this keeps an open utterance alive."""
     edge: float
     """A frame at or above this may widen an utterance's start or end."""
+    onset: float | None = None
+    """A frame at or above this may move an utterance's start back; None: ``edge``."""
 
 
 class Vad(Protocol):

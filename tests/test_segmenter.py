@@ -123,6 +123,7 @@ def test_frame_sizes_the_default_cannot_score_name_the_way_out() -> None:
         ({"vad_mode": 4}, "vad_mode"),
         ({"pre_roll_ms": -1}, "pre_roll_ms"),
         ({"flush_onset_ms": -30}, "flush_onset_ms"),
+        ({"onset_threshold": -0.1}, "onset_threshold"),
         ({"min_speech_ms": 0}, "min_speech_ms"),
         ({"min_silence_ms": 0}, "min_silence_ms"),
         ({"max_utterance_s": 0.0}, "max_utterance_s"),
@@ -526,3 +527,41 @@ def test_last_onset_is_the_last_long_enough_run_with_a_confident_frame(
     thresholds = VadThresholds(start=0.8, keep=0.75, edge=0.7)
     assert last_onset(enumerate(scores), thresholds, min_frames=5, since=0) == found
     assert last_onset(enumerate(scores), thresholds, min_frames=5, since=len(scores)) is None
+
+
+class _ScriptedVad:
+    """Scores a 20 ms frame by its first sample, so a test writes the scores as audio."""
+
+    frame_samples = 320
+    thresholds = VadThresholds(start=0.8, keep=0.75, edge=0.7, onset=0.4)
+
+    def score(self, frame: Audio) -> float:
+        return float(frame[0])
+
+    def revised_start_scores(self) -> list[float] | None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("onset", "start_frame"),
+    [(None, 5), (0.7, 7), (0.5, 6), (0.2, 5)],
+)
+def test_the_start_moves_back_over_frames_at_least_the_onset_threshold(
+    onset: float | None, start_frame: int
+) -> None:
+    """Frames 5-7 score 0.45, 0.6 and 0.72 before a confident run: the start moves
+    back over those at least the onset threshold (the detector's 0.4 unless configured), within
+    ``edge_extension_ms``; the end keeps reading the edge threshold."""
+    scores = [0.0] * 5 + [0.45, 0.6, 0.72] + [0.9] * 10 + [0.0] * 30
+    x = np.repeat(np.asarray(scores, dtype=np.float32), 320)
+    config = SegmenterConfig(
+        vad="webrtc",
+        frame_ms=20,
+        min_speech_ms=100,
+        edge_extension_ms=200,
+        pre_roll_ms=0,
+        onset_threshold=onset,
+    )
+    (ready,) = utterances(Segmenter(config, vad=_ScriptedVad()).feed(x))
+    assert ready.speech_start_sample == start_frame * 320
+    assert ready.speech_end_sample == 18 * 320
