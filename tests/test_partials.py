@@ -16,6 +16,7 @@ import numpy.typing as npt
 import pytest
 from hypothesis import given, settings, strategies as st
 from live_server import collect, config, read_until, running, send_audio, start_msg, subscribe_msg
+from scripted_vad import ScriptedVad, scripted_frames
 from websockets.asyncio.client import connect
 
 from streamer import overload, protocol as proto
@@ -194,21 +195,7 @@ def test_stable_words_only_ever_grow(
 # ---------------------------------------------------------------- the eager cut
 
 
-class _ScriptedVad:
-    """Scores a frame by its first sample, so a test writes the score sequence as audio."""
-
-    frame_samples = 320
-    thresholds = VadThresholds(start=0.7, keep=0.5, edge=0.3)
-
-    def score(self, frame: npt.NDArray[np.float32]) -> float:
-        return float(frame[0])
-
-    def revised_start_scores(self) -> list[float] | None:
-        return None
-
-
-def _frames(scores: Sequence[float]) -> npt.NDArray[np.float32]:
-    return np.repeat(np.asarray(scores, dtype=np.float32), 320)
+_THRESHOLDS = VadThresholds(start=0.7, keep=0.5, edge=0.3)
 
 
 _SEG = SegmenterConfig(
@@ -235,10 +222,10 @@ _SEG = SegmenterConfig(
 def test_the_eager_cut_is_what_silence_cuts(scores: list[float], silence_ms: int) -> None:
     """Property: whenever eager_cut returns an utterance, feeding silence from there (or
     flushing) yields exactly that utterance, audio included."""
-    seg = Segmenter(_SEG, vad=_ScriptedVad())
+    seg = Segmenter(_SEG, vad=ScriptedVad(_THRESHOLDS))
     n_eager = 0
     for score in scores:
-        seg.feed(_frames([score]))
+        seg.feed(scripted_frames([score]))
         cut = seg.eager_cut(silence_ms)
         if cut is None:
             continue
@@ -249,21 +236,21 @@ def test_the_eager_cut_is_what_silence_cuts(scores: list[float], silence_ms: int
             for _ in range(400):
                 if got:
                     break
-                got = twin.feed(_frames([0.0]))
+                got = twin.feed(scripted_frames([0.0]))
             assert len(got) == 1, finish
             assert isinstance(got[0], UtteranceReady), finish
             assert same_cut(got[0], cut), finish
 
 
 def test_no_eager_cut_while_the_end_can_move_or_too_early() -> None:
-    seg = Segmenter(_SEG, vad=_ScriptedVad())
-    seg.feed(_frames([0.0] * 5 + [0.9] * 20))
+    seg = Segmenter(_SEG, vad=ScriptedVad(_THRESHOLDS))
+    seg.feed(scripted_frames([0.0] * 5 + [0.9] * 20))
     assert seg.eager_cut(100) is None  # still speaking
-    seg.feed(_frames([0.4] * 3))  # a weak tail (edge) that may still grow
+    seg.feed(scripted_frames([0.4] * 3))  # a weak tail (edge) that may still grow
     assert seg.eager_cut(20) is None
-    seg.feed(_frames([0.0] * 4))  # silence, but the post-roll (100 ms) is not heard yet
+    seg.feed(scripted_frames([0.0] * 4))  # silence, but the post-roll (100 ms) is not heard yet
     assert seg.eager_cut(20) is None
-    seg.feed(_frames([0.0] * 2))
+    seg.feed(scripted_frames([0.0] * 2))
     cut = seg.eager_cut(100)
     assert cut is not None
     assert cut.speech_end_sample == (5 + 20 + 3) * 320
@@ -548,17 +535,17 @@ async def test_eager_withdrawn_when_speech_resumes_and_ends_in_one_chunk() -> No
         emit=events.append,
         want=("eager",),
     )
-    scripted = Segmenter(_SEG, vad=_ScriptedVad())
+    scripted = Segmenter(_SEG, vad=ScriptedVad(_THRESHOLDS))
     pipe.segmenter = scripted
     assert pipe.live is not None
     pipe.live.segmenter = scripted
     try:
-        pipe.feed_samples(_frames([0.0] * 10 + [0.9] * 40))
+        pipe.feed_samples(scripted_frames([0.0] * 10 + [0.9] * 40))
         for _ in range(12):  # silence, frame by frame, until the eager result is sent
-            pipe.feed_samples(_frames([0.0]))
+            pipe.feed_samples(scripted_frames([0.0]))
             await asyncio.sleep(0.05)
         assert [type(e) for e in events][-1] is proto.Eager
-        pipe.feed_samples(_frames([0.9] * 20 + [0.0] * 60))  # resumes and ends in one chunk
+        pipe.feed_samples(scripted_frames([0.9] * 20 + [0.0] * 60))  # resumes and ends in one chunk
         await pipe.finish()
     finally:
         services.runner.close()

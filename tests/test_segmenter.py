@@ -14,6 +14,7 @@ import numpy.typing as npt
 import pytest
 import soundfile as sf
 from hypothesis import given, settings, strategies as st
+from scripted_vad import ScriptedVad, scripted_frames
 
 from streamer.errors import AudioFormatError, ConfigError
 from streamer.scoring import TOLERANCE_S, boundary_f1
@@ -529,19 +530,6 @@ def test_last_onset_is_the_last_long_enough_run_with_a_confident_frame(
     assert last_onset(enumerate(scores), thresholds, min_frames=5, since=len(scores)) is None
 
 
-class _ScriptedVad:
-    """Scores a 20 ms frame by its first sample, so a test writes the scores as audio."""
-
-    frame_samples = 320
-    thresholds = VadThresholds(start=0.8, keep=0.75, edge=0.7, onset=0.4)
-
-    def score(self, frame: Audio) -> float:
-        return float(frame[0])
-
-    def revised_start_scores(self) -> list[float] | None:
-        return None
-
-
 @pytest.mark.parametrize(
     ("onset", "start_frame"),
     [(None, 5), (0.7, 7), (0.5, 6), (0.2, 5)],
@@ -553,15 +541,10 @@ def test_the_start_moves_back_over_frames_at_least_the_onset_threshold(
     back over those at least the onset threshold (the detector's 0.4 unless configured), within
     ``edge_extension_ms``; the end keeps reading the edge threshold."""
     scores = [0.0] * 5 + [0.45, 0.6, 0.72] + [0.9] * 10 + [0.0] * 30
-    x = np.repeat(np.asarray(scores, dtype=np.float32), 320)
-    config = SegmenterConfig(
-        vad="webrtc",
-        frame_ms=20,
-        min_speech_ms=100,
-        edge_extension_ms=200,
-        pre_roll_ms=0,
-        onset_threshold=onset,
-    )
-    (ready,) = utterances(Segmenter(config, vad=_ScriptedVad()).feed(x))
+    x = scripted_frames(scores)
+    knobs = {"min_speech_ms": 100, "edge_extension_ms": 200, "pre_roll_ms": 0}
+    config = SegmenterConfig(vad="webrtc", frame_ms=20, onset_threshold=onset, **knobs)
+    vad = ScriptedVad(VadThresholds(start=0.8, keep=0.75, edge=0.7, onset=0.4))
+    (ready,) = utterances(Segmenter(config, vad=vad).feed(x))
     assert ready.speech_start_sample == start_frame * 320
     assert ready.speech_end_sample == 18 * 320
