@@ -53,12 +53,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD: Final = 0.6
+DEFAULT_THRESHOLD: Final = 0.48
 """Cosine below which a match abstains, when the file sets none. Chosen for the shipped
-``commands-embed`` on validation intents and voices (bench/intents_zero_shot.py: the cosine that
-maximises the mean of in-scope accuracy and out-of-scope rejection was 0.604). That model is
-weak, so this rejects most utterances; a better model, or a file of few, distinct intents,
-wants a lower one (the reference transcript pipeline's was 0.41)."""
+``commands-embed`` (centred) on validation intents and voices (bench/intents_zero_shot.py: the
+cosine that maximises the mean of in-scope accuracy and out-of-scope rejection was 0.484). That
+model is weak, so this rejects most utterances; a better model, or a file of few, distinct
+intents, may want another (the reference transcript pipeline's was 0.41)."""
 DEFAULT_TOP_K: Final = 3
 """Length of the n-best list, when the file sets none."""
 MAX_TOP_K: Final = 50
