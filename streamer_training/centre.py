@@ -60,11 +60,14 @@ def centre_bundle(src: Path, dst: Path, mean: npt.ArrayLike) -> Path:
     that initializer is shifted.
 
     Raises:
-        ValueError: the graph has no such bias, or ``mean`` is not its shape.
+        ValueError: the graph has no such bias, ``mean`` is not its shape, or ``dst`` is
+            ``src`` (the copy replaces ``dst``).
     """
     import onnx
     from onnx import numpy_helper
 
+    if dst.resolve() == src.resolve():
+        raise ValueError(f"{dst}: write the centred bundle to another folder than {src}")
     model = onnx.load(str(src / MODEL_NAME))
     graph = model.graph
     node = next((n for n in graph.node if "embedding" in n.output), None)

@@ -66,6 +66,9 @@ def test_a_mean_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
     bundle = exported(make_segue(tmp_path / "segue", projection_dim=24), tmp_path / "b")
     with pytest.raises(ValueError, match=r"mean of shape \(4,\) for a bias of shape \(24,\)"):
         centre_bundle(bundle, tmp_path / "out", np.zeros(4))
+    with pytest.raises(ValueError, match="another folder"):
+        centre_bundle(bundle, tmp_path / "b", np.zeros(24))
+    assert (bundle / "model.onnx").is_file()
 
 
 def test_the_command_names_the_missing_training_data(tmp_path: Path) -> None:
