@@ -20,11 +20,13 @@ import argparse
 import json
 import shutil
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
+from streamer.engine.bundles import load_manifest, write_manifest
 from streamer.manifest import MODEL_NAME
 
 PARITY_NOTE = (
@@ -89,11 +91,10 @@ def centre_bundle(src: Path, dst: Path, mean: npt.ArrayLike) -> Path:
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
     onnx.save(model, str(dst / MODEL_NAME))
-    manifest = json.loads((dst / "manifest.json").read_text(encoding="utf-8"))
-    if isinstance(manifest.get("parity"), dict) and "compared" in manifest["parity"]:
-        manifest["parity"]["compared"] += PARITY_NOTE
-        text = json.dumps(manifest, indent=2) + "\n"
-        (dst / "manifest.json").write_text(text, encoding="utf-8")
+    manifest = load_manifest(dst)
+    if manifest.parity is not None:
+        parity = replace(manifest.parity, compared=manifest.parity.compared + PARITY_NOTE)
+        write_manifest(replace(manifest, parity=parity), dst)
     return dst
 
 
