@@ -239,9 +239,7 @@ class Segmenter:
             )
         ):
             self._edge_run_start = run[0]
-            self._open(run[1], events)
-            self._last_keep = self._last_confident = run[1]
-            self._edge_end = run[1] + 1
+            self._open(run[1], events)  # its speech then ends with the run
             self._close(self._n_frames, forced=False, events=events)
         last = self._n_frames * self.frame_samples
         return [
