@@ -71,14 +71,18 @@ class EmbedRecipe:
     bf16: bool = True
 
 
-def build_student(recipe: EmbedRecipe) -> Any:
-    """The student: a wav2vec 2.0 encoder (commands-intent's shape), mean pooling, projection."""
+def build_student(recipe: EmbedRecipe, encoder: IntentRecipe | None = None) -> Any:
+    """The student: a wav2vec 2.0 encoder, mean pooling, projection.
+
+    ``encoder``: the encoder's shape, by default commands-intent's.
+    """
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     class SegueStudent(torch.nn.Module):
         def __init__(self, config: dict[str, Any], projection_dim: int) -> None:
             super().__init__()
+            self.encoder_config = config
             self.speech_encoder = Wav2Vec2Model(Wav2Vec2Config(**config))
             self.embedding_projection = torch.nn.Linear(int(config["hidden_size"]), projection_dim)
 
@@ -91,11 +95,21 @@ def build_student(recipe: EmbedRecipe) -> Any:
             pooled = (hidden * valid[..., None]).sum(1) / frames[:, None].clamp(min=1)
             return self.embedding_projection(pooled)
 
-    return SegueStudent(encoder_config(IntentRecipe()), recipe.projection_dim)
+    return SegueStudent(encoder_config(encoder or IntentRecipe()), recipe.projection_dim)
 
 
 def init_from_bundle(student: Any, bundle: Path) -> None:
-    """Copy the wav2vec 2.0 encoder of a released SEGUE classify ``bundle`` into ``student``."""
+    """Start ``student`` from a released bundle.
+
+    A classify bundle (commands-intent) gives its wav2vec 2.0 encoder (the projection stays
+    random); an embed bundle (a released commands-embed) gives the whole student, projection
+    included, to train further (its output bias as shipped, centring included).
+    """
+    from streamer.engine.bundles import load_manifest
+
+    if load_manifest(bundle).task == "embed":
+        recover.load_released(student, bundle, lambda m, folder: save_student(m, folder, meta={}))
+        return
     intent_recipe = IntentRecipe()
     donor = build_model(intent_recipe)
     recover.load_released(
@@ -116,7 +130,7 @@ def save_student(student: Any, out_dir: Path, *, meta: dict[str, Any]) -> Path:
         "architectures": ["SegueModel"],
         "speech_encoder_checkpoint": "local:streamer-commands-intent encoder, distilled",
         "text_encoder_checkpoint": "sentence-transformers/all-MiniLM-L6-v2 (frozen teacher)",
-        "speech_encoder_config": encoder_config(IntentRecipe()),
+        "speech_encoder_config": student.encoder_config,
         "embedding_projection_dim": int(student.embedding_projection.out_features),
     }
     (out_dir / "config.json").write_text(json.dumps(config, indent=1))
@@ -320,19 +334,29 @@ def train(
     return save_student(student, work_dir / "segue", meta=meta)
 
 
-def stage_embed(paths: Any, *, steps: int, resume: bool, max_minutes: float | None) -> Path:
-    """Train the student from the released commands-intent encoder; export fp32 and int8.
+def stage_embed(
+    paths: Any,
+    *,
+    steps: int,
+    resume: bool,
+    max_minutes: float | None,
+    init_bundle: Path | None = None,
+    peak_lr: float = EmbedRecipe.peak_lr,
+) -> Path:
+    """Train the student from ``init_bundle`` (see :func:`init_from_bundle`); export both.
+
+    ``init_bundle`` is by default the released commands-intent (its encoder only).
 
     Bundles land in ``work_dir/bundles/commands-embed-{fp32,int8}``; which one ships is chosen
     by the benchmark (``bench/intents_zero_shot.py``) on validation, as for the other models.
     """
     from streamer_training.pipeline import export_both
 
-    recipe = EmbedRecipe(steps=steps)
+    recipe = EmbedRecipe(steps=steps, peak_lr=peak_lr)
     source = train(
         data_dir=paths.data_dir,
         work_dir=paths.work_dir / "embed",
-        init_bundle=paths.exported_dir / "commands-intent",
+        init_bundle=init_bundle or paths.exported_dir / "commands-intent",
         recipe=recipe,
         resume=resume,
         max_minutes=max_minutes,

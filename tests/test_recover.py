@@ -83,3 +83,33 @@ def test_a_segue_classifier_is_recovered_from_int8_too(tmp_path: Path) -> None:
         got = [t.numpy() for t in fresh(values, mask, [16000])]
     for g, w in zip(got, want, strict=True):  # MatMul weights rounded to 8 bits
         assert np.abs(g - w).max() < 0.05
+
+
+def test_an_embedding_student_is_trained_further_from_its_int8_bundle(tmp_path: Path) -> None:
+    """``--init-bundle`` for the embed stage: the whole student (projection too) comes back."""
+    torch = pytest.importorskip("torch", reason="torch is part of the export extra")
+    from streamer_training import train_embed, train_intent
+
+    small = train_intent.IntentRecipe(hidden_size=32, n_layers=1, n_heads=2, intermediate_size=64)
+    recipe = train_embed.EmbedRecipe(projection_dim=24)
+    torch.manual_seed(1)
+    trained = train_embed.build_student(recipe, small)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    train_embed.save_student(trained, tmp_path / "hf", meta={})
+    bundle = _export(tmp_path / "hf", tmp_path / "bundle", "--task", "embed", "--quantize", "int8")
+
+    torch.manual_seed(2)
+    fresh = train_embed.build_student(recipe, small)
+    before = fresh.embedding_projection.weight.detach().clone()
+    train_embed.init_from_bundle(fresh, bundle)
+    assert not torch.equal(fresh.embedding_projection.weight, before)
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    values, mask, lengths = loop.pad_batch([audio])
+    trained.eval()
+    fresh.eval()
+    with torch.inference_mode():
+        args = (torch.from_numpy(values), torch.from_numpy(mask), lengths.tolist())
+        want, got = trained(*args).numpy(), fresh(*args).numpy()
+    assert np.abs(got - want).max() < 0.05  # MatMul weights rounded to 8 bits
