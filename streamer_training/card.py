@@ -146,7 +146,8 @@ def write_card(
         " 2 torch threads (one per core, the default), SpecAugment-style time masking p=0.05.",
         "- Precision and regularisation: "
         + (
-            "forward passes under bfloat16 autocast (weights, AdamW state and losses in float32)"
+            "forward passes under bfloat16 autocast where the CPU does bfloat16 natively (weights,"
+            " AdamW state and losses in float32)"
             if recipe.get("bf16")
             else "float32 throughout"
         )

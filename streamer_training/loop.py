@@ -58,6 +58,27 @@ def draw_batch(
     return pool[start : start + size]
 
 
+def native_bf16() -> bool:
+    """Whether this CPU does bfloat16 in hardware (AVX-512 BF16 or AMX).
+
+    Without it, bfloat16 autocast is emulated and a training step is several times slower than
+    in float32 (measured on an AVX2-only CPU: the embed student's step 5-9 s against 1-2 s).
+    """
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast(bf16: bool) -> Any:
+    """The forward pass's autocast: bfloat16 when the recipe asks and the CPU does it natively."""
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and native_bf16())
+
+
 def frame_kl(student: Any, teacher: Any, frames: Any, temperature: float) -> Any:
     """Mean over valid frames of KL(teacher || student) on temperature-softened posteriors.
 

@@ -202,7 +202,7 @@ def train(
         lr = loop.lr_at(step, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=recipe.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+        with loop.autocast(recipe.bf16):
             out = model(
                 torch.from_numpy(values),
                 attention_mask=torch.from_numpy(mask),

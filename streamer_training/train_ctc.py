@@ -65,8 +65,9 @@ class CtcRecipe:
     """Share of the other draws spoken by the Piper voice (the rest are espeak-ng). The intent
     model (the teacher) never heard it, so these items train on CTC alone, no distillation."""
     bf16: bool = True
-    """Run the forward passes (student and teacher) under bfloat16 autocast; weights, optimizer
-    and the losses stay float32. About twice the steps per hour on a CPU with AVX-512 BF16."""
+    """Run the forward passes (student and teacher) under bfloat16 autocast where the CPU does
+    bfloat16 natively (:func:`loop.native_bf16`; else float32); weights, optimizer and the losses
+    stay float32. About twice the steps per hour on a CPU with AVX-512 BF16."""
 
 
 def encode_text(text: str) -> list[int]:
@@ -234,7 +235,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         values_t, mask_t = torch.from_numpy(values), torch.from_numpy(mask)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+        with loop.autocast(recipe.bf16):
             out = model(values_t, attention_mask=mask_t, labels=torch.from_numpy(labels))
             with torch.no_grad():
                 teacher_logits = teacher(values_t, mask_t, lengths)

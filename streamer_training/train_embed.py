@@ -308,7 +308,7 @@ def train(
         lr = loop.lr_at(step, peak=recipe.peak_lr, warmup=recipe.warmup_steps, total=recipe.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+        with loop.autocast(recipe.bf16):
             out = student(torch.from_numpy(values), torch.from_numpy(mask), lengths.tolist())
         loss: Any = (
             1.0 - torch.nn.functional.cosine_similarity(out.float(), target, dim=-1)

@@ -123,6 +123,17 @@ def test_frame_kl_is_zero_for_the_teacher_and_ignores_padding() -> None:
     assert float(loop.frame_kl(student, teacher, frames, 2.0)) > 0.01
 
 
+def test_bfloat16_autocast_only_where_the_cpu_does_it_natively() -> None:
+    """Emulated bfloat16 is slower than float32: a recipe's ``bf16`` only asks for it."""
+    torch = pytest.importorskip("torch", reason="torch is part of the export extra")
+    with loop.autocast(True):
+        assert torch.is_autocast_enabled("cpu") is loop.native_bf16()
+        out = torch.nn.Linear(4, 4)(torch.ones(1, 4))
+    assert out.dtype == (torch.bfloat16 if loop.native_bf16() else torch.float32)
+    with loop.autocast(False):
+        assert not torch.is_autocast_enabled("cpu")
+
+
 def test_intent_schedule_restarts_three_times_and_keeps_the_cycles_before_each_restart() -> None:
     """Four cosine cycles; cutting the run at a restart leaves the earlier cycles as they were
     (so the teacher at ``piper_from`` is the model of a run that stopped there)."""
