@@ -320,12 +320,16 @@ def segmenter_detector(
     """Run a fresh Segmenter over the samples in ``chunk``-sample pieces, then flush.
 
     ``file``: as ``streamer transcribe`` reads a file, the segmenter first hears the file's
-    ``file_lead_in``; times still count from the file's start.
+    ``file_lead_in``, and its utterances keep ``file_post_roll_ms``; times still count from the
+    file's start.
     """
+
+    if file:  # as streamer.streams.feed.run_file
+        config = replace(config, post_roll_ms=config.file_post_roll_ms)
 
     def detect(samples: Audio) -> tuple[Segments, Segments]:
         seg = Segmenter(config)
-        if file:  # as streamer.streams.feed.run_file
+        if file:
             seg.hear_lead_in(file_lead_in(samples, rate_hz=RATE_HZ, config=config))
         lead = seg.samples_seen / RATE_HZ
         events = []

@@ -67,6 +67,10 @@ class SegmenterConfig:
     file_lead_in_rise_db: float = 6.0
     """Files only: the lead-in is heard only when the file's first 150 ms are at least this much
     louder (dB) than that quiet stretch (it starts inside a sound, not in its own quiet)."""
+    file_post_roll_ms: int = 400
+    """Files only: ``post_roll_ms`` for a file's utterances. Nothing waits on a file's cut (a
+    live stream's eager result waits for its post-roll), so a file keeps more of the soft word
+    endings the detector does not hear."""
     start_threshold: float | None = None
     """Score of a confident speech frame; None: the detector's default (learned 0.8, webrtc 0.5)."""
     keep_threshold: float | None = None
@@ -117,6 +121,7 @@ class SegmenterConfig:
             "extra_silence_ms",
             "edge_extension_ms",
             "file_lead_in_ms",
+            "file_post_roll_ms",
             "flush_onset_ms",
         ):
             _check(name, getattr(self, name), low=0, high=60_000)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import soundfile as sf
 import soxr
 
@@ -67,3 +68,50 @@ def test_a_file_at_another_rate_gets_the_same_utterance(tmp_path: Path) -> None:
     assert a["type"] == b["type"] == "utterance"
     assert abs(a["start_ms"] - b["start_ms"]) <= 60.0
     assert abs(a["end_ms"] - b["end_ms"]) <= 60.0
+
+
+async def test_a_files_utterances_keep_the_longer_file_post_roll(tmp_path: Path) -> None:
+    """Nothing waits on a file's cut, so its utterances keep ``segmenter.file_post_roll_ms``
+    (400) after their speech where a live stream keeps ``post_roll_ms`` (200, what an eager
+    result waits for); the speech bounds are the same either way."""
+    from onnx_graphs import write_bundle
+
+    from streamer import app
+    from streamer.config import Config
+    from streamer.segmenter import UtteranceReady
+    from streamer.segmenter_config import SegmenterConfig
+    from streamer.streams.feed import run_file
+    from streamer.streams.pipeline import StreamPipeline
+
+    samples, rate = sf.read(str(AUDIO / "sent_harvard_spk1_snt1.wav"), dtype="float32")
+    pause = np.random.default_rng(0).normal(0.0, 3e-4, rate).astype(np.float32)
+    samples = np.concatenate((samples, pause))  # 1 s of faint noise after the sentence
+    cuts: dict[int, list[UtteranceReady]] = {}
+    for post_roll in (400, 200):
+        config = Config(segmenter=SegmenterConfig(file_post_roll_ms=post_roll))
+        services = app.build_services(config, {"ctc": write_bundle(tmp_path / f"ctc{post_roll}")})
+        seen = cuts[post_roll] = []
+
+        def spy(pipeline: StreamPipeline, seen: list[UtteranceReady] = seen) -> None:
+            for name in ("feed", "flush"):
+                method = getattr(pipeline.segmenter, name)
+
+                def wrapped(*args: Any, method: Any = method) -> Any:
+                    events = method(*args)
+                    seen.extend(e for e in events if isinstance(e, UtteranceReady))
+                    return events
+
+                setattr(pipeline.segmenter, name, wrapped)
+
+        claim = services.streams.admit("f")
+        await run_file(services, samples, rate_hz=rate, claim=claim, on_pipeline=spy)
+        services.runner.close()
+    longer, live = cuts[400], cuts[200]
+    assert longer and len(longer) == len(live)
+    for a, b in zip(longer, live, strict=True):
+        assert (a.speech_start_sample, a.speech_end_sample) == (
+            b.speech_start_sample,
+            b.speech_end_sample,
+        )
+        assert b.audio_end_sample - b.speech_end_sample == 7 * 480  # 200 ms in 30 ms frames
+        assert a.audio_end_sample - a.speech_end_sample > 10 * 480

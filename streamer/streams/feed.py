@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import functools
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from streamer.audio import AudioFormat, F32Array, quiet_lead_in
 from streamer.segmenter_config import SegmenterConfig
@@ -36,11 +36,13 @@ def sample_pipeline(
     rate_hz: int,
     models: Sequence[str] | None = None,
     emit: Emit | None = None,
+    segmenter: Mapping[str, Any] | None = None,
 ) -> StreamPipeline:
     """A pipeline fed float32 mono samples at ``rate_hz`` (microphone, files, Wyoming).
 
-    ``models``: None runs every loaded model. Endpointing is the server's, with the models'
-    minimum length; the context is the server's default (the first ``--context``), if any.
+    ``models``: None runs every loaded model. Endpointing is the server's with ``segmenter``'s
+    overrides and the models' minimum length; the context is the server's default (the first
+    ``--context``), if any.
     """
     names = tuple(services.runner.encoders) if models is None else tuple(models)
     return StreamPipeline(
@@ -48,7 +50,7 @@ def sample_pipeline(
         stream=stream,
         fmt=AudioFormat(rate_hz, "pcm_f32le", 1),
         models=names,
-        segmenter=stream_segmenter_config(services, names, {}),
+        segmenter=stream_segmenter_config(services, names, segmenter or {}),
         emit=emit,
         context=services.default_context,
     )
@@ -99,6 +101,7 @@ async def run_source(
     emit: Emit | None = None,
     backlog: int | None = None,
     on_pipeline: Callable[[StreamPipeline], None] | None = None,
+    segmenter: Mapping[str, Any] | None = None,
 ) -> StreamPipeline | None:
     """Feed ``source`` through a new pipeline for the admitted stream ``claim`` until it ends.
 
@@ -114,6 +117,7 @@ async def run_source(
         backlog: utterances allowed in flight before reading more; None reads on regardless
             (a live source cannot wait).
         on_pipeline: called with the pipeline once built, before any audio reaches it.
+        segmenter: overrides of the server's segmenter settings for this source.
 
     Returns:
         The finished pipeline (its ``n_utterances`` and ``n_errors``), or None if the source
@@ -127,7 +131,11 @@ async def run_source(
         async for chunk in source.stream():
             if pipeline is None:
                 pipeline = sample_pipeline(
-                    services, stream=claim.name, rate_hz=source.rate_hz, emit=emit
+                    services,
+                    stream=claim.name,
+                    rate_hz=source.rate_hz,
+                    emit=emit,
+                    segmenter=segmenter,
                 )
                 claim.attach(pipeline)
                 if on_pipeline is not None:
@@ -163,9 +171,10 @@ async def run_file(
     (:func:`streamer.audio.quiet_lead_in`), so speech from the first sample starts an
     utterance; the models never hear that, and times still count from the file's start. Then
     the file is fed in :data:`FILE_CHUNK_MS` chunks with at most :data:`FILE_BACKLOG`
-    utterances in flight. ``progress`` wraps the chunks (a progress bar); ``on_pipeline`` is
-    called with the pipeline once it has heard the lead-in, before the file. Returns what
-    :func:`run_source` returns.
+    utterances in flight. Its utterances keep ``segmenter.file_post_roll_ms`` after their speech
+    (no eager result waits on a file's cut). ``progress`` wraps the chunks (a progress bar);
+    ``on_pipeline`` is called with the pipeline once it has heard the lead-in, before the file.
+    Returns what :func:`run_source` returns.
     """
     lead = file_lead_in(samples, rate_hz=rate_hz, config=services.config.segmenter)
     pieces: Iterable[F32Array] = chunks(samples, rate_hz * FILE_CHUNK_MS // 1000)
@@ -176,6 +185,7 @@ async def run_file(
         emit=emit,
         backlog=FILE_BACKLOG,
         on_pipeline=functools.partial(_hear, lead, rate_hz, on_pipeline),
+        segmenter={"post_roll_ms": services.config.segmenter.file_post_roll_ms},
     )
 
 
