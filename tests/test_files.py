@@ -107,7 +107,8 @@ async def test_a_files_utterances_keep_the_longer_file_post_roll(tmp_path: Path)
         await run_file(services, samples, rate_hz=rate, claim=claim, on_pipeline=spy)
         services.runner.close()
     longer, live = cuts[400], cuts[200]
-    assert longer and len(longer) == len(live)
+    assert longer
+    assert len(longer) == len(live)
     for a, b in zip(longer, live, strict=True):
         assert (a.speech_start_sample, a.speech_end_sample) == (
             b.speech_start_sample,
