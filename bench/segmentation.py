@@ -320,8 +320,8 @@ def segmenter_detector(
     """Run a fresh Segmenter over the samples in ``chunk``-sample pieces, then flush.
 
     ``file``: as ``streamer transcribe`` reads a file, the segmenter first hears the file's
-    ``file_lead_in``, and its utterances keep ``file_post_roll_ms``; times still count from the
-    file's start.
+    ``file_lead_in`` and the file's length (``file_tail_ms``), and its utterances keep
+    ``file_post_roll_ms``; times still count from the file's start.
     """
 
     if file:  # as streamer.streams.feed.run_file
@@ -330,7 +330,8 @@ def segmenter_detector(
     def detect(samples: Audio) -> tuple[Segments, Segments]:
         seg = Segmenter(config)
         if file:
-            seg.hear_lead_in(file_lead_in(samples, rate_hz=RATE_HZ, config=config))
+            lead_in = file_lead_in(samples, rate_hz=RATE_HZ, config=config)
+            seg.hear_lead_in(lead_in, stream_samples=samples.size)
         lead = seg.samples_seen / RATE_HZ
         events = []
         for i in range(0, samples.size, chunk):

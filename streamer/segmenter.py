@@ -5,41 +5,36 @@ No I/O and no clock: time is the number of samples fed since the stream began. A
 hysteresis:
 
 * an utterance **starts** after ``min_speech_ms`` of consecutive confident frames (score >=
-  ``start_threshold``); its start is then moved back over the weaker frames just before
-  (score >= ``onset_threshold``, at most ``edge_extension_ms``), where soft onsets and initial
-  fricatives live;
-* it **stays open** while frames score >= ``keep_threshold``, and ends after a run of
-  non-speech frames (the hangover); its end is the last such frame, moved on over the weak
-  (>= ``edge_threshold``) frames right after it, where word endings fade out. The hangover
-  grows from ``min_silence_ms`` to ``min_silence_ms + extra_silence_ms`` over the first
-  ``extra_silence_after_s`` of speech: after a short command the speaker is done, while a
-  long sentence has comma pauses;
-* it also ends when no confident frame came for ``max_unconfident_ms``, so noise that keeps
-  webrtcvad firing cannot hold an utterance open;
+  ``start_threshold``), moved back over the weaker frames just before (>= ``onset_threshold``,
+  at most ``edge_extension_ms``: soft onsets, initial fricatives);
+* it **stays open** while frames score >= ``keep_threshold`` and ends after a run of
+  non-speech frames (the hangover, growing from ``min_silence_ms`` by ``extra_silence_ms`` over
+  the first ``extra_silence_after_s`` of speech: long sentences have comma pauses), or when no
+  confident frame came for ``max_unconfident_ms``; its end is the last speech frame, moved on
+  over the weak (>= ``edge_threshold``) frames right after it, where word endings fade out;
 * it is **cut** at ``max_utterance_s``; if speech goes on, the next utterance starts at the
   cut sample, so no audio is lost or duplicated.
 
 **Start of a stream.** Until the detector has learnt its noise floor it scores the first
-frames against a floor made of themselves, which assumes the stream starts in noise or
-silence. When the detector later revises those scores (``Vad.revised_start_scores``, once the
-floor has dropped: a pause after speech that opened the stream), the segmenter decides the
-frames again from the first one, as long as no utterance has started yet. What each path
-assumes:
+frames against a floor made of themselves (it assumes the stream starts in noise or silence).
+When it revises those scores (``Vad.revised_start_scores``: the floor dropped in a pause after
+speech that opened the stream), the segmenter decides the frames again from the first one, as
+long as no utterance has started yet. What each path assumes:
 
 * live stream: only frames already heard are used, so a stream that starts inside speech
   reports that utterance once the first pause has taught the floor (up to ``noise_window_ms``
-  late); its start is clamped to the oldest frame still held (``pre_roll_ms +
-  edge_extension_ms + min_speech_ms`` back), so memory stays bounded and speech older than that
-  is lost from the utterance;
-* file (``streamer transcribe``, a client that sends a recording and ``end``): the same code,
-  and the file's end (:meth:`flush`) comes after the pause that ends a trimmed clip, so a clip
-  whose first sample is speech yields its word when the floor drops at least
-  ``revise_drop_db`` (3 dB) after it.
-* the revision needs one frame the first scoring already called confident: noise that opens
-  a stream and then stops is not turned into speech by the quieter floor found after it.
+  late), its start clamped to the oldest frame held (``pre_roll_ms + edge_extension_ms +
+  min_speech_ms`` back: memory stays bounded, older speech is lost from the utterance);
+* file (``streamer transcribe``, a client that sends a recording and ``end``): the same code;
+  the file's end (:meth:`flush`) comes after the pause that ends a trimmed clip, so a clip
+  whose first sample is speech yields its word when the floor drops ``revise_drop_db`` after
+  it. A file read ahead announces its length (:meth:`hear_lead_in`): an utterance that would
+  close within ``file_tail_ms`` of its end stays open and keeps the rest.
+* the revision needs one frame the first scoring called confident: noise that opens a stream
+  and then stops is not turned into speech by the quieter floor found after it.
 * end of a stream (:meth:`flush`, client ``end``, a file's end): a word too short to have
-  started an utterance (``flush_onset_ms`` of frames at least the edge threshold, one of them
-  confident, still held) becomes one; a live stream that goes on never uses the rule.
+  started an utterance (``flush_onset_ms`` of frames >= the edge threshold, one confident,
+  still held) becomes one; a live stream that goes on never uses the rule.
 """
 
 from __future__ import annotations
@@ -118,6 +113,8 @@ class Segmenter:
         self._extra_after = cfg.extra_silence_after_s * 1000 / frame_ms
         self._max_unconfident = max(1, math.ceil(cfg.max_unconfident_ms / frame_ms))
         self._edge_ext = math.ceil(cfg.edge_extension_ms / frame_ms)
+        self._file_tail = math.ceil(cfg.file_tail_ms / frame_ms)
+        self._stream_end = math.inf  # the frame where an announced stream (a file) ends
         self._max_frames = max(1, math.floor(cfg.max_utterance_s * 1000 / frame_ms))
         self._pending = np.zeros(0, dtype=np.float32)
         self._frames: deque[npt.NDArray[np.float32]] = deque()
@@ -168,17 +165,17 @@ class Segmenter:
     def eager_cut(self, silence_ms: float) -> UtteranceReady | None:
         """The utterance :meth:`feed` will return if only silence follows, once that is certain.
 
-        Certain: the last ``silence_ms`` were non-speech (below ``keep_threshold``), the weak
-        tail is over (the end cannot move), every sample up to ``post_roll_ms`` after the end
-        was heard, and silence ends it before ``max_utterance_s``. The result then equals, audio
-        included, what silence (or :meth:`flush`) cuts; else None (or too short to keep).
+        Certain: the last ``silence_ms`` were non-speech (below ``keep_threshold``), the weak tail
+        is over (the end cannot move), every sample up to ``post_roll_ms`` after the end was
+        heard, silence ends it before ``max_utterance_s``, and the stream's end is not announced.
+        The result then equals, audio included, what silence (or :meth:`flush`) cuts; else None
+        (also when it is too short to keep).
         """
-        if not self._speaking:
+        if not self._speaking or self._stream_end < math.inf:
             return None
         n = self.frame_samples
         i = self._n_frames - 1
-        frame_ms = n * 1000 / SAMPLE_RATE_HZ
-        if i - self._last_keep < max(1, math.ceil(silence_ms / frame_ms)):
+        if i - self._last_keep < max(1, math.ceil(silence_ms / (n * 1000 / SAMPLE_RATE_HZ))):
             return None
         if self._edge_end > i and i + 1 - self._last_keep <= self._edge_ext:
             return None  # a weak tail may still extend the end
@@ -189,8 +186,7 @@ class Segmenter:
         )
         if close + 1 - self._start >= self._max_frames:
             return None  # max_utterance_s cuts first
-        end = self._edge_end
-        audio_end = min(end + self._post_roll, close + 1)
+        audio_end = min((end := self._edge_end) + self._post_roll, close + 1)
         if audio_end > self._n_frames or end <= self._start:
             return None
         audio = np.concatenate(list(self._frames)[: audio_end - self._first])
@@ -249,13 +245,18 @@ class Segmenter:
             for e in events
         ]
 
-    def hear_lead_in(self, samples: npt.NDArray[np.float32]) -> SpeechStarted | None:
+    def hear_lead_in(
+        self, samples: npt.NDArray[np.float32], *, stream_samples: int | None = None
+    ) -> SpeechStarted | None:
         """Hear audio before the stream (a file's lead-in); its own time then starts here.
 
         Whole frames only (the stream's frames fall as they would without it); utterances cut
-        within it are dropped. Returns the start of an utterance still open at its end.
+        within it are dropped. ``stream_samples``: the stream's length after it (a file read
+        ahead; ``file_tail_ms``). Returns the start of an utterance still open at its end.
         """
         whole = samples.size // self.frame_samples * self.frame_samples
+        if stream_samples is not None:
+            self._stream_end = (self.samples_seen + whole + stream_samples) // self.frame_samples
         opened = None
         for event in self.feed(samples[:whole]):
             opened = event if isinstance(event, SpeechStarted) else None
@@ -339,7 +340,7 @@ class Segmenter:
         hangover = self._hangover()
         silent = i - self._last_keep >= hangover
         unconfident = i - self._last_confident >= max(self._max_unconfident, hangover)
-        if silent or unconfident:
+        if (silent or unconfident) and self._stream_end - (i + 1) > self._file_tail:
             self._close(i + 1, forced=False, events=events)
 
     def _hangover(self) -> int:
@@ -362,8 +363,8 @@ class Segmenter:
 
     def _close(self, now: int, *, forced: bool, events: list[SegmenterEvent]) -> None:
         """End the open utterance; ``now`` is the frame index just past the audio heard."""
-        end = self._edge_end
-        audio_end = min(end + self._post_roll, now)
+        end = self._edge_end  # at an announced stream's end (give or take a frame): all heard
+        audio_end = now if now + 1 >= self._stream_end else min(end + self._post_roll, now)
         audio_start = self._first
         audio = self._take_until(audio_end)
         self._speaking = False

@@ -71,6 +71,10 @@ class SegmenterConfig:
     """Files only: ``post_roll_ms`` for a file's utterances. Nothing waits on a file's cut (a
     live stream's eager result waits for its post-roll), so a file keeps more of the soft word
     endings the detector does not hear."""
+    file_tail_ms: int = 1000
+    """Files only: when a file ends at most this long after the point where its last utterance
+    would close, that utterance stays open to the file's end and keeps all of it (a trimmed
+    clip's word often fades out into its last sample). 0: off."""
     start_threshold: float | None = None
     """Score of a confident speech frame; None: the detector's default (learned 0.8, webrtc 0.5)."""
     keep_threshold: float | None = None
@@ -122,6 +126,7 @@ class SegmenterConfig:
             "edge_extension_ms",
             "file_lead_in_ms",
             "file_post_roll_ms",
+            "file_tail_ms",
             "flush_onset_ms",
         ):
             _check(name, getattr(self, name), low=0, high=60_000)

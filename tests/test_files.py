@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import subprocess
 import sys
@@ -70,10 +71,9 @@ def test_a_file_at_another_rate_gets_the_same_utterance(tmp_path: Path) -> None:
     assert abs(a["end_ms"] - b["end_ms"]) <= 60.0
 
 
-async def test_a_files_utterances_keep_the_longer_file_post_roll(tmp_path: Path) -> None:
-    """Nothing waits on a file's cut, so its utterances keep ``segmenter.file_post_roll_ms``
-    (400) after their speech where a live stream keeps ``post_roll_ms`` (200, what an eager
-    result waits for); the speech bounds are the same either way."""
+async def _file_cuts(tmp_path: Path, samples: Any, rate: int, **segmenter: Any) -> list[Any]:
+    """The utterances `streamer transcribe`'s file path cuts from ``samples`` (a tiny model),
+    their sample numbers counted from the file's first sample (the lead-in taken off)."""
     from onnx_graphs import write_bundle
 
     from streamer import app
@@ -83,30 +83,53 @@ async def test_a_files_utterances_keep_the_longer_file_post_roll(tmp_path: Path)
     from streamer.streams.feed import run_file
     from streamer.streams.pipeline import StreamPipeline
 
+    config = Config(segmenter=SegmenterConfig(**segmenter))
+    folder = tmp_path / "-".join(f"{k}{v}" for k, v in segmenter.items())
+    services = app.build_services(config, {"ctc": write_bundle(folder)})
+    seen: list[UtteranceReady] = []
+    pipelines: list[StreamPipeline] = []
+
+    def spy(pipeline: StreamPipeline) -> None:
+        pipelines.append(pipeline)
+        for name in ("feed", "flush"):
+            method = getattr(pipeline.segmenter, name)
+
+            def wrapped(*args: Any, method: Any = method) -> Any:
+                events = method(*args)
+                seen.extend(e for e in events if isinstance(e, UtteranceReady))
+                return events
+
+            setattr(pipeline.segmenter, name, wrapped)
+
+    claim = services.streams.admit("f")
+    await run_file(services, samples, rate_hz=rate, claim=claim, on_pipeline=spy)
+    services.runner.close()
+    lead = pipelines[0].origin_samples
+    return [
+        dataclasses.replace(
+            u,
+            speech_start_sample=u.speech_start_sample - lead,
+            speech_end_sample=u.speech_end_sample - lead,
+            audio_start_sample=u.audio_start_sample - lead,
+        )
+        for u in seen
+    ]
+
+
+def _sentence_then_noise(seconds: float) -> tuple[Any, int]:
     samples, rate = sf.read(str(AUDIO / "sent_harvard_spk1_snt1.wav"), dtype="float32")
-    pause = np.random.default_rng(0).normal(0.0, 3e-4, rate).astype(np.float32)
-    samples = np.concatenate((samples, pause))  # 1 s of faint noise after the sentence
-    cuts: dict[int, list[UtteranceReady]] = {}
-    for post_roll in (400, 200):
-        config = Config(segmenter=SegmenterConfig(file_post_roll_ms=post_roll))
-        services = app.build_services(config, {"ctc": write_bundle(tmp_path / f"ctc{post_roll}")})
-        seen = cuts[post_roll] = []
+    assert rate == 16_000
+    pause = np.random.default_rng(0).normal(0.0, 3e-4, round(rate * seconds))
+    return np.concatenate((samples, pause.astype(np.float32))), rate
 
-        def spy(pipeline: StreamPipeline, seen: list[UtteranceReady] = seen) -> None:
-            for name in ("feed", "flush"):
-                method = getattr(pipeline.segmenter, name)
 
-                def wrapped(*args: Any, method: Any = method) -> Any:
-                    events = method(*args)
-                    seen.extend(e for e in events if isinstance(e, UtteranceReady))
-                    return events
-
-                setattr(pipeline.segmenter, name, wrapped)
-
-        claim = services.streams.admit("f")
-        await run_file(services, samples, rate_hz=rate, claim=claim, on_pipeline=spy)
-        services.runner.close()
-    longer, live = cuts[400], cuts[200]
+async def test_a_files_utterances_keep_the_longer_file_post_roll(tmp_path: Path) -> None:
+    """Nothing waits on a file's cut, so its utterances keep ``segmenter.file_post_roll_ms``
+    (400) after their speech where a live stream keeps ``post_roll_ms`` (200, what an eager
+    result waits for); the speech bounds are the same either way."""
+    samples, rate = _sentence_then_noise(1.0)  # 1 s of faint noise after the sentence
+    longer = await _file_cuts(tmp_path, samples, rate, file_post_roll_ms=400, file_tail_ms=0)
+    live = await _file_cuts(tmp_path, samples, rate, file_post_roll_ms=200, file_tail_ms=0)
     assert longer
     assert len(longer) == len(live)
     for a, b in zip(longer, live, strict=True):
@@ -116,3 +139,23 @@ async def test_a_files_utterances_keep_the_longer_file_post_roll(tmp_path: Path)
         )
         assert b.audio_end_sample - b.speech_end_sample == 7 * 480  # 200 ms in 30 ms frames
         assert a.audio_end_sample - a.speech_end_sample > 10 * 480
+
+
+async def test_a_files_last_utterance_keeps_a_short_tail_to_the_files_end(tmp_path: Path) -> None:
+    """A word that fades out into the file's last samples is not cut short: when the file ends
+    within ``segmenter.file_tail_ms`` of where its last utterance would close, the utterance
+    stays open to the end and keeps every sample; a longer tail is cut as before. The speech
+    bounds never move."""
+    short, rate = _sentence_then_noise(1.0)
+    (kept,) = await _file_cuts(tmp_path, short, rate, file_tail_ms=1000)
+    (cut,) = await _file_cuts(tmp_path, short, rate, file_tail_ms=0)
+    assert kept.audio_end_sample == short.size  # every sample, the partial frame too
+    assert cut.audio_end_sample < short.size - 480
+    assert (kept.speech_start_sample, kept.speech_end_sample) == (
+        cut.speech_start_sample,
+        cut.speech_end_sample,
+    )
+    np.testing.assert_array_equal(kept.audio[: cut.audio.size], cut.audio)
+    long, _ = _sentence_then_noise(3.0)
+    (far,) = await _file_cuts(tmp_path, long, rate, file_tail_ms=1000)
+    assert far.audio_end_sample == cut.audio_end_sample

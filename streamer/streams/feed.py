@@ -172,7 +172,8 @@ async def run_file(
     utterance; the models never hear that, and times still count from the file's start. Then
     the file is fed in :data:`FILE_CHUNK_MS` chunks with at most :data:`FILE_BACKLOG`
     utterances in flight. Its utterances keep ``segmenter.file_post_roll_ms`` after their speech
-    (no eager result waits on a file's cut). ``progress`` wraps the chunks (a progress bar);
+    (no eager result waits on a file's cut), and the segmenter knows where the file ends
+    (``segmenter.file_tail_ms``). ``progress`` wraps the chunks (a progress bar);
     ``on_pipeline`` is called with the pipeline once it has heard the lead-in, before the file.
     Returns what :func:`run_source` returns.
     """
@@ -184,7 +185,7 @@ async def run_file(
         claim,
         emit=emit,
         backlog=FILE_BACKLOG,
-        on_pipeline=functools.partial(_hear, lead, rate_hz, on_pipeline),
+        on_pipeline=functools.partial(_hear, lead, samples.size, rate_hz, on_pipeline),
         segmenter={"post_roll_ms": services.config.segmenter.file_post_roll_ms},
     )
 
@@ -205,10 +206,11 @@ def file_lead_in(samples: F32Array, *, rate_hz: int, config: SegmenterConfig) ->
 
 def _hear(
     lead: F32Array,
+    length: int,
     rate_hz: int,
     then: Callable[[StreamPipeline], None] | None,
     pipeline: StreamPipeline,
 ) -> None:
-    pipeline.hear_lead_in(lead, rate_hz=rate_hz)
+    pipeline.hear_lead_in(lead, rate_hz=rate_hz, stream_samples=length)
     if then is not None:
         then(pipeline)

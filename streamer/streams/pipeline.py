@@ -109,12 +109,16 @@ class StreamPipeline:
         if not self._finished:  # audio after finish() (a drained daemon) is ignored
             self._segment(self.converter.convert(data))
 
-    def hear_lead_in(self, samples: npt.NDArray[np.float32], *, rate_hz: int) -> None:
+    def hear_lead_in(
+        self, samples: npt.NDArray[np.float32], *, rate_hz: int, stream_samples: int | None = None
+    ) -> None:
         """Let the segmenter hear ``samples`` (float32 mono at ``rate_hz``) before any audio.
 
         The stream's own audio then starts at 0 ms; ``samples`` is a file's
         :func:`~streamer.audio.quiet_lead_in`. Only the segmenter hears it: an utterance cut
-        within it is dropped, and the models never hear its audio.
+        within it is dropped, and the models never hear its audio. ``stream_samples`` (at
+        ``rate_hz``) announces the stream's length, a file read ahead
+        (``segmenter.file_tail_ms``).
 
         Raises:
             RuntimeError: audio was already fed.
@@ -124,7 +128,8 @@ class StreamPipeline:
         lead = np.asarray(samples, dtype=np.float32)
         if rate_hz != self.rate_hz:
             lead = np.asarray(soxr.resample(lead, rate_hz, self.rate_hz), dtype=np.float32)
-        opened = self.segmenter.hear_lead_in(lead)
+        length = None if stream_samples is None else round(stream_samples * self.rate_hz / rate_hz)
+        opened = self.segmenter.hear_lead_in(lead, stream_samples=length)
         self.origin_samples = self.segmenter.samples_seen
         if opened is not None:  # speech the file goes on with: announced at 0 ms
             self._handle([opened])
