@@ -28,8 +28,8 @@ long as no utterance has started yet. What each path assumes:
 * file (``streamer transcribe``, a client that sends a recording and ``end``): the same code;
   the file's end (:meth:`flush`) comes after the pause that ends a trimmed clip, so a clip
   whose first sample is speech yields its word when the floor drops ``revise_drop_db`` after
-  it. A file read ahead announces its length (:meth:`hear_lead_in`): an utterance that would
-  close within ``file_tail_ms`` of its end stays open and keeps the rest.
+  it. A file read ahead announces its length (:meth:`hear_lead_in`): an utterance cut within
+  ``file_tail_ms`` of its end is held, and keeps the rest of the file unless another starts.
 * the revision needs one frame the first scoring called confident: noise that opens a stream
   and then stops is not turned into speech by the quieter floor found after it.
 * end of a stream (:meth:`flush`, client ``end``, a file's end): a word too short to have
@@ -56,7 +56,7 @@ from streamer.segments import (
     UtteranceReady,
     last_onset,
 )
-from streamer.vad import SAMPLE_RATE_HZ, Vad, VadThresholds
+from streamer.vad import SAMPLE_RATE_HZ, Vad
 
 __all__ = ["FrameObserver", "Segmenter", "SegmenterEvent", "SpeechStarted", "UtteranceReady"]
 
@@ -67,7 +67,8 @@ class Segmenter:
     Call contract: :meth:`feed` takes float32 mono 16 kHz samples in [-1, 1], in stream order,
     in chunks of any size (partial frames are kept until completed, so the events do not
     depend on the chunking). It returns the events those samples completed, in order:
-    every ``UtteranceReady`` directly follows its ``SpeechStarted``. A started utterance is
+    every ``UtteranceReady`` directly follows its ``SpeechStarted`` (a file's last one is held
+    until the next starts or :meth:`flush`, ``file_tail_ms``). A started utterance is
     dropped (no ``UtteranceReady``; counted in :attr:`dropped`) when its audio is shorter than
     ``min_utterance_samples``, or when it is the continuation of a forced cut and no speech
     followed. :meth:`flush` ends the current utterance now (client ``flush``/``end``). Memory is
@@ -82,24 +83,20 @@ class Segmenter:
         vad: Vad | None = None,
         on_frame: FrameObserver | None = None,
     ) -> None:
-        """Create a segmenter.
+        """Create a segmenter with ``config`` (default ``SegmenterConfig()``).
 
-        Args:
-            config: the knobs; defaults to ``SegmenterConfig()``.
-            vad: a detector to use instead of the one ``config`` names; its frame size wins.
-            on_frame: called with (frame start sample, score) for every frame, e.g. to plot
-                the decisions; keep it cheap, it runs inside :meth:`feed`.
+        ``vad``: a detector instead of the one ``config`` names (its frame size wins);
+        ``on_frame``: called with (frame start sample, score) inside :meth:`feed`, keep it cheap.
         """
         self.config = cfg = config or SegmenterConfig()
         self.vad = vad if vad is not None else make_vad(cfg)
-        base = self.vad.thresholds
-        self.thresholds = VadThresholds(
-            start=base.start if cfg.start_threshold is None else cfg.start_threshold,
-            keep=base.keep if cfg.keep_threshold is None else cfg.keep_threshold,
-            edge=(edge := base.edge if cfg.edge_threshold is None else cfg.edge_threshold),
-            onset=cfg.onset_threshold if cfg.onset_threshold is not None else base.onset,
+        self.thresholds = self.vad.thresholds.overridden(
+            start=cfg.start_threshold,
+            keep=cfg.keep_threshold,
+            edge=cfg.edge_threshold,
+            onset=cfg.onset_threshold,
         )
-        self._onset = edge if self.thresholds.onset is None else self.thresholds.onset
+        self._onset = self.thresholds.onset_or_edge
         self.on_frame = on_frame
         self.dropped = 0
         """Utterances dropped for being shorter than ``min_utterance_samples``."""
@@ -115,6 +112,7 @@ class Segmenter:
         self._edge_ext = math.ceil(cfg.edge_extension_ms / frame_ms)
         self._file_tail = math.ceil(cfg.file_tail_ms / frame_ms)
         self._stream_end = math.inf  # the frame where an announced stream (a file) ends
+        self._held: UtteranceReady | None = None  # a file's last utterance, until the end
         self._max_frames = max(1, math.floor(cfg.max_utterance_s * 1000 / frame_ms))
         self._pending = np.zeros(0, dtype=np.float32)
         self._frames: deque[npt.NDArray[np.float32]] = deque()
@@ -179,11 +177,7 @@ class Segmenter:
             return None
         if self._edge_end > i and i + 1 - self._last_keep <= self._edge_ext:
             return None  # a weak tail may still extend the end
-        hangover = self._hangover()
-        close = min(
-            self._last_keep + hangover,
-            self._last_confident + max(self._max_unconfident, hangover),
-        )
+        close = self._closing_frame()
         if close + 1 - self._start >= self._max_frames:
             return None  # max_utterance_s cuts first
         audio_end = min((end := self._edge_end) + self._post_roll, close + 1)
@@ -237,6 +231,10 @@ class Segmenter:
             self._edge_run_start = run[0]
             self._open(run[1], events)  # its speech then ends with the run
             self._close(self._n_frames, forced=False, events=events)
+        if self._held is not None:  # the file's end: its last utterance keeps the rest
+            audio = np.concatenate((self._held.audio, self._take_until(self._n_frames)))
+            events.append(replace(self._held, audio=audio))
+            self._held = None
         last = self._n_frames * self.frame_samples
         return [
             replace(e, audio=np.concatenate((e.audio, self._pending)))
@@ -306,10 +304,14 @@ class Segmenter:
         if self._confident_run >= self._min_speech:
             self._open(i, events)
             return
-        # Idle: keep only what a start could still reach back to (pre-roll + onset lookback).
-        self._drop_before(i + 1 - self._pre_roll - self._edge_ext - self._min_speech)
+        # Idle: keep what a start could reach back to (pre-roll + onset lookback); all if held
+        if self._held is None:
+            self._drop_before(i + 1 - self._pre_roll - self._edge_ext - self._min_speech)
 
     def _open(self, i: int, events: list[SegmenterEvent]) -> None:
+        if self._held is not None:  # not a file's last utterance after all: out as cut
+            events.append(self._held)
+            self._held = None
         trigger = i - self._min_speech + 1
         weak_start = trigger if self._edge_run_start is None else self._edge_run_start
         start = max(weak_start, trigger - self._edge_ext, self._first, i + 1 - self._max_frames)
@@ -337,17 +339,16 @@ class Segmenter:
         if i + 1 - self._start >= self._max_frames:
             self._cut(i, events)
             return
-        hangover = self._hangover()
-        silent = i - self._last_keep >= hangover
-        unconfident = i - self._last_confident >= max(self._max_unconfident, hangover)
-        if (silent or unconfident) and self._stream_end - (i + 1) > self._file_tail:
+        if i >= self._closing_frame():
             self._close(i + 1, forced=False, events=events)
 
-    def _hangover(self) -> int:
-        """Non-speech frames that end the utterance, growing with its speech so far."""
+    def _closing_frame(self) -> int:
+        """The frame that closes the utterance if no speech comes (hangover or unconfident)."""
         spoken = self._last_keep + 1 - self._start
         ramp = 1.0 if self._extra_after <= 0 else min(1.0, spoken / self._extra_after)
-        return self._min_silence + round(self._extra_silence * ramp)
+        hangover = self._min_silence + round(self._extra_silence * ramp)
+        unconfident = self._last_confident + max(self._max_unconfident, hangover)
+        return min(self._last_keep + hangover, unconfident)
 
     def _cut(self, i: int, events: list[SegmenterEvent]) -> None:
         """Forced cut after frame ``i``; a new utterance starts there if speech goes on."""
@@ -363,8 +364,8 @@ class Segmenter:
 
     def _close(self, now: int, *, forced: bool, events: list[SegmenterEvent]) -> None:
         """End the open utterance; ``now`` is the frame index just past the audio heard."""
-        end = self._edge_end  # at an announced stream's end (give or take a frame): all heard
-        audio_end = now if now + 1 >= self._stream_end else min(end + self._post_roll, now)
+        end = self._edge_end
+        audio_end = min(end + self._post_roll, now)
         audio_start = self._first
         audio = self._take_until(audio_end)
         self._speaking = False
@@ -374,23 +375,23 @@ class Segmenter:
         if end <= self._start or audio.size < self.config.min_utterance_samples:
             self.dropped += 1
             return
-        events.append(
-            UtteranceReady(
-                audio=audio,
-                speech_start_sample=self._start * n,
-                speech_end_sample=end * n,
-                audio_start_sample=audio_start * n,
-                forced_cut=forced,
-            )
+        utterance = UtteranceReady(
+            audio=audio,
+            speech_start_sample=self._start * n,
+            speech_end_sample=end * n,
+            audio_start_sample=audio_start * n,
+            forced_cut=forced,
         )
+        if not forced and self._stream_end - now <= self._file_tail:
+            self._held = utterance  # a file's last, unless another starts (_open)
+        else:
+            events.append(utterance)
 
     def _take_until(self, frame: int) -> npt.NDArray[np.float32]:
         """Remove and return the buffered audio before frame index ``frame``."""
         taken = [self._frames.popleft() for _ in range(frame - self._first)]
         self._first = frame
-        if not taken:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate(taken)
+        return np.concatenate(taken) if taken else np.zeros(0, dtype=np.float32)
 
     def _drop_before(self, frame: int) -> None:
         while self._first < frame:

@@ -72,9 +72,9 @@ class SegmenterConfig:
     live stream's eager result waits for its post-roll), so a file keeps more of the soft word
     endings the detector does not hear."""
     file_tail_ms: int = 1000
-    """Files only: when a file ends at most this long after the point where its last utterance
-    would close, that utterance stays open to the file's end and keeps all of it (a trimmed
-    clip's word often fades out into its last sample). 0: off."""
+    """Files only: an utterance cut at most this long before the file's end keeps the rest of
+    the file, unless another utterance starts in it (a trimmed clip's word often fades out into
+    its last samples, past what the post-roll keeps: it stops at the hangover). 0: off."""
     start_threshold: float | None = None
     """Score of a confident speech frame; None: the detector's default (learned 0.8, webrtc 0.5)."""
     keep_threshold: float | None = None

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import importlib
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final, Protocol
 
 import numpy as np
@@ -63,6 +63,15 @@ class VadThresholds:
     """A frame at or above this may widen an utterance's start or end."""
     onset: float | None = None
     """A frame at or above this may move an utterance's start back; None: ``edge``."""
+
+    def overridden(self, **levels: float | None) -> VadThresholds:
+        """These levels with each of ``levels`` that is not None in its place."""
+        return replace(self, **{k: v for k, v in levels.items() if v is not None})
+
+    @property
+    def onset_or_edge(self) -> float:
+        """The level that may move a start back."""
+        return self.edge if self.onset is None else self.onset
 
 
 class Vad(Protocol):

@@ -159,3 +159,22 @@ async def test_a_files_last_utterance_keeps_a_short_tail_to_the_files_end(tmp_pa
     long, _ = _sentence_then_noise(3.0)
     (far,) = await _file_cuts(tmp_path, long, rate, file_tail_ms=1000)
     assert far.audio_end_sample == cut.audio_end_sample
+
+
+async def test_a_word_in_the_files_tail_is_its_own_utterance(tmp_path: Path) -> None:
+    """The held utterance does not swallow a word that starts in the file's tail: two FSDD
+    digits 0.6 s apart, 0.5 s before the file's end, give the same two utterances with and
+    without ``file_tail_ms`` (2 s: the first is held too), the first with the same audio; only
+    the last keeps the file's end."""
+    names = ("7_lucas_0.wav", "3_jackson_0.wav")
+    words = [sf.read(str(AUDIO / "fsdd" / n), dtype="float32")[0] for n in names]
+    noise = np.random.default_rng(1).normal(0.0, 3e-4, 16_000).astype(np.float32)
+    samples = np.concatenate((noise[:8000], words[0], noise[:9600], words[1], noise[:8000]))
+    held = await _file_cuts(tmp_path, samples, 16_000, file_tail_ms=2000)
+    plain = await _file_cuts(tmp_path, samples, 16_000, file_tail_ms=0)
+    assert len(held) == len(plain) == 2
+    assert [(u.speech_start_sample, u.speech_end_sample) for u in held] == [
+        (u.speech_start_sample, u.speech_end_sample) for u in plain
+    ]
+    np.testing.assert_array_equal(held[0].audio, plain[0].audio)
+    assert plain[1].audio_end_sample < held[1].audio_end_sample == samples.size
