@@ -73,7 +73,7 @@ class Segmenter:
     ``min_utterance_samples``, or when it is the continuation of a forced cut and no speech
     followed. :meth:`flush` ends the current utterance now (client ``flush``/``end``). Memory is
     bounded: at most ``pre_roll_ms`` plus the longer of ``max_utterance_s`` and
-    ``edge_extension_ms + min_speech_ms``, plus one frame.
+    ``edge_extension_ms + min_speech_ms``, plus one frame; a held utterance and its tail besides.
     """
 
     def __init__(
@@ -253,11 +253,11 @@ class Segmenter:
         ahead; ``file_tail_ms``). Returns the start of an utterance still open at its end.
         """
         whole = samples.size // self.frame_samples * self.frame_samples
-        if stream_samples is not None:
-            self._stream_end = (self.samples_seen + whole + stream_samples) // self.frame_samples
         opened = None
         for event in self.feed(samples[:whole]):
             opened = event if isinstance(event, SpeechStarted) else None
+        if stream_samples is not None:  # after: an utterance cut within it is never held
+            self._stream_end = (self.samples_seen + stream_samples) // self.frame_samples
         return opened
 
     def _step(self, frame: npt.NDArray[np.float32], events: list[SegmenterEvent]) -> None:

@@ -419,6 +419,9 @@ def test_a_lead_in_keeps_only_whole_frames_and_drops_its_own_utterances() -> Non
     assert seg.samples_seen == 960  # two whole 30 ms frames; the rest of the lead-in is unheard
     assert seg.hear_lead_in(sentence) is None  # the sentence was cut within it: dropped
     assert seg.feed(np.zeros(RATE, np.float32)) + seg.flush() == []
+    seg = Segmenter()  # also from a file whose end is near (file_tail_ms): never held
+    assert seg.hear_lead_in(sentence, stream_samples=RATE // 2) is None
+    assert seg.feed(np.zeros(RATE // 2, np.float32)) + seg.flush() == []
     half = sentence.size // 2  # inside the sentence
     seg = Segmenter()
     started = seg.hear_lead_in(sentence[:half])
