@@ -35,7 +35,8 @@ class SegmenterConfig:
     pre_roll_ms: int = 500
     """Audio kept before the speech start (ms, rounded up to whole frames)."""
     post_roll_ms: int = 200
-    """Audio kept after the speech end (ms, whole frames; at most what has been heard)."""
+    """Audio kept after the speech end (ms, whole frames; at most what has been heard when the
+    hangover closes the utterance)."""
     min_speech_ms: int = 150
     """Consecutive confident (voiced) speech needed to start an utterance (ms); knocks and
     chirps are shorter."""
