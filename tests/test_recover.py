@@ -113,3 +113,26 @@ def test_an_embedding_student_is_trained_further_from_its_int8_bundle(tmp_path: 
         args = (torch.from_numpy(values), torch.from_numpy(mask), lengths.tolist())
         want, got = trained(*args).numpy(), fresh(*args).numpy()
     assert np.abs(got - want).max() < 0.05  # MatMul weights rounded to 8 bits
+
+
+def test_embed_clips_gives_the_raw_output_for_centring() -> None:
+    """The trainer centres validation vectors as the shipped graph is centred: ``embed_clips``
+    with ``normalise=False`` is the student's raw output in clip order, whose unit vectors are
+    what it gives by default."""
+    torch = pytest.importorskip("torch", reason="torch is part of the export extra")
+    from streamer_training import train_embed, train_intent
+
+    small = train_intent.IntentRecipe(hidden_size=32, n_layers=1, n_heads=2, intermediate_size=64)
+    torch.manual_seed(3)
+    student = train_embed.build_student(train_embed.EmbedRecipe(projection_dim=24), small)
+    rng = np.random.default_rng(4)
+    clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 4000, 9000)]
+    raw = train_embed.embed_clips(student, clips, normalise=False)
+    unit = train_embed.embed_clips(student, clips)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0)
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), unit, atol=1e-5)
+    values, mask, lengths = loop.pad_batch([clips[1]])
+    student.eval()
+    with torch.inference_mode():
+        alone = student(torch.from_numpy(values), torch.from_numpy(mask), lengths.tolist())
+    np.testing.assert_allclose(raw[1], alone.numpy()[0], atol=1e-4)
