@@ -142,10 +142,9 @@ async def test_a_files_utterances_keep_the_longer_file_post_roll(tmp_path: Path)
 
 
 async def test_a_files_last_utterance_keeps_a_short_tail_to_the_files_end(tmp_path: Path) -> None:
-    """A word that fades out into the file's last samples is not cut short: when the file ends
-    within ``segmenter.file_tail_ms`` of where its last utterance would close, the utterance
-    stays open to the end and keeps every sample; a longer tail is cut as before. The speech
-    bounds never move."""
+    """A word that fades out into the file's last samples is not cut short: an utterance cut
+    within ``segmenter.file_tail_ms`` of the file's end is held and keeps every sample to the
+    end; a longer tail is cut as before. The speech bounds never move."""
     short, rate = _sentence_then_noise(1.0)
     (kept,) = await _file_cuts(tmp_path, short, rate, file_tail_ms=1000)
     (cut,) = await _file_cuts(tmp_path, short, rate, file_tail_ms=0)
