@@ -7,6 +7,7 @@ checkpoint sees exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import logging
 import math
@@ -58,8 +59,9 @@ def draw_batch(
     return pool[start : start + size]
 
 
+@functools.cache
 def native_bf16() -> bool:
-    """Whether this CPU does bfloat16 in hardware (AVX-512 BF16 or AMX).
+    """Whether this CPU does bfloat16 in hardware (AVX-512 BF16 or AMX); asked once.
 
     Without it, bfloat16 autocast is emulated and a training step is several times slower than
     in float32 (measured on an AVX2-only CPU: the embed student's step 5-9 s against 1-2 s).
