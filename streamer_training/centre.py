@@ -53,6 +53,16 @@ def embedding_mean(
     return mean
 
 
+def training_choice(n_items: int, n_clips: int, seed: int) -> list[int]:
+    """The clips a bundle is centred on: ``n_clips`` of ``n_items``, seeded, none twice, sorted.
+
+    The trainer (``streamer_training.train_embed``) centres its evaluations on the same kind of
+    choice, so the checkpoint it picks is judged as it will ship.
+    """
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(n_items, size=min(n_clips, n_items), replace=False))
+
+
 def centre_bundle(src: Path, dst: Path, mean: npt.ArrayLike) -> Path:
     """Copy bundle ``src`` to ``dst`` with ``mean`` subtracted from its ``embedding`` output.
 
@@ -111,9 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_file():
         parser.error(f"{args.data} not found: run `bin/train_demo --stage embed-data` first")
     items = Corpus.load(args.data).items
-    rng = np.random.default_rng(args.seed)
-    picked = rng.choice(len(items), size=min(args.clips, len(items)), replace=False)
-    mean = embedding_mean(args.bundle, (items[int(i)].audio for i in picked))
+    picked = training_choice(len(items), args.clips, args.seed)
+    mean = embedding_mean(args.bundle, (items[i].audio for i in picked))
     centre_bundle(args.bundle, args.out, mean)
     note = {"centred_on": str(args.data), "clips": len(picked), "seed": args.seed}
     (args.out / "centre.json").write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")

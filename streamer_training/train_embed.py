@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from streamer_training import augment, data, loop, recover, speakers
+from streamer_training.centre import training_choice
 from streamer_training.evaluate import load_audio
 from streamer_training.train_intent import (
     CONV_KERNEL,
@@ -293,8 +294,8 @@ def train(
     started = time.monotonic()
     student.train()
 
-    picked = np.random.default_rng(recipe.seed).choice(len(synthetic.items), CENTRE_CLIPS)
-    centre_on = [synthetic.items[i].audio for i in sorted(picked)]
+    picked = training_choice(len(synthetic.items), CENTRE_CLIPS, recipe.seed)
+    centre_on = [synthetic.items[i].audio for i in picked]
 
     def evaluate() -> None:
         raw = embed_clips(student, [u.audio for u in validation.items], normalise=False)

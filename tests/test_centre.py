@@ -11,7 +11,13 @@ from conftest import SHARED_AUDIO as AUDIO, exported
 from onnx_graphs import write_bundle
 
 from streamer.engine.bundles import load_manifest
-from streamer_training.centre import PARITY_NOTE, centre_bundle, embedding_mean, main
+from streamer_training.centre import (
+    PARITY_NOTE,
+    centre_bundle,
+    embedding_mean,
+    main,
+    training_choice,
+)
 from streamer_training.evaluate import Bundle, load_audio
 
 pytestmark = pytest.mark.export
@@ -75,3 +81,14 @@ def test_the_command_names_the_missing_training_data(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--bundle", str(tmp_path), "--out", str(tmp_path / "o"), "--data", "nope.npz"])
     assert exit_info.value.code == 2
+
+
+def test_the_centring_clips_are_a_seeded_choice_without_repeats() -> None:
+    """The trainer's evaluations and the command centre on the same kind of choice."""
+    picked = training_choice(1000, 200, seed=3)
+    assert len(set(picked)) == 200
+    assert picked == sorted(picked)
+    assert all(0 <= i < 1000 for i in picked)
+    assert training_choice(1000, 200, seed=3) == picked
+    assert training_choice(1000, 200, seed=4) != picked
+    assert training_choice(5, 200, seed=3) == [0, 1, 2, 3, 4]  # fewer clips than asked: all
