@@ -327,6 +327,7 @@ def test_finals_compared_without_timings_and_ids_and_the_table() -> None:
     }
     assert (figures["stable_words"], figures["stable_contradicted"]) == (1, 0)
     assert figures["eager_confirmed_commands"] == 1
+    assert figures["eager_lead_over_today_one_second"] == 1  # 900 ms of speech: a 1 s command
     assert figures["counts"]["on"] == {"partial": 1, "eager": 1, "resumed": 0, "utterance": 2}
     run = summarize(
         [StreamReport("s", "f", audio_s=3.0)], wall_s=3, cpu_s=1, peak_rss_mb=1, realtime=True
@@ -343,6 +344,9 @@ def test_finals_compared_without_timings_and_ids_and_the_table() -> None:
     )
     stable_row = "| stable words later contradicted by the final | ≤ 2% | 0.0% (0 / 1; "
     assert f"{stable_row}1 / 2 final words were stable first) | yes |" in table
+    one_second = "| eager before today's final, 1 s commands (0.75-1.25 s), p50 | (informative) "
+    assert one_second in table
+    assert "ms (1 utterances) | yes |" in table
     assert "| engine time on partials | ≤ 30% | 5.0% | yes |" in table
     assert "| on | 3 | 1 | 1 | 0 | 2 (0) |" in table
     assert "| 1.0 | 0.1 |" in table

@@ -30,7 +30,7 @@ import numpy.typing as npt
 from streamer.config import load_config
 from streamer.errors import StreamerError
 from streamer.streams.sources import read_audio_file
-from streamer.tools.partials_report import COMMAND_MAX_MS, format_table
+from streamer.tools.partials_report import COMMAND_MAX_MS, ONE_SECOND_MS, format_table
 from streamer.tools.replay import MAX_IN_FLIGHT, StreamReport, play_samples, score_report
 
 Audio = npt.NDArray[np.float32]
@@ -300,6 +300,10 @@ def eager_leads_over_today(off: LiveStream, on: LiveStream) -> list[tuple[float,
     return out
 
 
+def _one_second(speech_ms: float) -> bool:
+    return ONE_SECOND_MS[0] <= speech_ms <= ONE_SECOND_MS[1]
+
+
 def _without(event: Event, keys: Sequence[str]) -> Event:
     return {k: v for k, v in event.items() if k not in keys}
 
@@ -347,6 +351,8 @@ def measure(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[str, An
         "eager_lead_over_today_ms": _stats([a for a, _ in leads]),
         "eager_lead_over_today_ms_commands": _stats([a for a, ms in leads if ms <= COMMAND_MAX_MS]),
         "eager_lead_over_today_commands": sum(ms <= COMMAND_MAX_MS for _, ms in leads),
+        "eager_lead_over_today_ms_one_second": _stats([a for a, ms in leads if _one_second(ms)]),
+        "eager_lead_over_today_one_second": sum(_one_second(ms) for _, ms in leads),
         "eager_confirmed_commands": sum(ms <= COMMAND_MAX_MS for _, ms in advances),
         "emit_ms": {"off": emit(off), "on": emit(on)},
         "counts": {arm: _counts(streams) for arm, streams in (("off", off), ("on", on))},
