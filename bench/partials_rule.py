@@ -18,7 +18,8 @@ Per rule (``partials.agree``, ``stable_confidence``, ``guard_ms``, ``lookback_ms
 ``stable_min_chars``, ``agree_whole_window``) it prints the stable words the final contradicts
 (the live bench's :func:`stable_contradictions`), the final words a partial showed as stable
 first, and a word's first appearance in any partial after it ended (stream time, p50 / p95: the
-delay with an engine that is never busy).
+delay with an engine that is never busy); ``--json`` also lists each contradicted word with the
+final it was read against.
 
 Pass only files of the speakers the rule is chosen on (a validation split); report the chosen
 rule once with ``streamer bench --partials`` on other speakers.
@@ -95,11 +96,13 @@ async def run_rule(
     services = build_services(load_config(env=os.environ, overrides=overrides), models)
     n_stable = n_bad = n_first = n_words = 0
     delays: list[float] = []
+    contradicted: list[str] = []
     try:
         for samples in audio:
             events = await replay(services, samples, rate_hz)
             n, bad = stable_contradictions(events)
             n_stable, n_bad = n_stable + n, n_bad + len(bad)
+            contradicted += bad
             n_first += stable_before_final(events)
             found, words = first_appearances(events, lambda ms: ms / 1000.0)  # times: audio fed
             delays, n_words = delays + found, n_words + words
@@ -113,6 +116,7 @@ async def run_rule(
         "final_words": n_words,
         "first_p50": float(np.percentile(delays, 50)) if delays else None,
         "first_p95": float(np.percentile(delays, 95)) if delays else None,
+        "contradicted_words": contradicted,
     }
 
 
