@@ -132,6 +132,7 @@ def main() -> None:
     parser.add_argument("--lookback-ms", type=int, nargs="+", default=[1000])
     parser.add_argument("--min-chars", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--whole-window", type=int, nargs="+", default=[1], choices=[0, 1])
+    parser.add_argument("--greedy", type=int, nargs="+", default=[0], choices=[0, 1])
     parser.add_argument(
         "--model", action="append", default=[], help="[NAME=]PATH (default: exported/)"
     )
@@ -148,6 +149,7 @@ def main() -> None:
     models = resolve_models(args.model)
     rows = []
     head = ["agree", "confidence", "guard ms", "lookback ms", "min chars", "whole window"]
+    head += ["greedy"]
     head += ["stable words"]
     head += ["contradicted", "final words stable first", "first appearance p50 / p95 ms"]
     print("| " + " | ".join(head) + " |\n|" + " --- |" * len(head))
@@ -158,8 +160,9 @@ def main() -> None:
         args.lookback_ms,
         args.min_chars,
         args.whole_window,
+        args.greedy,
     )
-    for agree, conf, guard, lookback, min_chars, whole in grid:
+    for agree, conf, guard, lookback, min_chars, whole, greedy in grid:
         rule = {
             "agree": agree,
             "stable_confidence": conf,
@@ -167,6 +170,7 @@ def main() -> None:
             "lookback_ms": lookback,
             "stable_min_chars": min_chars,
             "agree_whole_window": bool(whole),
+            "stable_greedy": bool(greedy),
         }
         row = asyncio.run(run_rule(rule, audio, rate_hz, models))
         rows.append(row)

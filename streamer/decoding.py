@@ -212,6 +212,16 @@ class OutputDecoder:
             result = Decoded(result.transcript, result.intent, result.labels, result.value, vector)
         return result
 
+    def greedy(self, logits: npt.ArrayLike, offset_ms: float) -> Transcript:
+        """A ctc bundle's greedy reading of ``logits``: the acoustics alone, no LM, no grammar.
+
+        Raises:
+            ModelError: this is not a ctc bundle, or ``logits`` is malformed.
+        """
+        if self._reader is None:
+            raise ModelError(f"a {self.task} bundle has no transcript")
+        return self._reader.decode(logits, offset_ms=offset_ms)
+
     def grammar_for(self, intent: Intent | None) -> str | None:
         """The intent whose grammar decodes an utterance with ``intent``, or None (free search)."""
         if intent is None or intent.abstain or intent.name not in self.grammars:

@@ -16,7 +16,10 @@ what a caption can show without flicker (LocalAgreement-n, n = ``agree``, 3 by d
   read 12.9% of the letters three windows agreed on differently, against 1.5% of longer words);
   with ``agree_whole_window`` the windows must also read alike every later word the oldest of
   them heard end before its guard: where a window's reading of a stretch still changes, the
-  model is unsure of it (speech it never learnt), and a word agreed before it waits too;
+  model is unsure of it (speech it never learnt), and a word agreed before it waits too; with
+  ``stable_greedy`` each of those windows' greedy reading (the acoustics alone, without the
+  language model) must hold the word too: on speech outside its vocabulary the LM pulls the
+  windows onto words it knows, which the whole utterance then reads otherwise;
 * a stable word is never changed or withdrawn: later hypotheses only ever add stable words;
 * hypotheses are aligned by time: a window starts before the last stable word ends (so the model
   hears context), and its words whose middle lies before that end are the stable words heard
@@ -60,6 +63,9 @@ class PartialsConfig:
     agree_whole_window: bool = True
     """Words become stable only when the agreeing windows also agree on every later word the
     oldest of them heard end before its guard (letters included); false: on the words alone."""
+    stable_greedy: bool = True
+    """A word becomes stable only if each agreeing window's greedy reading (the acoustics
+    alone, no language model) holds it too, at the same time."""
     engine_share: float = 0.3
     """Share of the engine's time (all workers) partial runs may take, over ``share_window_s``;
     past it a partial run is skipped. Partial runs never start while an utterance waits."""
@@ -107,6 +113,7 @@ class StableWords:
         min_confidence: float = 0.0,
         min_chars: int = 1,
         whole_window: bool = False,
+        greedy: bool = False,
     ) -> None:
         """Start an utterance with no stable word; the knobs: see :class:`PartialsConfig`."""
         if agree < 2:
@@ -116,22 +123,31 @@ class StableWords:
         self.min_confidence = min_confidence
         self.min_chars = min_chars
         self.whole_window = whole_window
+        self.greedy = greedy
         self.stable: list[Word] = []
         self.revision = 0
-        self._history: list[tuple[list[Word], float]] = []  # the last hypotheses, window ends
+        # the last hypotheses, their windows' ends and greedy readings
+        self._history: list[tuple[list[Word], float, Sequence[Word]]] = []
 
     @property
     def stable_end_ms(self) -> float | None:
         """End of the last stable word (None before the first)."""
         return self.stable[-1].end_ms if self.stable else None
 
-    def update(self, words: Sequence[Word], *, window_end_ms: float) -> tuple[PartialWord, ...]:
+    def update(
+        self, words: Sequence[Word], *, window_end_ms: float, greedy: Sequence[Word] = ()
+    ) -> tuple[PartialWord, ...]:
         """Take the hypothesis of a new window (words in stream time); return the partial's words.
 
-        The result is every stable word (flag set), then this hypothesis's words after them.
+        ``greedy``: the same window's greedy reading (read only with ``greedy`` on). The result
+        is every stable word (flag set), then this hypothesis's words after them.
         """
-        self._history = [*self._history[-(self.agree - 1) :], (list(words), window_end_ms)]
-        hypotheses = [(self._after_stable(ws), end - self.guard_ms) for ws, end in self._history]
+        self._history = [
+            *self._history[-(self.agree - 1) :],
+            (list(words), window_end_ms, greedy),
+        ]
+        hypotheses = [(self._after_stable(ws), end - self.guard_ms) for ws, end, _ in self._history]
+        readings = [g for _, _, g in self._history]
         fresh = hypotheses[-1][0]
         n = 0
         while (
@@ -143,7 +159,8 @@ class StableWords:
                 and ws[n].word == fresh[n].word
                 and ws[n].end_ms <= limit
                 and ws[n].confidence >= self.min_confidence
-                for ws, limit in hypotheses
+                and (not self.greedy or _heard(ws[n], reading))
+                for (ws, limit), reading in zip(hypotheses, readings, strict=True)
             )
         ):
             n += 1
@@ -165,6 +182,14 @@ def _agree_to_guard(hypotheses: Sequence[tuple[list[Word], float]]) -> bool:
     oldest, limit = hypotheses[0]
     settled = [w.word for w in oldest if w.end_ms <= limit]
     return all([w.word for w in ws[: len(settled)]] == settled for ws, _ in hypotheses)
+
+
+def _heard(word: Word, reading: Sequence[Word]) -> bool:
+    """Whether ``reading`` holds ``word``: the same text, overlapping it in time."""
+    return any(
+        w.word == word.word and w.start_ms < word.end_ms and word.start_ms < w.end_ms
+        for w in reading
+    )
 
 
 def _flagged(word: Word, stable: bool) -> PartialWord:

@@ -545,6 +545,16 @@ def test_a_word_list_far_from_what_was_said_gives_way_to_the_free_search() -> No
     )
 
 
+def test_the_greedy_reading_ignores_the_word_list_and_needs_a_ctc_bundle() -> None:
+    """Partials check stable words against the acoustics alone: no grammar, no LM."""
+    decoders = _decoders(intent=_classify(LABELS))
+    greedy = decoders["ctc"].greedy(TWE, 100.0)
+    assert greedy.text == "twe"  # the word list would read "two"
+    assert greedy.words[0].start_ms == 100.0
+    with pytest.raises(ModelError, match="no transcript"):
+        decoders["intent"].greedy(TWE, 0.0)
+
+
 @pytest.mark.parametrize(
     ("rows", "intent"),
     [

@@ -114,6 +114,27 @@ def test_windows_that_differ_later_on_make_nothing_stable_when_so_configured() -
     ]
 
 
+def test_words_the_acoustics_alone_do_not_read_wait_when_so_configured() -> None:
+    """The windows agree on "alexa", but their greedy readings hold letters there: the language
+    model pulled unknown speech onto a word it knows, so "alexa" waits (``stable_greedy``)."""
+    hyp = [_word("alexa", 0, 400), _word("stop", 500, 800)]
+    letters = [_word("i", 0, 100), _word("xtnl", 150, 400), _word("stop", 520, 790)]
+    sure = [_word("alexa", 10, 390), _word("stop", 520, 790)]
+    checked = StableWords(guard_ms=0, agree=2, greedy=True)
+    unchecked = StableWords(guard_ms=0, agree=2)
+    for rule in (checked, unchecked):
+        rule.update(hyp, window_end_ms=1000, greedy=letters)
+        rule.update(hyp, window_end_ms=1500, greedy=letters)
+    assert checked.stable == []  # and "stop" waits for the word before it
+    assert [w.word for w in unchecked.stable] == ["alexa", "stop"]
+    # both windows read by the acoustics alone too: stable
+    checked.update(hyp, window_end_ms=2000, greedy=sure)
+    assert [w.word for w in checked.update(hyp, window_end_ms=2500, greedy=sure) if w.stable] == [
+        "alexa",
+        "stop",
+    ]
+
+
 def test_a_window_that_rereads_stable_words_does_not_repeat_them() -> None:
     words = StableWords(guard_ms=0)
     words.update([_word("one", 0, 300), _word("two", 400, 700)], window_end_ms=2000)

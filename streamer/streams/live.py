@@ -117,6 +117,7 @@ class LiveResults:
             min_confidence=self.config.stable_confidence,
             min_chars=self.config.stable_min_chars,
             whole_window=self.config.agree_whole_window,
+            greedy=self.config.stable_greedy,
         )
         self._next_partial = start_sample + self._samples(self.config.interval_ms)
 
@@ -262,6 +263,11 @@ class LiveResults:
             logits = result.outputs["logits"][0]
             offset_ms = self._ms(first)
             transcript = await asyncio.to_thread(decoder.transcribe, logits, offset_ms)
+            greedy = (
+                (await asyncio.to_thread(decoder.greedy, logits, offset_ms)).words
+                if self.config.stable_greedy
+                else ()
+            )
         except asyncio.CancelledError:
             raise
         except PreemptedError:  # an utterance needed the engine: this partial is given up
@@ -273,7 +279,7 @@ class LiveResults:
         if self._utterance != utterance or self._words is not words:
             return  # the utterance was cut meanwhile: its final replaces every partial
         end_ms = self._ms(first + audio.size)
-        flagged = words.update(transcript.words, window_end_ms=end_ms)
+        flagged = words.update(transcript.words, window_end_ms=end_ms, greedy=greedy)
         self._count("partials_sent", "partial", "sent")
         self.publish(
             proto.Partial(
