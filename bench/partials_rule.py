@@ -2,8 +2,8 @@
 
 Usage: ``.venv/bin/python bench/partials_rule.py [--streams 16] [--duration-s 90]
 [--agree 2 3 4] [--confidence 0 0.5] [--guard-ms 300] [--lookback-ms 1000] [--min-chars 1 2]
-[--whole-window 0 1] [--model [NAME=]PATH] [--json OUT] -- FILE ...`` (every combination of the
-values given)
+[--whole-window 0 1] [--greedy 0 1] [--model [NAME=]PATH] [--json OUT] -- FILE ...`` (every
+combination of the values given)
 
 ``streamer bench --partials`` measures the rule live (real time, 16 streams, ~4 min a run); this
 replays the same streams (``streamer.tools.bench_partials.stream_audio``: the files in turn
@@ -15,11 +15,11 @@ the engine's wall time when audio comes faster than real time). A partial's time
 fed when its tick fired.
 
 Per rule (``partials.agree``, ``stable_confidence``, ``guard_ms``, ``lookback_ms``,
-``stable_min_chars``, ``agree_whole_window``) it prints the stable words the final contradicts
-(the live bench's :func:`stable_contradictions`), the final words a partial showed as stable
-first, and a word's first appearance in any partial after it ended (stream time, p50 / p95: the
-delay with an engine that is never busy); ``--json`` also lists each contradicted word with the
-final it was read against.
+``stable_min_chars``, ``agree_whole_window``, ``stable_greedy``) it prints the stable words the
+final contradicts (the live bench's :func:`stable_contradictions`), the final words a partial
+showed as stable first, and a word's first appearance in any partial after it ended (stream
+time, p50 / p95: the delay with an engine that is never busy); ``--json`` also lists each
+contradicted word with the final it was read against.
 
 Pass only files of the speakers the rule is chosen on (a validation split); report the chosen
 rule once with ``streamer bench --partials`` on other speakers.
@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--lookback-ms", type=int, nargs="+", default=[1000])
     parser.add_argument("--min-chars", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--whole-window", type=int, nargs="+", default=[1], choices=[0, 1])
-    parser.add_argument("--greedy", type=int, nargs="+", default=[0], choices=[0, 1])
+    parser.add_argument("--greedy", type=int, nargs="+", default=[1], choices=[0, 1])
     parser.add_argument(
         "--model", action="append", default=[], help="[NAME=]PATH (default: exported/)"
     )

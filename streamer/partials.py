@@ -135,16 +135,16 @@ class StableWords:
         return self.stable[-1].end_ms if self.stable else None
 
     def update(
-        self, words: Sequence[Word], *, window_end_ms: float, greedy: Sequence[Word] = ()
+        self, words: Sequence[Word], *, window_end_ms: float, greedy_words: Sequence[Word] = ()
     ) -> tuple[PartialWord, ...]:
         """Take the hypothesis of a new window (words in stream time); return the partial's words.
 
-        ``greedy``: the same window's greedy reading (read only with ``greedy`` on). The result
-        is every stable word (flag set), then this hypothesis's words after them.
+        ``greedy_words``: the same window's greedy reading (read only with ``greedy`` on). The
+        result is every stable word (flag set), then this hypothesis's words after them.
         """
         self._history = [
             *self._history[-(self.agree - 1) :],
-            (list(words), window_end_ms, greedy),
+            (list(words), window_end_ms, greedy_words),
         ]
         hypotheses = [(self._after_stable(ws), end - self.guard_ms) for ws, end, _ in self._history]
         readings = [g for _, _, g in self._history]

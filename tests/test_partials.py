@@ -123,13 +123,14 @@ def test_words_the_acoustics_alone_do_not_read_wait_when_so_configured() -> None
     checked = StableWords(guard_ms=0, agree=2, greedy=True)
     unchecked = StableWords(guard_ms=0, agree=2)
     for rule in (checked, unchecked):
-        rule.update(hyp, window_end_ms=1000, greedy=letters)
-        rule.update(hyp, window_end_ms=1500, greedy=letters)
+        rule.update(hyp, window_end_ms=1000, greedy_words=letters)
+        rule.update(hyp, window_end_ms=1500, greedy_words=letters)
     assert checked.stable == []  # and "stop" waits for the word before it
     assert [w.word for w in unchecked.stable] == ["alexa", "stop"]
     # both windows read by the acoustics alone too: stable
-    checked.update(hyp, window_end_ms=2000, greedy=sure)
-    assert [w.word for w in checked.update(hyp, window_end_ms=2500, greedy=sure) if w.stable] == [
+    checked.update(hyp, window_end_ms=2000, greedy_words=sure)
+    again = checked.update(hyp, window_end_ms=2500, greedy_words=sure)
+    assert [w.word for w in again if w.stable] == [
         "alexa",
         "stop",
     ]

@@ -279,7 +279,7 @@ class LiveResults:
         if self._utterance != utterance or self._words is not words:
             return  # the utterance was cut meanwhile: its final replaces every partial
         end_ms = self._ms(first + audio.size)
-        flagged = words.update(transcript.words, window_end_ms=end_ms, greedy=greedy)
+        flagged = words.update(transcript.words, window_end_ms=end_ms, greedy_words=greedy)
         self._count("partials_sent", "partial", "sent")
         self.publish(
             proto.Partial(
