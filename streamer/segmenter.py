@@ -180,19 +180,11 @@ class Segmenter:
         close = self._closing_frame()
         if close + 1 - self._start >= self._max_frames:
             return None  # max_utterance_s cuts first
-        audio_end = min((end := self._edge_end) + self._post_roll, close + 1)
-        if audio_end > self._n_frames or end <= self._start:
+        audio_end = min(self._edge_end + self._post_roll, close + 1)
+        if audio_end > self._n_frames:
             return None
         audio = np.concatenate(list(self._frames)[: audio_end - self._first])
-        if audio.size < self.config.min_utterance_samples:
-            return None
-        return UtteranceReady(
-            audio=audio,
-            speech_start_sample=self._start * n,
-            speech_end_sample=end * n,
-            audio_start_sample=self._first * n,
-            forced_cut=False,
-        )
+        return self._utterance(audio, self._first, forced=False)
 
     def feed(self, samples: npt.NDArray[np.float32]) -> list[SegmenterEvent]:
         """Consume samples; return the events they completed.
@@ -364,28 +356,36 @@ class Segmenter:
 
     def _close(self, now: int, *, forced: bool, events: list[SegmenterEvent]) -> None:
         """End the open utterance; ``now`` is the frame index just past the audio heard."""
-        end = self._edge_end
-        audio_end = min(end + self._post_roll, now)
         audio_start = self._first
-        audio = self._take_until(audio_end)
+        audio = self._take_until(min(self._edge_end + self._post_roll, now))
         self._speaking = False
         self._confident_run = 0
         self._edge_run_start = None
-        n = self.frame_samples
-        if end <= self._start or audio.size < self.config.min_utterance_samples:
+        utterance = self._utterance(audio, audio_start, forced=forced)
+        if utterance is None:
             self.dropped += 1
-            return
-        utterance = UtteranceReady(
-            audio=audio,
-            speech_start_sample=self._start * n,
-            speech_end_sample=end * n,
-            audio_start_sample=audio_start * n,
-            forced_cut=forced,
-        )
-        if not forced and self._stream_end - now <= self._file_tail:
+        elif not forced and self._stream_end - now <= self._file_tail:
             self._held = utterance  # a file's last, unless another starts (_open)
         else:
             events.append(utterance)
+
+    def _utterance(
+        self, audio: npt.NDArray[np.float32], first: int, *, forced: bool
+    ) -> UtteranceReady | None:
+        """The open utterance with ``audio`` from frame ``first``; None: too short to keep.
+
+        :meth:`_close` and :meth:`eager_cut` both build it here, so the two cannot differ.
+        """
+        if self._edge_end <= self._start or audio.size < self.config.min_utterance_samples:
+            return None
+        n = self.frame_samples
+        return UtteranceReady(
+            audio=audio,
+            speech_start_sample=self._start * n,
+            speech_end_sample=self._edge_end * n,
+            audio_start_sample=first * n,
+            forced_cut=forced,
+        )
 
     def _take_until(self, frame: int) -> npt.NDArray[np.float32]:
         """Remove and return the buffered audio before frame index ``frame``."""
