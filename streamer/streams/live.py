@@ -35,10 +35,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from streamer import protocol as proto
+from streamer.decoding import OutputDecoder
 from streamer.errors import PreemptedError
 from streamer.partials import StableWords, partial_window
+from streamer.results import Transcript, Word
 from streamer.segmenter import Segmenter, UtteranceReady
 from streamer.streams.services import Services, admit_partial
 
@@ -262,11 +265,8 @@ class LiveResults:
             decoder = self.services.decoders[model]
             logits = result.outputs["logits"][0]
             offset_ms = self._ms(first)
-            transcript = await asyncio.to_thread(decoder.transcribe, logits, offset_ms)
-            greedy = (
-                (await asyncio.to_thread(decoder.greedy, logits, offset_ms)).words
-                if self.config.stable_greedy
-                else ()
+            transcript, greedy = await asyncio.to_thread(
+                _readings, decoder, logits, offset_ms, greedy=self.config.stable_greedy
             )
         except asyncio.CancelledError:
             raise
@@ -316,3 +316,11 @@ def same_cut(a: UtteranceReady, b: UtteranceReady) -> bool:
         and a.forced_cut == b.forced_cut
         and np.array_equal(a.audio, b.audio)
     )
+
+
+def _readings(
+    decoder: OutputDecoder, logits: npt.ArrayLike, offset_ms: float, *, greedy: bool
+) -> tuple[Transcript, tuple[Word, ...]]:
+    """A partial window's transcript, and its greedy words when ``greedy`` (one thread hop)."""
+    transcript = decoder.transcribe(logits, offset_ms)
+    return transcript, decoder.greedy(logits, offset_ms).words if greedy else ()
