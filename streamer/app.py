@@ -77,6 +77,7 @@ def build_services(config: Config, models: dict[str, Path]) -> Services:
             beam_width=config.decoder.beam_width,
             beam_token_min_logp=config.decoder.beam_token_min_logp,
             grammars=config.decoder.grammars,
+            text_head=config.decoder.transcript_intent,
             grammar_max_gap_per_frame=config.decoder.grammar_max_gap_per_frame,
         )
         for name, enc in encoders.items()

@@ -158,6 +158,10 @@ class DecoderConfig:
     (a command word the intent model took for digits) and the free search reads it. 0 (chosen on
     validation speakers, bench/real_voices.py --part validation: lowest mean WER of inf, 1,
     0.5, 0.25, 0) keeps it only when it is the free greedy path; inf always holds it."""
+    transcript_intent: bool = True
+    """Combine a classify bundle's intent with what its transcript head (``text_intent.json``,
+    when the bundle ships one) reads from the utterance's ctc transcript; false: the audio
+    classifier's intent alone."""
     contexts: str = ""
     """Contexts (Rhino-format YAML) compiled at start: ``[NAME=]FILE`` items separated by commas
     (the name defaults to the file's stem); the first is every stream's default (``--context``)."""

@@ -6,21 +6,23 @@ transcript, :mod:`streamer.heads` for intent, labels, value and embedding).
 every CTC transcript held to the word list of the intent they gave, then the results merged.
 With a context (:mod:`streamer.contexts`) the rule changes in one place: the first ctc bundle's
 output is understood in the context, which gives the ``intent`` (with slots), and transcripts
-are read freely. With an intents file (:mod:`streamer.intents`), the bundle it matches on turns
-its embedding into the ``intent`` (nearest intents by cosine), ahead of any classifier's.
+are read freely. A classifier that ships a transcript head (:mod:`streamer.text_intent`) has
+its intent combined with what the head reads from the transcript. With an intents file
+(:mod:`streamer.intents`), the bundle it matches on turns its embedding into the ``intent``
+(nearest intents by cosine), ahead of any classifier's.
 
-Decoding does no I/O; the one file read is a ctc bundle's language model, once, when its
-:class:`~streamer.ctc.CtcBeamDecoder` is built.
+Decoding does no I/O; the files read are a ctc bundle's language model, once, when its
+:class:`~streamer.ctc.CtcBeamDecoder` is built, and a classifier's transcript head, once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import numpy.typing as npt
 
 from streamer.contexts import (
@@ -36,7 +38,8 @@ from streamer.intent_matching import IntentMatcher
 from streamer.manifest import Manifest
 from streamer.outputs import checked, declared_size, log_softmax, take
 from streamer.protocol import Alternative, Intent, Transcript
-from streamer.wordloop import WordLoop
+from streamer.text_intent import TextIntentHead, combined_intent
+from streamer.wordloop import WordLoop, word_list_gap
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class OutputDecoder:
         beam_token_min_logp: float = -8.0,
         grammars: bool = True,
         grammar_max_gap_per_frame: float = math.inf,
+        text_head: bool = True,
     ) -> None:
         """Check the manifest and build the task's decoder.
 
@@ -93,11 +97,14 @@ class OutputDecoder:
         built, and :meth:`decode` holds an utterance to the one for its intent; the searched
         intents are named at the end of :attr:`ctc_search`, unless the word list's best path
         scores more than ``grammar_max_gap_per_frame`` nats per emitting frame below the free
-        path (then the utterance is read freely: it is not one of the list's words).
+        path (then the utterance is read freely: it is not one of the list's words). With
+        ``text_head`` a classify bundle's transcript head (:mod:`streamer.text_intent`) is
+        loaded from ``bundle_dir`` when the bundle ships one (:attr:`text_head`).
 
         Raises:
             ModelError: the manifest's outputs do not fit its task, the bundle's LM file is
-                missing, or ``ctc="beam"`` and beam search is unavailable.
+                missing or its transcript head unreadable, or ``ctc="beam"`` and beam search is
+                unavailable.
             ConfigError: an option is out of range.
         """
         self.task = manifest.task
@@ -132,6 +139,11 @@ class OutputDecoder:
         self.intent = (
             IntentDecoder(manifest, abstain_below=abstain_below, n_best=n_best)
             if manifest.task == "classify"
+            else None
+        )
+        self.text_head = (
+            TextIntentHead.find(bundle_dir, self.intent.label_sets[0])
+            if text_head and self.intent is not None and bundle_dir is not None
             else None
         )
         if manifest.task == "regress":
@@ -250,24 +262,6 @@ class OutputDecoder:
         return Transcript(text=found.text, words=found.words, grammar=name)
 
 
-def word_list_gap(
-    log_probs: npt.NDArray[np.float64], path: npt.NDArray[np.int64], *, blank: int | None
-) -> float:
-    """How far ``path`` scores below the free best path, in nats per emitting frame.
-
-    A frame emits when either path has a non-blank token there (leading and trailing silence,
-    blank on both, does not dilute the gap); as in :mod:`streamer.contexts`.
-    """
-    if not len(path):
-        return 0.0
-    free = log_probs.argmax(axis=1)
-    rows = np.arange(len(path))
-    gap = float(log_probs[rows, free].sum() - log_probs[rows, path].sum())
-    silent = blank if blank is not None else -1
-    emitting = max(1, int(np.count_nonzero((path != silent) | (free != silent))))
-    return max(0.0, gap) / emitting
-
-
 def decode_utterance(
     decoders: Mapping[str, OutputDecoder],
     outputs: Mapping[str, Mapping[str, npt.ArrayLike]],
@@ -284,7 +278,10 @@ def decode_utterance(
     (in the order of ``outputs``), abstained or not, then goes to every ctc bundle, which holds its
     transcript to that intent's word list when it has one and the intent did not abstain
     (:meth:`OutputDecoder.grammar_for`), and reads it freely otherwise. The results merge in the
-    order of ``outputs``: where two bundles give the same field, the earlier one's wins.
+    order of ``outputs``: where two bundles give the same field, the earlier one's wins. When
+    that classifier ships a transcript head (:mod:`streamer.text_intent`) and a ctc transcript
+    is not empty, its intent is the two readings combined; a ctc bundle whose word list that
+    changes reads the utterance again with the combined intent.
 
     With a ``context``, the first ctc bundle in ``outputs`` that the context was compiled for
     understands the utterance (:meth:`Context.understand`); that understanding is the ``intent``
@@ -320,10 +317,10 @@ def decode_utterance(
         (p.intent for n, p in parts.items() if decoders[n].matcher is not None and p.intent),
         None,
     )
-    intent = next(  # a classifier's: its names are the ctc bundle's word lists
-        (p.intent for n, p in parts.items() if decoders[n].matcher is None and p.intent),
-        None,
+    classifier = next(  # its intent names are the ctc bundle's word lists
+        (n for n, p in parts.items() if decoders[n].matcher is None and p.intent), None
     )
+    intent = parts[classifier].intent if classifier is not None else None
     understood: Intent | None = None
     for name, found in outputs.items():
         if decoders[name].ctc is not None:
@@ -340,6 +337,22 @@ def decode_utterance(
                     blank_penalty=blank_penalty,
                 )
                 understood = context_intent(understanding, context[name].name)
+    transcript = next((p.transcript for p in parts.values() if p.transcript is not None), None)
+    if classifier is not None and transcript is not None and transcript.text:
+        head, heard = decoders[classifier].text_head, decoders[classifier].intent
+        if head is not None and heard is not None:
+            fused = combined_intent(heard, head, outputs[classifier], transcript.text)
+            parts[classifier] = dataclasses.replace(parts[classifier], intent=fused)
+            for name, found in outputs.items():  # a word list follows the intent: read again
+                ctc = decoders[name]
+                if (
+                    ctc.ctc is not None
+                    and not context
+                    and ctc.grammar_for(fused) != ctc.grammar_for(intent)
+                ):
+                    parts[name] = ctc.decode(
+                        found, offset_ms=offset_ms, want_embedding=want_embedding, intent=fused
+                    )
     decoded = Decoded(intent=understood or matched)
     for name in outputs:
         decoded = decoded.merge(parts[name])

@@ -75,6 +75,19 @@ class IntentDecoder:
         ]
         return Classification(intent=results[0], labels=tuple(results[1:]))
 
+    def intent_logits(self, outputs: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float64]:
+        """The intent label set's logits of one utterance, checked.
+
+        Raises:
+            ModelError: the output is missing or its shape, dtype or values are wrong.
+        """
+        labels = self.label_sets[0]
+        return checked(take(outputs, self.outputs[0]), "classifier logits", (len(labels),))
+
+    def choose_intent(self, logits: npt.ArrayLike) -> Intent:
+        """The intent (n-best, abstain) of intent-set ``logits`` (log-probabilities will do)."""
+        return self._choose(logits, self.label_sets[0])
+
     def _choose(self, logits: npt.ArrayLike, labels: Sequence[str]) -> Intent:
         """Return the n-best of one label set from its logits [n_labels]."""
         probs = softmax(checked(logits, "classifier logits", (len(labels),)))

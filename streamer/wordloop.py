@@ -132,3 +132,21 @@ class WordLoop:
             node = int(back[t, node])
         out: npt.NDArray[np.int64] = tokens[path]
         return out
+
+
+def word_list_gap(
+    log_probs: npt.NDArray[np.float64], path: npt.NDArray[np.int64], *, blank: int | None
+) -> float:
+    """How far ``path`` scores below the free best path, in nats per emitting frame.
+
+    A frame emits when either path has a non-blank token there (leading and trailing silence,
+    blank on both, does not dilute the gap); as in :mod:`streamer.contexts`.
+    """
+    if not len(path):
+        return 0.0
+    free = log_probs.argmax(axis=1)
+    rows = np.arange(len(path))
+    gap = float(log_probs[rows, free].sum() - log_probs[rows, path].sum())
+    silent = blank if blank is not None else -1
+    emitting = max(1, int(np.count_nonzero((path != silent) | (free != silent))))
+    return max(0.0, gap) / emitting

@@ -17,12 +17,13 @@ import pytest
 from hypothesis import given, strategies as st
 
 from streamer.ctc import CtcGreedyDecoder, _without_kenlm_banner
-from streamer.decoding import Decoded, OutputDecoder, decode_utterance, word_list_gap
+from streamer.decoding import Decoded, OutputDecoder, decode_utterance
 from streamer.errors import ConfigError, ManifestError, ModelError
 from streamer.heads import Classification, IntentDecoder, decode_embedding, decode_value
 from streamer.manifest import IntentGrammar, LanguageModel, Manifest, Source, TensorSpec
 from streamer.outputs import log_softmax
 from streamer.protocol import Alternative, Intent, Transcript, Word
+from streamer.wordloop import word_list_gap
 
 VOCAB = ("<pad>", "<s>", "</s>", "<unk>", "|", *"ABCDEHILNORTW'")
 ID = {t: i for i, t in enumerate(VOCAB)}
