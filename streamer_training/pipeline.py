@@ -252,6 +252,10 @@ def export_both(name: str, source: Path, work_dir: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         export(relative(source), relative(out), quantize=quantize)
         record_source(out, source)
+        if name == "commands-intent":
+            from streamer_training.text_intent import write_head
+
+            write_head(out)
 
 
 def record_source(bundle_dir: Path, source: Path) -> None:
