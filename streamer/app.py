@@ -87,6 +87,12 @@ def build_services(config: Config, models: dict[str, Path]) -> Services:
     for name, dec in decoders.items():
         if dec.ctc_search:
             log.info("model %s decodes by %s", name, dec.ctc_search)
+        if dec.text_head is not None and any(d.ctc is not None for d in decoders.values()):
+            log.info(
+                "model %s: intent combined with its transcript head (audio weight %g)",
+                name,
+                dec.text_head.audio_weight,
+            )
     log.info("segmenter: %s voice-activity detector", config.segmenter.vad)
     runner = Runner(encoders, config=config.engine)
     return Services(
@@ -115,12 +121,20 @@ def server_info(services: Services) -> dict[str, Any]:
                 "quantization": m.quantization,
                 "decoder": services.decoders[name].ctc_search or None,
                 "intents": services.decoders[name].intents_name,
+                "transcript_head": _transcript_head(services, name),
                 "parity": None
                 if m.parity is None
                 else {"max_abs_diff": m.parity.max_abs_diff, "atol": m.parity.atol},
             }
         )
     return {"protocol": proto.PROTOCOL_VERSION, "models": models}
+
+
+def _transcript_head(services: Services, name: str) -> dict[str, float] | None:
+    """What ``/readyz`` says of a classifier's transcript head: None unless it is in use."""
+    head = services.decoders[name].text_head
+    in_use = any(d.ctc is not None for d in services.decoders.values())
+    return {"audio_weight": head.audio_weight} if head is not None and in_use else None
 
 
 async def serve(

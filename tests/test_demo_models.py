@@ -131,7 +131,8 @@ def test_intent_real_digit_string(intent: tuple[Encoder, IntentDecoder]) -> None
 
 def test_intent_real_command(intent: tuple[Encoder, IntentDecoder]) -> None:
     """The one real command recording inside the grammar: a human voice, not FSDD or a
-    synthesizer. The shipped model gets it with 0.85 and 0.98 through the daemon's path."""
+    synthesizer. The shipped graph gets it with 0.85 and 0.98 through the daemon's path (the
+    daemon, combining the garbled transcript's reading, says lights_on at 0.47: abstains)."""
     assert _classify(intent, AUDIO / "cmd_living_room_light.wav") == ("lights_on", "living_room")
 
 
@@ -155,6 +156,8 @@ async def test_daemon_serves_the_default_bundles_to_a_websocket_client() -> None
         assert decoders["commands-ctc"].startswith("beam search with lm.arpa")
         assert decoders["commands-ctc"].endswith("held to a word list when the intent is digits")
         assert decoders["commands-intent"] is None
+        heads = {m["name"]: m["transcript_head"] for m in json.loads(body)["models"]}
+        assert heads == {"commands-ctc": None, "commands-intent": {"audio_weight": 0.5}}
         async with connect(f"{daemon.url}/v1/stream") as ws:
             await ws.send(start_msg())
             silence = np.zeros(16000, np.float32)
