@@ -235,8 +235,9 @@ def test_stable_words_are_counted_once_and_matched_by_text_and_time() -> None:
     assert not same_word(_word("a", 0, 100), _word("b", 0, 100))
 
 
-def test_first_appearance_runs_from_sending_the_word_end_to_the_first_partial_with_it() -> None:
-    """Each final word's delay is the first partial holding it minus when its end was sent."""
+def test_first_appearance_runs_from_speaking_the_word_end_to_the_first_partial_with_it() -> None:
+    """Each final word's delay is the first partial holding it minus when its end was spoken
+    (its frame's departure less the frame's samples after it)."""
     events = [
         (10.25, _partial("u1", _word("turn", 0, 150, False))),
         (10.35, _partial("u1", _word("turn", 0, 150, True), _word("on", 160, 290, False))),
@@ -248,8 +249,12 @@ def test_first_appearance_runs_from_sending_the_word_end_to_the_first_partial_wi
     ]
     report = StreamReport(stream="s", file="f")
     stream = LiveStream(report, events, [1600, 3200, 4800, 6400], [10.0, 10.1, 10.2, 10.3], 16000)
-    delays, n_words = first_appearances(stream.events, stream.sent_time)
-    assert delays == pytest.approx([150.0, 150.0])  # turn: sent 10.1, seen 10.25; on: 10.2, 10.35
+    delays, n_words = first_appearances(stream.events, stream.spoken_time)
+    # turn ends at 140 ms (frame 1600-3200 samples left at 10.1): spoken 10.04, seen 10.25;
+    # on ends at 280 ms (frame ending at 4800 left at 10.2): spoken 10.18, seen 10.35
+    assert delays == pytest.approx([210.0, 170.0])
+    assert stream.sent_time(140) == 10.1
+    assert stream.spoken_time(200) == pytest.approx(10.1)  # a frame's last sample: its departure
     assert n_words == 3
     assert stable_before_final(events) == 1  # "turn" only: "on" was never stable, "off" is u9's
 

@@ -65,6 +65,16 @@ class LiveStream:
         i = bisect.bisect_left(self.sent_ends, round(ms * self.rate_hz / 1000.0))
         return self.sent_at[min(i, len(self.sent_at) - 1)]
 
+    def spoken_time(self, ms: float) -> float:
+        """When stream time ``ms`` was spoken (it does not move with the frame size).
+
+        A frame leaves when its last sample is due in real time, so this is its departure less
+        the frame's samples after ``ms``.
+        """
+        sample = round(ms * self.rate_hz / 1000.0)
+        i = min(bisect.bisect_left(self.sent_ends, sample), len(self.sent_at) - 1)
+        return self.sent_at[i] - max(0, self.sent_ends[i] - sample) / self.rate_hz
+
 
 def stream_audio(files: Sequence[Audio], index: int, *, rate_hz: int, duration_s: float) -> Audio:
     """Stream ``index``: 1 s of noise, then files from ``index`` on, each paused, ≥ duration_s."""
@@ -230,13 +240,13 @@ def stable_before_final(events: Timed) -> int:
 
 
 def first_appearances(
-    events: Timed, sent_time: Callable[[float], float]
+    events: Timed, spoken_time: Callable[[float], float]
 ) -> tuple[list[float], int]:
-    """Delays (ms) from a final word's end being sent to the first partial holding it.
+    """Delays (ms) from a final word's end being spoken to the first partial holding it.
 
-    ``sent_time``: stream time (ms) -> when the audio holding it was sent, on the clock of the
-    events' times (:meth:`LiveStream.sent_time`). Returns the delays of the final words some
-    partial of the same utterance held, and the number of final words in all.
+    ``spoken_time``: stream time (ms) -> when it was spoken, on the clock of the events' times
+    (:meth:`LiveStream.spoken_time`). Returns the delays of the final words some partial of the
+    same utterance held, and the number of final words in all.
     """
     partials: dict[str, list[tuple[float, list[Event]]]] = {}
     for t, e in _of(events, "partial"):
@@ -249,7 +259,7 @@ def first_appearances(
             heard = partials.get(final["utterance_id"], [])
             first = next((t for t, ws in heard if any(same_word(word, w) for w in ws)), None)
             if first is not None:
-                delays.append((first - sent_time(word["end_ms"])) * 1000.0)
+                delays.append((first - spoken_time(word["end_ms"])) * 1000.0)
     return delays, n_words
 
 
@@ -326,7 +336,7 @@ def measure(off: Sequence[LiveStream], on: Sequence[LiveStream]) -> dict[str, An
     leads = [lead for a, b in zip(off, on, strict=True) for lead in eager_leads_over_today(a, b)]
     for s in on:
         n, bad = stable_contradictions(s.events)
-        d, w = first_appearances(s.events, s.sent_time)
+        d, w = first_appearances(s.events, s.spoken_time)
         n_stable, n_words = n_stable + n, n_words + w
         contradicted += bad
         n_stable_first += stable_before_final(s.events)
