@@ -3,8 +3,8 @@
 A multinomial logistic regression over the words and word pairs of command sentences drawn from
 the same grammar the audio classifier was trained on (:mod:`streamer_training.grammar`), fitted by
 full-batch gradient descent in numpy: no voice, no audio, no download. ``--audio-weight`` is the
-log-linear weight of the audio classifier when the daemon combines the two (chosen on validation
-voices, bench/real_voices.py --part validation; the card says which).
+log-linear weight of the audio classifier when the daemon combines the two (chosen on the
+decoder's tuning set, never on test voices; the card says how).
 
 Usage: ``python -m streamer_training.text_intent --bundle exported/commands-intent
 [--audio-weight 0.5]`` (writes ``BUNDLE/text_intent.json``; ``bin/train_demo``'s export
@@ -66,9 +66,9 @@ def train(n: int, seed: int) -> tuple[list[str], npt.NDArray[np.float64], npt.ND
 
 
 AUDIO_WEIGHT = 0.5
-"""The audio classifier's weight, chosen on validation voices (``bench/real_voices.py --part
-validation --synthetic data/demo/synth_dev.npz``: intents right 231 of 240 alone; 234, 237, 239,
-238, 236 at 0.2, 0.35, 0.5, 0.65, 0.8)."""
+"""The audio classifier's weight, chosen on the decoder's tuning set, new sentences in training
+voices (``bench/real_voices.py --part validation --synthetic data/demo/synth_dev.npz``: intents
+right 231 of 240 alone; 234, 237, 239, 238, 236 at 0.2, 0.35, 0.5, 0.65, 0.8)."""
 
 
 def write_head(
