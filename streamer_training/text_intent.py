@@ -82,7 +82,9 @@ def write_head(
     labels = list(grammar.INTENTS)
     manifest = Manifest.from_dict(json.loads((bundle / "manifest.json").read_text()))
     if list(manifest.label_sets[0]) != labels:
-        raise ValueError(f"the bundle's intents {manifest.label_sets[0]} are not {labels}")
+        raise ValueError(
+            f"the bundle's intents {list(manifest.label_sets[0])} are not the grammar's {labels}"
+        )
     names, w, b = train(sentences, seed)
     head = {
         "format_version": FORMAT_VERSION,

@@ -14,7 +14,7 @@ from streamer.decoding import OutputDecoder, decode_utterance
 from streamer.errors import ModelError
 from streamer.manifest import IntentGrammar, Manifest
 from streamer.text_intent import TEXT_INTENT_FILE, TextIntentHead, features
-from streamer_training.text_intent import fit
+from streamer_training.text_intent import fit, write_head
 from tests.test_decoders import _classify, _ctc, _frames, _seq
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,3 +176,18 @@ def test_the_shipped_head_fits_its_bundle_and_reads_commands() -> None:
         ("four two seven", "digits"),
     ):
         assert head.labels[int(head.log_probs(text).argmax())] == intent
+
+
+def test_the_recipe_writes_a_head_its_bundle_loads(tmp_path: Path) -> None:
+    """write_head (the export stage's step) writes a head the shipped manifest's labels accept,
+    and refuses a bundle whose intents are not the grammar's."""
+    manifest = json.loads((REPO / "exported" / "commands-intent" / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    path = write_head(tmp_path, audio_weight=0.25, sentences=240, seed=1)
+    head = TextIntentHead.load(path, Manifest.from_dict(manifest).label_sets[0])
+    assert head.audio_weight == 0.25
+    assert head.labels[int(head.log_probs("turn off the lights").argmax())] == "lights_off"
+    manifest["labels"][0] = ["yes", "no", *manifest["labels"][0][2:]]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="not the grammar's"):
+        write_head(tmp_path, sentences=24)
