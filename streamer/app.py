@@ -20,7 +20,7 @@ import functools
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, TextIO, cast
 
@@ -87,11 +87,11 @@ def build_services(config: Config, models: dict[str, Path]) -> Services:
     for name, dec in decoders.items():
         if dec.ctc_search:
             log.info("model %s decodes by %s", name, dec.ctc_search)
-        if dec.text_head is not None and any(d.ctc is not None for d in decoders.values()):
+        if head := _transcript_head(decoders, name):
             log.info(
                 "model %s: intent combined with its transcript head (audio weight %g)",
                 name,
-                dec.text_head.audio_weight,
+                head["audio_weight"],
             )
     log.info("segmenter: %s voice-activity detector", config.segmenter.vad)
     runner = Runner(encoders, config=config.engine)
@@ -121,7 +121,7 @@ def server_info(services: Services) -> dict[str, Any]:
                 "quantization": m.quantization,
                 "decoder": services.decoders[name].ctc_search or None,
                 "intents": services.decoders[name].intents_name,
-                "transcript_head": _transcript_head(services, name),
+                "transcript_head": _transcript_head(services.decoders, name),
                 "parity": None
                 if m.parity is None
                 else {"max_abs_diff": m.parity.max_abs_diff, "atol": m.parity.atol},
@@ -130,10 +130,10 @@ def server_info(services: Services) -> dict[str, Any]:
     return {"protocol": proto.PROTOCOL_VERSION, "models": models}
 
 
-def _transcript_head(services: Services, name: str) -> dict[str, float] | None:
-    """What ``/readyz`` says of a classifier's transcript head: None unless it is in use."""
-    head = services.decoders[name].text_head
-    in_use = any(d.ctc is not None for d in services.decoders.values())
+def _transcript_head(decoders: Mapping[str, OutputDecoder], name: str) -> dict[str, float] | None:
+    """Model ``name``'s transcript head for ``/readyz`` and the log; None unless it is in use."""
+    head = decoders[name].text_head
+    in_use = any(d.ctc is not None for d in decoders.values())
     return {"audio_weight": head.audio_weight} if head is not None and in_use else None
 
 
